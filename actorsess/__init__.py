@@ -1,0 +1,45 @@
+"""actorsess: race-free, write-behind per-chat sessions for aiogram 3 bots."""
+
+from actorsess._clock import Clock, MonotonicClock
+from actorsess._config import SessionConfig
+from actorsess._manager import SessionManager
+from actorsess._stats import SessionStats
+from actorsess._turn import SessionTurn
+from actorsess.exceptions import (
+    ActorSessError,
+    BackpressureTimeoutError,
+    ConfigError,
+    CorruptSessionError,
+    InvalidKeyError,
+    ManagerClosedError,
+    SessionEncodeError,
+    SessionTooLargeError,
+    StorageError,
+)
+from actorsess.storage import MemoryStorage, RedisStorage, SqliteStorage, Storage, WriteItem
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorSessError",
+    "BackpressureTimeoutError",
+    "Clock",
+    "ConfigError",
+    "CorruptSessionError",
+    "InvalidKeyError",
+    "ManagerClosedError",
+    "MemoryStorage",
+    "MonotonicClock",
+    "RedisStorage",
+    "SessionConfig",
+    "SessionEncodeError",
+    "SessionManager",
+    "SessionStats",
+    "SessionTooLargeError",
+    "SessionTurn",
+    "SqliteStorage",
+    "Storage",
+    "StorageError",
+    "WriteItem",
+    "__version__",
+]

@@ -1,0 +1,113 @@
+"""Encoding of session values: JSON via pydantic-core, typed by ``initial``'s return type.
+
+Decided once at construction (no per-call branching): plain dicts go through
+``pydantic_core.to_json`` / ``from_json``; pydantic models through their own
+validators; dataclasses, TypedDicts and annotated containers through a
+``TypeAdapter``. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import pydantic
+import pydantic_core
+
+T = TypeVar("T")
+
+Encoder = Callable[[Any], bytes]
+Decoder = Callable[[bytes], Any]
+
+
+class DecodeFailure(ValueError):
+    """Raised by a codec's ``decode``; carries a short, loggable reason."""
+
+
+class Codec(Generic[T]):
+    """Turns session values into bytes and back, validating the shape on the way in."""
+
+    __slots__ = ("_decode", "_encode", "initial", "runtime_type", "value_type")
+
+    def __init__(self, initial: Callable[[], T]) -> None:
+        self.initial = initial
+        self.value_type = _value_type(initial)
+        self.runtime_type = _runtime_type(self.value_type)
+        self._encode, self._decode = _build(self.value_type)
+
+    def encode(self, value: T) -> bytes:
+        """JSON bytes of ``value``; raises ValueError/TypeError for unencodable values."""
+        return self._encode(value)
+
+    def decode(self, payload: bytes) -> T:
+        """Value from JSON bytes; raises :class:`DecodeFailure` naming what was wrong."""
+        try:
+            value: T = self._decode(payload)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise DecodeFailure(_first_line(exc)) from exc
+        return value
+
+    def fresh(self) -> tuple[T, bytes]:
+        """A new initial value and its encoding."""
+        value = self.initial()
+        return value, self.encode(value)
+
+
+def _value_type(initial: Callable[[], Any]) -> Any:
+    try:
+        hints = typing.get_type_hints(initial)
+    except Exception:
+        hints = {}
+    annotated = hints.get("return")
+    if annotated is not None and annotated is not Any:
+        return annotated
+    return type(initial())
+
+
+def _runtime_type(value_type: Any) -> type:
+    """The class every session value must be an instance of."""
+    if typing.is_typeddict(value_type):
+        return dict
+    origin = typing.get_origin(value_type) or value_type
+    if not isinstance(origin, type):
+        raise TypeError(f"unsupported session type {value_type!r}")
+    return origin
+
+
+def _build(value_type: Any) -> tuple[Encoder, Decoder]:
+    origin = typing.get_origin(value_type) or value_type
+    if value_type is dict:
+        return _to_json, _dict_from_json
+    if isinstance(origin, type) and issubclass(origin, pydantic.BaseModel):
+        model: type[pydantic.BaseModel] = origin
+        return (lambda v: v.model_dump_json(warnings="error").encode()), model.model_validate_json
+    if (
+        dataclasses.is_dataclass(origin)
+        or typing.is_typeddict(origin)
+        or typing.get_origin(value_type) is not None
+        or origin in (list, dict)
+    ):
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(value_type)
+        return (lambda v: adapter.dump_json(v, warnings="error")), adapter.validate_json
+    raise TypeError(
+        f"unsupported session type {value_type!r}: initial must return a dict, "
+        "a dataclass, a TypedDict or a pydantic model"
+    )
+
+
+def _to_json(value: Any) -> bytes:
+    return pydantic_core.to_json(value)
+
+
+def _dict_from_json(payload: bytes) -> dict[str, Any]:
+    value = pydantic_core.from_json(payload)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

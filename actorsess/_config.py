@@ -1,0 +1,138 @@
+"""SessionConfig: one frozen, keyword-only, validated settings object."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
+
+from actorsess.exceptions import ConfigError
+
+Ownership = Literal["local", "shared"]
+
+_ENV_PREFIX = "ACTORSESS_"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class SessionConfig:
+    """How sessions are cached, written and bounded.
+
+    Every field is checked at construction; a bad value raises
+    :class:`~actorsess.ConfigError` naming the field.
+    """
+
+    #: Seconds a change may wait before it is written. ``0`` means write-through:
+    #: a session block returns only after its change is in storage.
+    flush_interval: float = 1.0
+    #: Most sessions written in one storage call; this many dirty sessions also
+    #: trigger a write before ``flush_interval`` has passed.
+    max_batch: int = 1000
+    #: Sessions kept in the in-process LRU cache (held or dirty ones may exceed it
+    #: briefly: they are parked, never dropped).
+    max_cached: int = 10_000
+    #: Dirty sessions allowed before new session blocks wait for the flusher
+    #: (backpressure while storage is slow or down).
+    max_dirty: int = 100_000
+    #: Seconds a stored session lives after its last change; ``None`` keeps it forever.
+    ttl: float | None = None
+    #: Namespace prepended to every storage key.
+    key_prefix: str = "actorsess:"
+    #: ``"local"``: this process owns every key it serves (one bot process).
+    #: ``"shared"``: several processes on one Redis (leases and fencing).
+    ownership: Ownership = "local"
+    #: Largest encoded session accepted at commit (and read from storage).
+    max_session_bytes: int = 1_048_576
+    #: Seconds one storage write may take before its outcome counts as unknown
+    #: (it is retried; writes are idempotent).
+    write_timeout: float = 10.0
+    #: Seconds one batched load may take before the waiting blocks fail.
+    load_timeout: float = 10.0
+    #: First retry delay after a failed write; doubles up to ``retry_max_delay``.
+    retry_base_delay: float = 0.05
+    #: Cap of the retry delay.
+    retry_max_delay: float = 5.0
+    #: Seconds a session block waits for room under backpressure before
+    #: :class:`~actorsess.BackpressureTimeoutError`; ``None`` waits as long as it takes.
+    backpressure_timeout: float | None = 30.0
+    #: Seconds ``close()`` spends letting holders finish and writing what is dirty.
+    close_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        _non_negative_finite("flush_interval", self.flush_interval)
+        for name in ("max_batch", "max_cached", "max_dirty", "max_session_bytes"):
+            _positive_int(name, getattr(self, name))
+        if self.ttl is not None:
+            _positive_finite("ttl", self.ttl)
+        for name in ("write_timeout", "load_timeout", "retry_base_delay",
+                     "retry_max_delay", "close_timeout"):
+            _positive_finite(name, getattr(self, name))
+        if self.backpressure_timeout is not None:
+            _positive_finite("backpressure_timeout", self.backpressure_timeout)
+        if self.retry_max_delay < self.retry_base_delay:
+            raise ConfigError("retry_max_delay", "must be at least retry_base_delay")
+        if not isinstance(self.key_prefix, str):
+            raise ConfigError("key_prefix", f"must be a string, got {type(self.key_prefix).__name__}")
+        if self.ownership not in get_args(Ownership):
+            raise ConfigError("ownership", f"must be 'local' or 'shared', got {self.ownership!r}")
+
+    @property
+    def ttl_ms(self) -> int | None:
+        """``ttl`` in whole milliseconds, as storages apply it."""
+        return None if self.ttl is None else max(1, round(self.ttl * 1000))
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> SessionConfig:
+        """Build a config from ``ACTORSESS_<FIELD>`` variables (e.g. ``ACTORSESS_TTL=3600``).
+
+        ``none`` (any case) sets an optional field to ``None``. Keyword
+        ``overrides`` win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(_ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = _parse_env(field.name, str(field.type), raw)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for name in overrides:
+            if name not in known:
+                raise ConfigError(name, "is not a SessionConfig field")
+        values.update(overrides)
+        return cls(**values)
+
+
+def _parse_env(name: str, type_text: str, raw: str) -> Any:
+    variable = _ENV_PREFIX + name.upper()
+    text = raw.strip()
+    if "None" in type_text and text.lower() in ("none", ""):
+        return None
+    try:
+        if type_text.startswith("int"):
+            return int(text)
+        if type_text.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ConfigError(name, f"{variable}={raw!r} is not a number") from None
+    return text
+
+
+def _non_negative_finite(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(name, f"must be a finite number >= 0, got {value!r}")
+
+
+def _positive_finite(name: str, value: object) -> None:
+    _non_negative_finite(name, value)
+    if value == 0:
+        raise ConfigError(name, "must be greater than 0")
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(name, f"must be an integer >= 1, got {value!r}")

@@ -1,0 +1,284 @@
+"""The flusher: one background task that writes dirty sessions in batches (write-behind).
+
+Each round follows the same three steps:
+
+1. snapshot, with no await: take up to ``max_batch`` dirty actors (oldest
+   first) and their committed bytes and versions;
+2. write, with await: one ``write_many`` call under ``write_timeout``;
+3. settle, with no await: an actor becomes clean only if the version written
+   is still its current version. A change that arrived during the write keeps
+   it dirty for the next round (rule 3).
+
+A failed, timed-out or cancelled write has an unknown outcome; everything in
+it stays dirty and is written again after a capped, jittered backoff. Records
+are whole values carrying their version, so writing twice is harmless (rule 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from actorsess._actor import SessionActor
+from actorsess._backoff import Backoff
+from actorsess._clock import Clock
+from actorsess._config import SessionConfig
+from actorsess._record import encode_record
+from actorsess._registry import Registry
+from actorsess._stats import Counters
+from actorsess.exceptions import BackpressureTimeoutError, StorageError
+from actorsess.storage.base import Storage, WriteItem
+
+_NEVER = float("-inf")
+
+
+class Flusher:
+    __slots__ = (
+        "_attempt",
+        "_backoff",
+        "_backoff_until",
+        "_clock",
+        "_config",
+        "_counters",
+        "_dirty_since",
+        "_log",
+        "_registry",
+        "_room",
+        "_round_waiters",
+        "_stopping",
+        "_storage",
+        "_task",
+        "_waiting_for_room",
+        "_wake",
+        "_write_through",
+        "dirty",
+        "last_error",
+    )
+
+    def __init__(
+        self,
+        storage: Storage,
+        config: SessionConfig,
+        registry: Registry,
+        counters: Counters,
+        clock: Clock,
+        backoff: Backoff,
+        log: Any,
+    ) -> None:
+        self._storage = storage
+        self._config = config
+        self._registry = registry
+        self._counters = counters
+        self._clock = clock
+        self._backoff = backoff
+        self._log = log
+        self._write_through = config.flush_interval == 0
+        #: Dirty actors by storage key, in the order they first became dirty.
+        self.dirty: dict[str, SessionActor[Any]] = {}
+        self._dirty_since = _NEVER
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._round_waiters: list[asyncio.Future[None]] = []
+        self._waiting_for_room = 0
+        self._attempt = 0
+        self._backoff_until = _NEVER
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+
+    # -- hot path ---------------------------------------------------------
+
+    def mark_dirty(self, actor: SessionActor[Any]) -> None:
+        dirty = self.dirty
+        if actor.storage_key not in dirty:
+            dirty[actor.storage_key] = actor
+            size = len(dirty)
+            if size == 1:
+                self._dirty_since = self._clock.now()
+                self._wake.set()
+            elif size >= self._config.max_batch:
+                self._wake.set()
+        if self._write_through:
+            self._wake.set()
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="actorsess-flusher")
+
+    async def stop(self, timeout: float) -> list[str]:
+        """Write everything dirty (retrying until ``timeout``); return keys left unwritten."""
+        self._stopping = True
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._fail_waiters(StorageError("the session manager closed before this write landed"))
+        return [actor.key for actor in self.dirty.values()]
+
+    # -- waiting for writes -------------------------------------------------
+
+    async def wait_persisted(self, actor: SessionActor[Any], version: int) -> None:
+        """Return once ``actor`` at ``version`` (or later) is in storage.
+
+        Raises StorageError if a write round fails meanwhile: the change stays
+        dirty and the flusher keeps retrying it.
+        """
+        while actor.persisted_version < version and self.dirty.get(actor.storage_key) is actor:
+            await self._next_round()
+
+    async def wait_all(self, targets: list[tuple[SessionActor[Any], int]]) -> None:
+        for actor, version in targets:
+            await self.wait_persisted(actor, version)
+
+    def snapshot_targets(self) -> list[tuple[SessionActor[Any], int]]:
+        return [(actor, actor.version) for actor in self.dirty.values()]
+
+    async def _next_round(self) -> None:
+        if self._task is None or self._task.done():
+            raise StorageError("the flusher is not running")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._round_waiters.append(waiter)
+        self._wake.set()
+        await waiter
+
+    async def wait_for_room(self) -> None:
+        """Backpressure: wait until fewer than ``max_dirty`` sessions are dirty."""
+        limit = self._config.max_dirty
+        timeout = self._config.backpressure_timeout
+        started = self._clock.now()
+        self._waiting_for_room += 1
+        try:
+            self._log.warning(
+                "session.backpressure", dirty=len(self.dirty), waiting=self._waiting_for_room
+            )
+            while len(self.dirty) >= limit:
+                remaining = None if timeout is None else started + timeout - self._clock.now()
+                if remaining is not None and remaining <= 0:
+                    raise BackpressureTimeoutError(len(self.dirty), limit, timeout or 0.0)
+                self._room.clear()
+                self._wake.set()
+                await self._clock.wait(self._room, remaining)
+        finally:
+            self._waiting_for_room -= 1
+
+    # -- the task -----------------------------------------------------------
+
+    def _delay(self) -> float | None:
+        """Seconds until the next round should start; None when there is nothing to do."""
+        if not self.dirty:
+            return None
+        now = self._clock.now()
+        if now < self._backoff_until:
+            return self._backoff_until - now
+        if (
+            self._stopping
+            or self._write_through
+            or self._round_waiters
+            or len(self.dirty) >= self._config.max_batch
+        ):
+            return 0.0
+        return self._dirty_since + self._config.flush_interval - now
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            if not self.dirty:
+                self._resolve_waiters()
+            delay = self._delay()
+            if delay is None and self._stopping:
+                return
+            if delay is None or delay > 0:
+                await self._clock.wait(self._wake, delay)
+                continue
+            await self._write_round()
+
+    async def _write_round(self) -> None:
+        started = self._clock.now()
+        batch_size = self._config.max_batch
+        batch = list(itertools.islice(self.dirty.values(), batch_size))
+        leftovers = len(self.dirty) > len(batch)
+        items = [
+            WriteItem(
+                actor.storage_key,
+                None if actor.deleted else encode_record(actor.version, actor.blob),
+                actor.version,
+            )
+            for actor in batch
+        ]
+        waiters, self._round_waiters = self._round_waiters, []
+        self._attempt += 1
+        try:
+            async with asyncio.timeout(self._config.write_timeout):
+                await self._storage.write_many(items, self._config.ttl_ms)
+        except asyncio.CancelledError:
+            self._round_waiters.extend(waiters)
+            raise
+        except Exception as exc:
+            self._on_failure(exc, waiters)
+            return
+        for actor, item in zip(batch, items, strict=True):
+            if item.version > actor.persisted_version:
+                actor.persisted_version = item.version
+            if not actor.dirty:
+                if self.dirty.get(actor.storage_key) is actor:
+                    del self.dirty[actor.storage_key]
+                self._registry.settle(actor)
+        self._counters.flushes += 1
+        self._counters.written += len(items)
+        self._log.info(
+            "session.flush",
+            sessions=len(items),
+            bytes=sum(len(i.blob) for i in items if i.blob is not None),
+            duration_ms=round((self._clock.now() - started) * 1000, 3),
+            attempt=self._attempt,
+        )
+        self._attempt = 0
+        self._backoff_until = _NEVER
+        self.last_error = None
+        self._dirty_since = _NEVER if leftovers else started
+        if len(self.dirty) < self._config.max_dirty:
+            self._room.set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _on_failure(self, exc: Exception, waiters: list[asyncio.Future[None]]) -> None:
+        self._counters.errors += 1
+        delay = self._backoff.delay(self._attempt)
+        self._backoff_until = self._clock.now() + delay
+        if isinstance(exc, TimeoutError):
+            reason = f"write timed out after {self._config.write_timeout:g}s (outcome unknown)"
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        self.last_error = reason
+        self._log.warning(
+            "session.flush_failed",
+            error=reason,
+            retry_in_s=round(delay, 3),
+            dirty=len(self.dirty),
+            attempt=self._attempt,
+        )
+        for waiter in waiters:
+            if not waiter.done():
+                error = StorageError(f"session write failed: {reason}; it will be retried")
+                error.__cause__ = exc
+                waiter.set_exception(error)
+
+    def _resolve_waiters(self) -> None:
+        waiters, self._round_waiters = self._round_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail_waiters(self, error: StorageError) -> None:
+        waiters, self._round_waiters = self._round_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)

@@ -1,0 +1,154 @@
+"""Batched, de-duplicated loading of sessions that are not cached.
+
+A miss creates the key's actor in LOADING state and queues it here; every
+miss in the same event-loop iteration rides in one ``load_many`` call.
+Concurrent misses of one key find the same LOADING actor, so they share one
+load (rule 9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from actorsess._actor import SessionActor, Status
+from actorsess._clock import Clock
+from actorsess._codec import Codec, DecodeFailure
+from actorsess._config import SessionConfig
+from actorsess._record import decode_record
+from actorsess._registry import Registry
+from actorsess._stats import Counters
+from actorsess.exceptions import CorruptSessionError, StorageError
+from actorsess.storage.base import BadValue, LoadResult, Storage
+
+
+class Loader:
+    __slots__ = (
+        "_clock",
+        "_codec",
+        "_config",
+        "_counters",
+        "_log",
+        "_pending",
+        "_registry",
+        "_storage",
+        "_tasks",
+    )
+
+    def __init__(
+        self,
+        storage: Storage,
+        codec: Codec[Any],
+        config: SessionConfig,
+        registry: Registry,
+        counters: Counters,
+        clock: Clock,
+        log: Any,
+    ) -> None:
+        self._storage = storage
+        self._codec = codec
+        self._config = config
+        self._registry = registry
+        self._counters = counters
+        self._clock = clock
+        self._log = log
+        self._pending: list[SessionActor[Any]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def request(self, actor: SessionActor[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        actor.load_future = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._dispatch)
+        self._pending.append(actor)
+
+    def _dispatch(self) -> None:
+        pending, self._pending = self._pending, []
+        step = self._config.max_batch
+        for start in range(0, len(pending), step):
+            task = asyncio.get_running_loop().create_task(self._load(pending[start : start + step]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _load(self, actors: list[SessionActor[Any]]) -> None:
+        started = self._clock.now()
+        self._counters.loads += 1
+        try:
+            async with asyncio.timeout(self._config.load_timeout):
+                results = await self._storage.load_many([a.storage_key for a in actors])
+            if len(results) != len(actors):
+                raise StorageError(f"storage returned {len(results)} records for {len(actors)} keys")
+        except BaseException as exc:
+            self._counters.errors += 1
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                reason = f"load timed out after {self._config.load_timeout:g}s"
+            self._log.warning("session.load_failed", keys=len(actors), error=reason)
+            for actor in actors:
+                error = StorageError(f"could not load session {actor.key!r}: {reason}")
+                error.__cause__ = exc
+                self._fail(actor, error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._counters.loaded_keys += len(actors)
+        for actor, raw in zip(actors, results, strict=True):
+            self._apply(actor, raw)
+        self._log.debug(
+            "session.load",
+            keys=len(actors),
+            duration_ms=round((self._clock.now() - started) * 1000, 3),
+        )
+
+    def _apply(self, actor: SessionActor[Any], raw: LoadResult) -> None:
+        if actor.status is not Status.LOADING:
+            return  # a delete() made it fresh while the load was in flight
+        try:
+            if raw is None:
+                actor.value, actor.blob = self._codec.fresh()
+                actor.version = actor.persisted_version = 0
+            elif isinstance(raw, BadValue):
+                raise CorruptSessionError(actor.key, raw.reason)
+            else:
+                limit = self._config.max_session_bytes
+                if len(raw) > limit + 64:
+                    raise CorruptSessionError(
+                        actor.key, f"stored record is {len(raw)} bytes, over max_session_bytes={limit}"
+                    )
+                version, payload = decode_record(actor.key, raw)
+                try:
+                    actor.value = self._codec.decode(payload)
+                except DecodeFailure as exc:
+                    raise CorruptSessionError(actor.key, str(exc)) from exc
+                actor.blob = payload
+                actor.version = actor.persisted_version = version
+        except CorruptSessionError as exc:
+            self._counters.errors += 1
+            self._log.error("session.corrupt", key=actor.key, error=exc.reason)
+            self._fail(actor, exc)
+            return
+        ttl = self._config.ttl
+        actor.expires_at = None if ttl is None else self._clock.now() + ttl
+        actor.status = Status.READY
+        self._resolve(actor)
+
+    def _fail(self, actor: SessionActor[Any], error: BaseException) -> None:
+        if actor.status is not Status.LOADING:
+            return
+        actor.status = Status.FAILED
+        actor.error = error
+        self._registry.discard(actor)
+        self._resolve(actor)
+
+    @staticmethod
+    def _resolve(actor: SessionActor[Any]) -> None:
+        future = actor.load_future
+        actor.load_future = None
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

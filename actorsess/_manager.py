@@ -1,0 +1,375 @@
+"""SessionManager: the public face that ties registry, loader, flusher and codec together."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import random
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from actorsess._actor import SessionActor, Status
+from actorsess._backoff import Backoff
+from actorsess._clock import Clock, MonotonicClock
+from actorsess._codec import Codec
+from actorsess._config import SessionConfig
+from actorsess._flusher import Flusher
+from actorsess._loader import Loader
+from actorsess._registry import Registry
+from actorsess._stats import Counters, SessionStats
+from actorsess._turn import SessionTurn
+from actorsess.exceptions import (
+    ConfigError,
+    InvalidKeyError,
+    ManagerClosedError,
+    SessionEncodeError,
+    SessionTooLargeError,
+)
+from actorsess.storage.base import Storage
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_KEY_LENGTH = 1024
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class SessionManager(Generic[T]):
+    """Per-key sessions, serialized by actors, cached in an LRU, written behind in batches.
+
+    The session type ``T`` is ``initial``'s return type: a dict, a dataclass, a
+    TypedDict or a pydantic model.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        initial: Callable[[], T],
+        config: SessionConfig | None = None,
+        clock: Clock | None = None,
+        logger: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        config = SessionConfig() if config is None else config
+        if not isinstance(config, SessionConfig):
+            raise TypeError(f"config must be a SessionConfig, got {type(config).__name__}")
+        if config.ownership == "shared":
+            raise ConfigError(
+                "ownership",
+                "'shared' (several processes on one Redis, with leases and fencing) is not "
+                "available in this release; use 'local' with one process per key space",
+            )
+        self._storage = storage
+        self._config = config
+        self._clock: Clock = clock or MonotonicClock()
+        self._log = logger if logger is not None else structlog.get_logger("actorsess")
+        self._codec: Codec[T] = Codec(initial)
+        self._prefix = config.key_prefix
+        self._ttl = config.ttl
+        self._write_through = config.flush_interval == 0
+        self._max_dirty = config.max_dirty
+        self._max_bytes = config.max_session_bytes
+        self._counters = Counters()
+        self._registry = Registry(config.max_cached, self._on_evict)
+        self._loader = Loader(
+            storage, self._codec, config, self._registry, self._counters, self._clock, self._log
+        )
+        self._flusher = Flusher(
+            storage,
+            config,
+            self._registry,
+            self._counters,
+            self._clock,
+            Backoff(config.retry_base_delay, config.retry_max_delay, rng),
+            self._log,
+        )
+        self._state = _State.NEW
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @property
+    def config(self) -> SessionConfig:
+        return self._config
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    async def start(self) -> None:
+        """Start the background flusher. Idempotent; the first session block starts it too."""
+        if self._state is _State.NEW:
+            self._flusher.start()
+            self._state = _State.RUNNING
+        elif self._state is not _State.RUNNING:
+            raise ManagerClosedError("this SessionManager was closed and cannot be restarted")
+
+    async def close(self) -> None:
+        """Stop intake, let current holders finish, write everything dirty, close storage.
+
+        Safe to call twice; concurrent callers all wait for the same shutdown.
+        What could not be written before ``close_timeout`` is logged as
+        ``session.unflushed`` with the keys.
+        """
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._shutdown())
+        await asyncio.shield(self._close_task)
+
+    async def _shutdown(self) -> None:
+        was_running = self._state is _State.RUNNING
+        self._state = _State.CLOSING
+        deadline = self._clock.now() + self._config.close_timeout
+        if self._active:
+            self._idle.clear()
+            await self._clock.wait(self._idle, self._config.close_timeout)
+        unwritten: list[str] = []
+        if was_running:
+            remaining = max(0.1, deadline - self._clock.now())
+            unwritten = await self._flusher.stop(remaining)
+        await self._loader.aclose()
+        if unwritten:
+            self._log.error(
+                "session.unflushed",
+                count=len(unwritten),
+                keys=unwritten[:20],
+                error=self._flusher.last_error,
+            )
+        self._state = _State.CLOSED
+        await self._storage.close()
+
+    async def __aenter__(self) -> SessionManager[T]:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<SessionManager [{self._state.value} | cached: {len(self._registry)} | "
+            f"dirty: {len(self._flusher.dirty)}] {self._storage!r}>"
+        )
+
+    # -- public operations --------------------------------------------------
+
+    def session(self, key: str) -> SessionTurn[T]:
+        """Exclusive access to ``key``'s session; changes commit when the block exits."""
+        if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
+            raise InvalidKeyError(
+                f"session key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
+                f"got {type(key).__name__} {str(key)[:60]!r}"
+            )
+        return SessionTurn(self, key)
+
+    async def update(self, key: str, fn: Callable[[T], R] | Callable[[T], Awaitable[R]]) -> R:
+        """Run ``fn(data)`` serialized with every other access to ``key``; return its result.
+
+        ``fn`` may be a coroutine function. If it raises, the session is unchanged.
+        """
+        async with self.session(key) as data:
+            result = fn(data)
+            if inspect.isawaitable(result):
+                result = await result
+            return result  # type: ignore[return-value]
+
+    async def get(self, key: str) -> T:
+        """A copy of ``key``'s last committed value (loading it if needed)."""
+        actor = self._registry.peek(key)
+        if actor is not None and actor.status is Status.READY and not self._expired(actor):
+            return self._codec.decode(actor.blob)
+        turn = self.session(key)
+        async with turn:
+            return self._codec.decode(turn._actor.blob)  # type: ignore[union-attr]
+
+    async def persist(self, key: str) -> None:
+        """Return once ``key``'s current committed state is in storage."""
+        self._check_open()
+        actor = self._registry.peek(key)
+        if actor is not None:
+            await self._flusher.wait_persisted(actor, actor.version)
+
+    async def flush(self) -> None:
+        """Return once everything dirty at the time of the call is in storage."""
+        self._check_open()
+        await self._flusher.wait_all(self._flusher.snapshot_targets())
+
+    async def delete(self, key: str) -> None:
+        """Reset ``key`` to ``initial`` and remove its stored record (even a corrupt one).
+
+        Returns once the record is gone from storage.
+        """
+        actor = await self._enter(key, load=False)
+        try:
+            actor.value, actor.blob = self._codec.fresh()
+            actor.version += 1
+            actor.deleted = True
+            version = actor.version
+            self._flusher.mark_dirty(actor)
+        finally:
+            self._leave(actor)
+        await self._flusher.wait_persisted(actor, version)
+
+    def stats(self) -> SessionStats:
+        c = self._counters
+        return SessionStats(
+            cached=len(self._registry),
+            dirty=len(self._flusher.dirty),
+            loads=c.loads,
+            flushes=c.flushes,
+            written=c.written,
+            evictions=c.evictions,
+            errors=c.errors,
+            parked=len(self._registry.parked),
+            active=self._active,
+        )
+
+    # -- the turn -----------------------------------------------------------
+
+    async def _enter(self, key: str, *, load: bool = True) -> SessionActor[T]:
+        if self._state is not _State.RUNNING:
+            self._check_open()
+            await self.start()
+        if len(self._flusher.dirty) >= self._max_dirty:
+            await self._flusher.wait_for_room()
+        actor: SessionActor[T] | None = self._registry.find(key)
+        if actor is None:
+            actor = self._new_actor(key, load)
+        self._active += 1
+        try:
+            if actor.held or actor.waiters:
+                await actor.acquire()
+            else:
+                actor.held = True
+            if actor.status is not Status.READY:
+                actor = await self._ready(actor, key, load)
+            elif self._ttl is not None and self._expired(actor):
+                actor.value, actor.blob = self._codec.fresh()
+                actor.expires_at = None
+        except BaseException:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+            raise
+        return actor
+
+    def _new_actor(self, key: str, load: bool) -> SessionActor[T]:
+        actor: SessionActor[T] = SessionActor(key, self._prefix + key)
+        if load:
+            self._loader.request(actor)
+        else:
+            actor.value, actor.blob = self._codec.fresh()
+            actor.status = Status.READY
+        self._registry.add(actor)
+        return actor
+
+    async def _ready(self, actor: SessionActor[T], key: str, load: bool) -> SessionActor[T]:
+        """Called holding the turn of a LOADING or FAILED actor; returns a READY one held."""
+        try:
+            if actor.status is Status.LOADING:
+                if not load:
+                    # delete(): whatever is stored is about to be removed; skip the load.
+                    actor.value, actor.blob = self._codec.fresh()
+                    actor.status = Status.READY
+                    return actor
+                future = actor.load_future
+                assert future is not None
+                await asyncio.shield(future)
+            if actor.status is Status.READY:
+                return actor
+            error = actor.error
+        except BaseException:
+            self._release(actor)
+            raise
+        self._release(actor)
+        if load:
+            assert error is not None
+            raise error
+        # delete() of a key whose record is corrupt: the failed actor is gone from
+        # the registry, so start over with a fresh one that skips the load.
+        fresh: SessionActor[T] = self._registry.find(key) or self._new_actor(key, load=False)
+        if fresh.held or fresh.waiters:
+            await fresh.acquire()
+        else:
+            fresh.held = True
+        if fresh.status is not Status.READY:
+            return await self._ready(fresh, key, load)
+        return fresh
+
+    async def _exit(self, actor: SessionActor[T], ok: bool) -> None:
+        version = actor.version
+        try:
+            if ok:
+                self._commit(actor)
+            else:
+                actor.value = self._codec.decode(actor.blob)
+        finally:
+            self._leave(actor)
+        if self._write_through and actor.version != version:
+            await self._flusher.wait_persisted(actor, actor.version)
+
+    def _commit(self, actor: SessionActor[T]) -> None:
+        try:
+            blob = self._codec.encode(actor.value)  # type: ignore[arg-type]
+        except Exception as exc:
+            actor.value = self._codec.decode(actor.blob)
+            raise SessionEncodeError(actor.key, f"{type(exc).__name__}: {exc}") from exc
+        if blob == actor.blob:
+            return
+        if len(blob) > self._max_bytes:
+            actor.value = self._codec.decode(actor.blob)
+            raise SessionTooLargeError(actor.key, len(blob), self._max_bytes)
+        actor.blob = blob
+        actor.version += 1
+        actor.deleted = False
+        if self._ttl is not None:
+            actor.expires_at = self._clock.now() + self._ttl
+        self._flusher.mark_dirty(actor)
+
+    def _leave(self, actor: SessionActor[T]) -> None:
+        self._release(actor)
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
+
+    def _release(self, actor: SessionActor[T]) -> None:
+        if actor.release() and actor.parked:
+            self._registry.settle(actor)
+
+    def _expired(self, actor: SessionActor[T]) -> bool:
+        expires_at = actor.expires_at
+        return expires_at is not None and self._clock.now() >= expires_at
+
+    # -- helpers --------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSING or self._state is _State.CLOSED:
+            raise ManagerClosedError("this SessionManager is closed; no more session work")
+
+    def _check_value(self, value: object) -> None:
+        expected = self._codec.runtime_type
+        if not isinstance(value, expected):
+            raise TypeError(
+                f"a session value must be a {expected.__name__}, got {type(value).__name__}"
+            )
+
+    def _on_evict(self, actor: SessionActor[Any]) -> None:
+        self._counters.evictions += 1
+        self._log.debug("session.evict", key=actor.key, was_dirty=actor.dirty)

@@ -1,0 +1,39 @@
+"""Counters shared by the manager's parts, and the snapshot ``stats()`` returns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(slots=True)
+class Counters:
+    loads: int = 0
+    loaded_keys: int = 0
+    flushes: int = 0
+    written: int = 0
+    evictions: int = 0
+    errors: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionStats:
+    """A point-in-time view of a SessionManager."""
+
+    #: Sessions held in memory (LRU plus parked).
+    cached: int
+    #: Sessions changed but not yet written.
+    dirty: int
+    #: Batched load calls made to storage.
+    loads: int
+    #: Successful batched writes.
+    flushes: int
+    #: Sessions written (or deleted) by those writes.
+    written: int
+    #: Sessions that left the LRU.
+    evictions: int
+    #: Failed storage calls (loads and writes) and corrupt records met.
+    errors: int
+    #: Sessions evicted from the LRU but kept until written or released.
+    parked: int = 0
+    #: Session blocks currently inside or waiting for their turn.
+    active: int = 0

@@ -1,0 +1,78 @@
+"""Every error actorsess raises derives from :class:`ActorSessError`."""
+
+from __future__ import annotations
+
+
+class ActorSessError(Exception):
+    """Root of all actorsess errors."""
+
+
+class ConfigError(ActorSessError, ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"SessionConfig.{field}: {problem}")
+
+
+class ManagerClosedError(ActorSessError, RuntimeError):
+    """The SessionManager was closed; it accepts no more work."""
+
+
+class InvalidKeyError(ActorSessError, ValueError):
+    """A session key is not a non-empty string of acceptable length."""
+
+
+class CorruptSessionError(ActorSessError):
+    """The stored record of one session could not be decoded or validated.
+
+    The record is left untouched in storage for inspection; other keys keep
+    working. ``SessionManager.delete(key)`` discards it deliberately.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"session {key!r} has a corrupt stored record: {reason}")
+
+
+class SessionTooLargeError(ActorSessError):
+    """A committed session encodes to more than ``max_session_bytes``.
+
+    The commit is refused and the session keeps its previous value.
+    """
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        self.key = key
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"session {key!r} encodes to {size} bytes, over max_session_bytes={limit}; "
+            "the change was rolled back"
+        )
+
+
+class SessionEncodeError(ActorSessError, TypeError):
+    """A session value could not be encoded (for example it holds a non-JSON object)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"session {key!r} cannot be encoded: {reason}; the change was rolled back")
+
+
+class StorageError(ActorSessError):
+    """The storage backend failed (connection refused, timeout, server error)."""
+
+
+class BackpressureTimeoutError(ActorSessError, TimeoutError):
+    """Too many sessions are waiting to be written and the wait for room timed out."""
+
+    def __init__(self, dirty: int, limit: int, waited: float) -> None:
+        self.dirty = dirty
+        self.limit = limit
+        super().__init__(
+            f"{dirty} sessions are waiting to be written (max_dirty={limit}); "
+            f"gave up after {waited:g}s: is the storage reachable?"
+        )

@@ -1,0 +1,16 @@
+"""Storage backends: in-memory, Redis (and Redis Cluster later), SQLite."""
+
+from actorsess.storage.base import BadValue, LoadResult, Storage, WriteItem
+from actorsess.storage.memory import MemoryStorage
+from actorsess.storage.redis import RedisStorage
+from actorsess.storage.sqlite import SqliteStorage
+
+__all__ = [
+    "BadValue",
+    "LoadResult",
+    "MemoryStorage",
+    "RedisStorage",
+    "SqliteStorage",
+    "Storage",
+    "WriteItem",
+]

@@ -1,0 +1,158 @@
+"""SqliteStorage: the embedded durable default (stdlib sqlite3, WAL, off the event loop).
+
+All database work runs on one dedicated thread, so the event loop never
+blocks on disk and the connection is never shared between threads. Each batch
+is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from actorsess.storage.base import BadValue, LoadResult, WriteItem
+
+R = TypeVar("R")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS actorsess_sessions (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires_at REAL
+) WITHOUT ROWID
+"""
+_UPSERT = (
+    "INSERT INTO actorsess_sessions (key, value, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+)
+# SQLite limits bound parameters per statement (32766 in modern builds; 999 in old ones).
+_CHUNK = 900
+# Expired rows are treated as absent on load; purge them every this many writes.
+_PURGE_EVERY = 200
+
+
+class SqliteStorage:
+    """Sessions in one SQLite file (WAL mode, ``synchronous=NORMAL``)."""
+
+    def __init__(self, path: str | Path, *, timer: Callable[[], float] = time.time) -> None:
+        self._path = str(path)
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._timer = timer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actorsess-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._writes = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<SqliteStorage {self._path}>"
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(_SCHEMA)
+            self._conn = conn
+        return fn(self._conn)
+
+    async def load_many(self, keys: Sequence[str]) -> list[LoadResult]:
+        if not keys:
+            return []
+        wanted = list(keys)
+        now = self._timer()
+
+        def load(conn: sqlite3.Connection) -> dict[str, LoadResult]:
+            found: dict[str, LoadResult] = {}
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT key, value, expires_at FROM actorsess_sessions WHERE key IN ({marks})",
+                    chunk,
+                )
+                for key, value, expires_at in rows:
+                    if expires_at is not None and expires_at <= now:
+                        continue
+                    found[key] = _as_record(value)
+            return found
+
+        found = await self._run(load)
+        return [found.get(key) for key in wanted]
+
+    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
+        if not items:
+            return
+        now = self._timer()
+        expires = None if ttl_ms is None else now + ttl_ms / 1000
+        upserts = [(i.key, i.blob, expires) for i in items if i.blob is not None]
+        deletes = [(i.key,) for i in items if i.blob is None]
+        self._writes += 1
+        purge = self._writes % _PURGE_EVERY == 0
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_UPSERT, upserts)
+                conn.executemany("DELETE FROM actorsess_sessions WHERE key = ?", deletes)
+                if purge:
+                    conn.execute(
+                        "DELETE FROM actorsess_sessions WHERE expires_at <= ?", (now,)
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._run(write)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        rows = [(key,) for key in keys]
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM actorsess_sessions WHERE key = ?", rows)
+
+        await self._run(delete)
+
+    async def put_raw(self, key: str, value: object) -> None:
+        """Store ``value`` verbatim (tests that plant corrupt records)."""
+
+        def put(conn: sqlite3.Connection) -> None:
+            conn.execute(_UPSERT, (key, value, None))
+
+        await self._run(put)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+
+        def shut(conn: sqlite3.Connection) -> None:
+            conn.close()
+
+        if self._conn is not None:
+            await self._run(shut)
+        self._closed = True
+        self._conn = None
+        self._executor.shutdown(wait=False)
+
+
+def _as_record(value: object) -> LoadResult:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return BadValue(f"stored value is {type(value).__name__}, not bytes")

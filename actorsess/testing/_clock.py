@@ -1,0 +1,51 @@
+"""FakeClock: time that moves only when a test says so."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+
+
+class FakeClock:
+    """A :class:`~actorsess.Clock` whose ``now()`` advances only through ``advance()``.
+
+    Waiters whose deadline is reached are woken by ``advance``; a set event
+    wakes them at once, as with the real clock.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._seq = itertools.count()
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self._now
+
+    async def wait(self, event: asyncio.Event, timeout: float | None) -> bool:
+        if event.is_set():
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        loop = asyncio.get_running_loop()
+        timer: asyncio.Future[None] = loop.create_future()
+        if timeout is not None:
+            heapq.heappush(self._timers, (self._now + timeout, next(self._seq), timer))
+        event_wait = loop.create_task(event.wait())
+        try:
+            await asyncio.wait({event_wait, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            event_wait.cancel()
+            if not timer.done():
+                timer.cancel()
+        return event.is_set()
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, wake every waiter whose deadline passed, let them run."""
+        self._now += seconds
+        while self._timers and self._timers[0][0] <= self._now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.done():
+                timer.set_result(None)
+        for _ in range(5):
+            await asyncio.sleep(0)

@@ -1,0 +1,99 @@
+"""One contract, three backends: memory, Redis and SQLite behave the same."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from actorsess import SessionConfig, SessionManager, Storage, WriteItem
+from actorsess.storage import BadValue
+
+
+class TestStorageContract:
+    async def test_missing_keys_load_as_none(self, storage_factory: Any) -> None:
+        """Keys never written come back as None, in the order asked."""
+        storage: Storage = storage_factory()
+        assert await storage.load_many(["a", "b"]) == [None, None]
+        assert await storage.load_many([]) == []
+
+    async def test_write_then_load_round_trips_bytes(self, storage_factory: Any) -> None:
+        """A written blob is read back byte for byte, by another storage object too."""
+        storage: Storage = storage_factory()
+        blob = b"as1:3:" + bytes(range(256))
+        await storage.write_many([WriteItem("k1", blob, 3), WriteItem("k2", b"as1:1:{}", 1)], None)
+        other: Storage = storage_factory()
+        assert await other.load_many(["k2", "nope", "k1"]) == [b"as1:1:{}", None, blob]
+
+    async def test_overwrite_and_delete_in_one_batch(self, storage_factory: Any) -> None:
+        """A batch may overwrite some keys and delete others (blob=None)."""
+        storage: Storage = storage_factory()
+        await storage.write_many([WriteItem("a", b"as1:1:1", 1), WriteItem("b", b"as1:1:2", 1)], None)
+        await storage.write_many([WriteItem("a", b"as1:2:9", 2), WriteItem("b", None, 2)], None)
+        assert await storage.load_many(["a", "b"]) == [b"as1:2:9", None]
+
+    async def test_writes_are_idempotent(self, storage_factory: Any) -> None:
+        """Sending the same batch twice (unknown outcome, retried) leaves the same state."""
+        storage: Storage = storage_factory()
+        batch = [WriteItem(f"k{i}", b"as1:%d:{}" % i, i) for i in range(50)]
+        await storage.write_many(batch, None)
+        await storage.write_many(batch, None)
+        assert await storage.load_many([f"k{i}" for i in range(50)]) == [i.blob for i in batch]
+
+    async def test_delete_many(self, storage_factory: Any) -> None:
+        """delete_many removes present keys and ignores absent ones."""
+        storage: Storage = storage_factory()
+        await storage.write_many([WriteItem("a", b"as1:1:1", 1)], None)
+        await storage.delete_many(["a", "never"])
+        assert await storage.load_many(["a"]) == [None]
+
+    async def test_large_batches(self, storage_factory: Any) -> None:
+        """Batches larger than one statement's parameter limit still land whole."""
+        storage: Storage = storage_factory()
+        batch = [WriteItem(f"key:{i}", b"as1:1:" + b"x" * 200, 1) for i in range(3000)]
+        await storage.write_many(batch, None)
+        loaded = await storage.load_many([i.key for i in batch])
+        assert loaded == [i.blob for i in batch]
+
+    async def test_close_twice(self, storage_factory: Any) -> None:
+        """close() is safe to call twice."""
+        storage: Storage = storage_factory()
+        await storage.close()
+        await storage.close()
+
+    async def test_manager_round_trip_through_each_storage(self, storage_factory: Any) -> None:
+        """A session written by one manager is read back by a fresh one over new storage."""
+        config = SessionConfig(flush_interval=60)
+        async with SessionManager(storage_factory(), initial=lambda: {"n": 0}, config=config) as m:
+            async with m.session("chat:1") as s:
+                s["n"] = 41
+            await m.update("chat:1", lambda s: s.update(n=s["n"] + 1))
+        async with SessionManager(storage_factory(), initial=lambda: {"n": 0}, config=config) as m2:
+            assert await m2.get("chat:1") == {"n": 42}
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+async def test_ttl_expires_stored_records(kind: str, redis_url: str, tmp_path: Any) -> None:
+    """Records written with a TTL disappear after it (Redis PX; SQLite expiry column)."""
+    import asyncio
+
+    from actorsess import RedisStorage, SqliteStorage
+
+    storage: Storage = (
+        RedisStorage.from_url(redis_url) if kind == "redis" else SqliteStorage(tmp_path / "t.db")
+    )
+    await storage.write_many([WriteItem("ttl:k", b"as1:1:{}", 1)], ttl_ms=150)
+    assert await storage.load_many(["ttl:k"]) == [b"as1:1:{}"]
+    await asyncio.sleep(0.3)
+    assert await storage.load_many(["ttl:k"]) == [None]
+    await storage.close()
+
+
+async def test_redis_reports_wrong_type_instead_of_missing(
+    redis_storage: Any, redis_client: Any
+) -> None:
+    """A Redis list under a session key is reported as a bad value, not as absent."""
+    await redis_client.rpush("actorsess:listkey", "x")
+    [result] = await redis_storage.load_many(["actorsess:listkey"])
+    assert isinstance(result, BadValue)
+    await redis_storage.close()
