@@ -9,6 +9,7 @@ and no one can barge in between.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from collections import deque
 from typing import Generic, TypeVar
@@ -121,7 +122,5 @@ class SessionActor(Generic[T]):
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
         if self.waiters is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 self.waiters.remove(waiter)
-            except ValueError:
-                pass

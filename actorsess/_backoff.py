@@ -16,10 +16,11 @@ class Backoff:
     __slots__ = ("_base", "_cap", "_rng")
 
     def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
-        self._base = base
-        self._cap = cap
-        self._rng = rng or random.Random()
+        self._base: float = base
+        self._cap: float = cap
+        self._rng: random.Random = rng or random.Random()
 
     def delay(self, attempt: int) -> float:
-        ceiling = min(self._cap, self._base * 2 ** min(max(attempt - 1, 0), 32))
-        return ceiling / 2 + self._rng.random() * ceiling / 2
+        ceiling = min(self._cap, self._base * 2.0 ** min(max(attempt - 1, 0), 32))
+        jitter: float = self._rng.random()
+        return ceiling / 2 + jitter * ceiling / 2

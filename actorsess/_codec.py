@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import pydantic
 import pydantic_core
+from typing_extensions import is_typeddict
 
 T = TypeVar("T")
 
@@ -68,7 +69,7 @@ def _value_type(initial: Callable[[], Any]) -> Any:
 
 def _runtime_type(value_type: Any) -> type:
     """The class every session value must be an instance of."""
-    if typing.is_typeddict(value_type):
+    if is_typeddict(value_type):
         return dict
     origin = typing.get_origin(value_type) or value_type
     if not isinstance(origin, type):
@@ -85,7 +86,7 @@ def _build(value_type: Any) -> tuple[Encoder, Decoder]:
         return (lambda v: v.model_dump_json(warnings="error").encode()), model.model_validate_json
     if (
         dataclasses.is_dataclass(origin)
-        or typing.is_typeddict(origin)
+        or is_typeddict(origin)
         or typing.get_origin(value_type) is not None
         or origin in (list, dict)
     ):
@@ -109,5 +110,10 @@ def _dict_from_json(payload: bytes) -> dict[str, Any]:
 
 
 def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "value"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        return f"does not match {exc.title}: {where}: {first['msg']}{more}"[:300]
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

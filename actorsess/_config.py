@@ -65,15 +65,22 @@ class SessionConfig:
             _positive_int(name, getattr(self, name))
         if self.ttl is not None:
             _positive_finite("ttl", self.ttl)
-        for name in ("write_timeout", "load_timeout", "retry_base_delay",
-                     "retry_max_delay", "close_timeout"):
+        for name in (
+            "write_timeout",
+            "load_timeout",
+            "retry_base_delay",
+            "retry_max_delay",
+            "close_timeout",
+        ):
             _positive_finite(name, getattr(self, name))
         if self.backpressure_timeout is not None:
             _positive_finite("backpressure_timeout", self.backpressure_timeout)
         if self.retry_max_delay < self.retry_base_delay:
             raise ConfigError("retry_max_delay", "must be at least retry_base_delay")
         if not isinstance(self.key_prefix, str):
-            raise ConfigError("key_prefix", f"must be a string, got {type(self.key_prefix).__name__}")
+            raise ConfigError(
+                "key_prefix", f"must be a string, got {type(self.key_prefix).__name__}"
+            )
         if self.ownership not in get_args(Ownership):
             raise ConfigError("ownership", f"must be 'local' or 'shared', got {self.ownership!r}")
 
@@ -83,9 +90,7 @@ class SessionConfig:
         return None if self.ttl is None else max(1, round(self.ttl * 1000))
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> SessionConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SessionConfig:
         """Build a config from ``ACTORSESS_<FIELD>`` variables (e.g. ``ACTORSESS_TTL=3600``).
 
         ``none`` (any case) sets an optional field to ``None``. Keyword

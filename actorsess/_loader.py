@@ -77,7 +77,9 @@ class Loader:
             async with asyncio.timeout(self._config.load_timeout):
                 results = await self._storage.load_many([a.storage_key for a in actors])
             if len(results) != len(actors):
-                raise StorageError(f"storage returned {len(results)} records for {len(actors)} keys")
+                raise StorageError(
+                    f"storage returned {len(results)} records for {len(actors)} keys"
+                )
         except BaseException as exc:
             self._counters.errors += 1
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -113,7 +115,8 @@ class Loader:
                 limit = self._config.max_session_bytes
                 if len(raw) > limit + 64:
                     raise CorruptSessionError(
-                        actor.key, f"stored record is {len(raw)} bytes, over max_session_bytes={limit}"
+                        actor.key,
+                        f"stored record is {len(raw)} bytes, over max_session_bytes={limit}",
                     )
                 version, payload = decode_record(actor.key, raw)
                 try:

@@ -8,7 +8,7 @@ import inspect
 import random
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import structlog
 
@@ -179,7 +179,11 @@ class SessionManager(Generic[T]):
             )
         return SessionTurn(self, key)
 
-    async def update(self, key: str, fn: Callable[[T], R] | Callable[[T], Awaitable[R]]) -> R:
+    @overload
+    async def update(self, key: str, fn: Callable[[T], Awaitable[R]]) -> R: ...
+    @overload
+    async def update(self, key: str, fn: Callable[[T], R]) -> R: ...
+    async def update(self, key: str, fn: Callable[[T], Any]) -> Any:
         """Run ``fn(data)`` serialized with every other access to ``key``; return its result.
 
         ``fn`` may be a coroutine function. If it raises, the session is unchanged.
@@ -188,7 +192,7 @@ class SessionManager(Generic[T]):
             result = fn(data)
             if inspect.isawaitable(result):
                 result = await result
-            return result  # type: ignore[return-value]
+            return result
 
     async def get(self, key: str) -> T:
         """A copy of ``key``'s last committed value (loading it if needed)."""
@@ -247,8 +251,6 @@ class SessionManager(Generic[T]):
         if self._state is not _State.RUNNING:
             self._check_open()
             await self.start()
-        if len(self._flusher.dirty) >= self._max_dirty:
-            await self._flusher.wait_for_room()
         actor: SessionActor[T] | None = self._registry.find(key)
         if actor is None:
             actor = self._new_actor(key, load)
@@ -316,26 +318,41 @@ class SessionManager(Generic[T]):
     async def _exit(self, actor: SessionActor[T], ok: bool) -> None:
         version = actor.version
         try:
-            if ok:
-                self._commit(actor)
-            else:
+            if not ok:
                 actor.value = self._codec.decode(actor.blob)
+            else:
+                blob = self._encode_change(actor)
+                if blob is not None:
+                    if not actor.dirty and len(self._flusher.dirty) >= self._max_dirty:
+                        # Backpressure (rule 5): this change would add a dirty session
+                        # while too many wait for storage. Wait for room still holding
+                        # the turn, so the bound on dirty sessions is exact.
+                        try:
+                            await self._flusher.wait_for_room()
+                        except BaseException:
+                            actor.value = self._codec.decode(actor.blob)
+                            raise
+                    self._apply(actor, blob)
         finally:
             self._leave(actor)
         if self._write_through and actor.version != version:
             await self._flusher.wait_persisted(actor, actor.version)
 
-    def _commit(self, actor: SessionActor[T]) -> None:
+    def _encode_change(self, actor: SessionActor[T]) -> bytes | None:
+        """The new committed bytes, or None if the value did not change. Rolls back on refusal."""
         try:
             blob = self._codec.encode(actor.value)  # type: ignore[arg-type]
         except Exception as exc:
             actor.value = self._codec.decode(actor.blob)
             raise SessionEncodeError(actor.key, f"{type(exc).__name__}: {exc}") from exc
         if blob == actor.blob:
-            return
+            return None
         if len(blob) > self._max_bytes:
             actor.value = self._codec.decode(actor.blob)
             raise SessionTooLargeError(actor.key, len(blob), self._max_bytes)
+        return blob
+
+    def _apply(self, actor: SessionActor[T], blob: bytes) -> None:
         actor.blob = blob
         actor.version += 1
         actor.deleted = False

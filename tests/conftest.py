@@ -88,7 +88,7 @@ class Events:
             None, processors=[self.capture], wrapper_class=structlog.BoundLogger
         )
 
-    def named(self, event: str) -> list[dict[str, Any]]:
+    def named(self, event: str) -> list[Any]:
         return [e for e in self.capture.entries if e["event"] == event]
 
 

@@ -28,7 +28,9 @@ class TestStorageContract:
     async def test_overwrite_and_delete_in_one_batch(self, storage_factory: Any) -> None:
         """A batch may overwrite some keys and delete others (blob=None)."""
         storage: Storage = storage_factory()
-        await storage.write_many([WriteItem("a", b"as1:1:1", 1), WriteItem("b", b"as1:1:2", 1)], None)
+        await storage.write_many(
+            [WriteItem("a", b"as1:1:1", 1), WriteItem("b", b"as1:1:2", 1)], None
+        )
         await storage.write_many([WriteItem("a", b"as1:2:9", 2), WriteItem("b", None, 2)], None)
         assert await storage.load_many(["a", "b"]) == [b"as1:2:9", None]
 

@@ -108,9 +108,7 @@ class SqliteStorage:
                 conn.executemany(_UPSERT, upserts)
                 conn.executemany("DELETE FROM actorsess_sessions WHERE key = ?", deletes)
                 if purge:
-                    conn.execute(
-                        "DELETE FROM actorsess_sessions WHERE expires_at <= ?", (now,)
-                    )
+                    conn.execute("DELETE FROM actorsess_sessions WHERE expires_at <= ?", (now,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

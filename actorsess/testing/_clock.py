@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from typing import Any
 
 
 class FakeClock:
@@ -33,7 +34,8 @@ class FakeClock:
             heapq.heappush(self._timers, (self._now + timeout, next(self._seq), timer))
         event_wait = loop.create_task(event.wait())
         try:
-            await asyncio.wait({event_wait, timer}, return_when=asyncio.FIRST_COMPLETED)
+            pending: set[asyncio.Future[Any]] = {event_wait, timer}
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
             event_wait.cancel()
             if not timer.done():

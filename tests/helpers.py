@@ -1,0 +1,46 @@
+"""Storages that inject faults a real server cannot produce on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from actorsess import MemoryStorage, WriteItem
+from actorsess.storage.base import LoadResult
+
+
+class RecordingStorage(MemoryStorage):
+    """A MemoryStorage that records every batch and can fail or stall on request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[WriteItem]] = []
+        self.load_batches: list[list[str]] = []
+        self.fail_writes = 0
+        self.fail_loads = 0
+        self.write_gate: asyncio.Event | None = None
+        self.load_gate: asyncio.Event | None = None
+        self.write_started = asyncio.Event()
+
+    async def load_many(self, keys: Sequence[str]) -> list[LoadResult]:
+        self.load_batches.append(list(keys))
+        if self.load_gate is not None:
+            await self.load_gate.wait()
+        if self.fail_loads:
+            self.fail_loads -= 1
+            raise ConnectionError("injected load failure")
+        return await super().load_many(keys)
+
+    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
+        self.write_started.set()
+        if self.write_gate is not None:
+            await self.write_gate.wait()
+        if self.fail_writes:
+            self.fail_writes -= 1
+            raise ConnectionError("injected write failure")
+        self.batches.append(list(items))
+        await super().write_many(items, ttl_ms)
+
+    @property
+    def written_keys(self) -> list[str]:
+        return [item.key for batch in self.batches for item in batch]

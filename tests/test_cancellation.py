@@ -1,0 +1,142 @@
+"""Cancellation at each await point leaves no stuck key and loses no committed write."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from actorsess import SessionConfig, SessionManager
+from actorsess._actor import SessionActor
+
+from .helpers import RecordingStorage
+
+
+def counter() -> dict[str, int]:
+    return {"n": 0}
+
+
+async def test_cancelled_waiter_does_not_block_the_key() -> None:
+    """A block cancelled while queued for its turn leaves the queue moving."""
+    async with SessionManager(RecordingStorage(), initial=counter) as m:
+        release = asyncio.Event()
+
+        async def holder() -> None:
+            async with m.session("k") as s:
+                await release.wait()
+                s["n"] += 1
+
+        async def waiter() -> None:
+            async with m.session("k") as s:
+                s["n"] += 100
+
+        t_hold = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        t_wait = asyncio.create_task(waiter())
+        t_next = asyncio.create_task(waiter())
+        await asyncio.sleep(0)
+        t_wait.cancel()
+        release.set()
+        await t_hold
+        await t_next
+        with pytest.raises(asyncio.CancelledError):
+            await t_wait
+        assert await m.get("k") == {"n": 101}
+
+
+async def test_waiter_cancelled_just_as_it_is_handed_the_turn_passes_it_on() -> None:
+    """If the turn is handed over and the receiver is cancelled, the next waiter gets it."""
+    actor: SessionActor[dict[str, int]] = SessionActor("k", "k")
+    actor.held = True
+    second = asyncio.create_task(actor.acquire())
+    third = asyncio.create_task(actor.acquire())
+    await asyncio.sleep(0)
+    assert actor.release() is False  # the turn now belongs to `second`...
+    second.cancel()  # ...which is cancelled before it could run
+    results = await asyncio.gather(second, third, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert results[1] is None and actor.held
+    assert actor.release() is True and not actor.held
+
+
+async def test_cancel_inside_the_block_rolls_back() -> None:
+    """A block cancelled mid-way commits nothing and frees the key."""
+    async with SessionManager(RecordingStorage(), initial=counter) as m:
+        inside = asyncio.Event()
+
+        async def slow() -> None:
+            async with m.session("k") as s:
+                s["n"] = 42
+                inside.set()
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(slow())
+        await inside.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(1):
+            assert await m.get("k") == {"n": 0}
+
+
+async def test_cancel_during_load_frees_the_key_and_others_still_load() -> None:
+    """Cancelling the block that waits for a load leaves the load usable by the next."""
+    storage = RecordingStorage()
+    storage.load_gate = asyncio.Event()
+    async with SessionManager(storage, initial=counter) as m:
+        first = asyncio.create_task(m.update("k", lambda s: s.update(n=1)))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(m.update("k", lambda s: s.update(n=s["n"] + 1)))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        storage.load_gate.set()
+        await second
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await m.get("k") == {"n": 1}
+        assert len(storage.load_batches) == 1
+
+
+async def test_cancelled_persist_and_flush_leave_the_write_pending() -> None:
+    """Cancelling persist()/flush() never cancels the write itself."""
+    storage = RecordingStorage()
+    storage.write_gate = asyncio.Event()
+    async with SessionManager(
+        storage, initial=counter, config=SessionConfig(flush_interval=0.001)
+    ) as m:
+        await m.update("k", lambda s: s.update(n=1))
+        for waiter in (m.persist("k"), m.flush()):
+            task = asyncio.create_task(waiter)
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        storage.write_gate.set()
+        await m.flush()
+        assert storage.raw("actorsess:k") == b'as1:1:{"n":1}'
+
+
+@pytest.mark.parametrize("steps", range(1, 12))
+async def test_cancel_at_each_step_of_a_busy_key(steps: int) -> None:
+    """Cancel one of several contending blocks after N loop steps: totals stay exact."""
+    storage = RecordingStorage()
+    config = SessionConfig(flush_interval=0.001)
+    async with SessionManager(storage, initial=counter, config=config) as m:
+        done: list[int] = []
+
+        async def bump(i: int) -> None:
+            async with m.session("k") as s:
+                n = s["n"]
+                await asyncio.sleep(0)
+                s["n"] = n + 1
+            done.append(i)
+
+        tasks = [asyncio.create_task(bump(i)) for i in range(6)]
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        tasks[2].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        async with asyncio.timeout(1):
+            assert await m.update("k", lambda s: s["n"]) == len(done)
+        await m.flush()
+        assert storage.raw("actorsess:k") == b'as1:%d:{"n":%d}' % (len(done), len(done))

@@ -1,0 +1,72 @@
+"""SessionConfig: validation names the field; from_env reads ACTORSESS_*."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from actorsess import ConfigError, MemoryStorage, SessionConfig, SessionManager
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("flush_interval", -1),
+        ("flush_interval", float("nan")),
+        ("max_cached", 0),
+        ("max_batch", 1.5),
+        ("max_dirty", True),
+        ("ttl", 0),
+        ("write_timeout", 0),
+        ("ownership", "everyone"),
+        ("key_prefix", 3),
+    ],
+)
+def test_bad_values_name_the_field(field: str, value: object) -> None:
+    """Each invalid setting raises ConfigError naming its field."""
+    with pytest.raises(ConfigError, match=f"SessionConfig.{field}"):
+        SessionConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_config_is_frozen_and_keyword_only() -> None:
+    """Config objects cannot be mutated or built positionally."""
+    config = SessionConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.ttl = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        SessionConfig(1.0)  # type: ignore[call-arg]
+
+
+def test_from_env_reads_prefixed_variables() -> None:
+    """ACTORSESS_* variables fill the matching fields; 'none' clears optional ones."""
+    env = {
+        "ACTORSESS_FLUSH_INTERVAL": "0.5",
+        "ACTORSESS_MAX_CACHED": "123",
+        "ACTORSESS_TTL": "3600",
+        "ACTORSESS_KEY_PREFIX": "bot7:",
+        "ACTORSESS_BACKPRESSURE_TIMEOUT": "none",
+    }
+    config = SessionConfig.from_env(env, max_batch=50)
+    assert config.flush_interval == 0.5
+    assert config.max_cached == 123
+    assert config.ttl == 3600 and config.ttl_ms == 3_600_000
+    assert config.key_prefix == "bot7:"
+    assert config.backpressure_timeout is None
+    assert config.max_batch == 50
+
+
+def test_from_env_bad_value_names_the_variable() -> None:
+    """A non-numeric value names the environment variable it came from."""
+    with pytest.raises(ConfigError, match="ACTORSESS_MAX_CACHED='lots' is not a number"):
+        SessionConfig.from_env({"ACTORSESS_MAX_CACHED": "lots"})
+    with pytest.raises(ConfigError, match="SessionConfig.max_cached"):
+        SessionConfig.from_env({"ACTORSESS_MAX_CACHED": "0"})
+    with pytest.raises(ConfigError, match="SessionConfig.nonsense"):
+        SessionConfig.from_env({}, nonsense=1)
+
+
+def test_shared_ownership_is_refused_until_available() -> None:
+    """Asking for multi-process ownership fails at construction, naming the field."""
+    with pytest.raises(ConfigError, match="SessionConfig.ownership"):
+        SessionManager(MemoryStorage(), initial=dict, config=SessionConfig(ownership="shared"))

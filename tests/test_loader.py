@@ -1,0 +1,152 @@
+"""Loading: batched, de-duplicated, failing fast, and strict about corrupt records."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from actorsess import (
+    CorruptSessionError,
+    MemoryStorage,
+    SessionConfig,
+    SessionManager,
+    StorageError,
+)
+
+from .conftest import Events
+from .helpers import RecordingStorage
+
+
+def counter() -> dict[str, int]:
+    return {"n": 0}
+
+
+async def test_concurrent_misses_of_one_key_share_one_load() -> None:
+    """Fifty blocks missing the same key cause a single load of it."""
+    storage = RecordingStorage()
+    async with SessionManager(storage, initial=counter) as m:
+
+        async def bump() -> None:
+            async with m.session("k") as s:
+                s["n"] += 1
+
+        await asyncio.gather(*(bump() for _ in range(50)))
+        assert storage.load_batches == [["actorsess:k"]]
+        assert await m.get("k") == {"n": 50}
+
+
+async def test_many_misses_at_once_load_in_one_batch() -> None:
+    """Misses of many keys in the same loop iteration ride in one load_many call."""
+    storage = RecordingStorage()
+    async with SessionManager(storage, initial=counter) as m:
+        await asyncio.gather(*(m.get(f"k{i}") for i in range(200)))
+        assert len(storage.load_batches) == 1
+        assert len(storage.load_batches[0]) == 200
+
+
+async def test_load_failure_fails_the_waiters_and_the_next_access_retries() -> None:
+    """A failing load raises StorageError for those waiting; a later access loads again."""
+    storage = RecordingStorage()
+    storage.fail_loads = 1
+    async with SessionManager(storage, initial=counter) as m:
+        results = await asyncio.gather(*(m.get("k") for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(r, StorageError) for r in results)
+        assert "could not load session 'k'" in str(results[0])
+        assert await m.get("k") == {"n": 0}
+
+
+async def test_load_timeout_is_a_clear_error() -> None:
+    """A load slower than load_timeout fails with an error naming the timeout."""
+    storage = RecordingStorage()
+    storage.load_gate = asyncio.Event()
+    async with SessionManager(
+        storage, initial=counter, config=SessionConfig(load_timeout=0.05)
+    ) as m:
+        with pytest.raises(StorageError, match="timed out after 0.05s"):
+            await m.get("k")
+        storage.load_gate.set()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json at all", "missing 'as1:' header"),
+        (b"as1:3:{broken", "Invalid JSON|EOF"),
+        (b"as1:x:{}", "no valid version"),
+        (b"as9:1:{}", "newer than this actorsess understands"),
+        (b"as1:1:[1,2]", "should be an object"),
+        (b"as1:1:" + b"[" * 100_000 + b"]" * 100_000, "recursion limit"),
+    ],
+)
+async def test_corrupt_records_raise_naming_the_key_and_are_kept(
+    raw: bytes, reason: str, events: Events
+) -> None:
+    """Bad stored data raises CorruptSessionError; the record stays; other keys work."""
+    storage = MemoryStorage()
+    storage.put_raw("actorsess:bad", raw)
+    config = SessionConfig(flush_interval=0.001, max_session_bytes=1_000_000)
+    m = SessionManager(storage, initial=counter, config=config, logger=events.logger)
+    async with m:
+        with pytest.raises(CorruptSessionError, match=reason) as info:
+            async with m.session("bad") as s:
+                s["n"] = 1
+        assert info.value.key == "bad"
+        await m.update("good", lambda s: s.update(n=1))
+        with pytest.raises(CorruptSessionError):
+            await m.get("bad")
+        await m.flush()
+        assert storage.raw("actorsess:bad") == raw
+        assert storage.raw("actorsess:good") == b'as1:1:{"n":1}'
+        assert events.named("session.corrupt")[0]["key"] == "bad"
+
+
+async def test_typed_session_with_wrong_shape_is_corrupt() -> None:
+    """A stored object that does not validate against the typed session is refused."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Score:
+        points: int = 0
+
+    storage = MemoryStorage()
+    storage.put_raw("actorsess:s", b'as1:1:{"points":"lots"}')
+    async with SessionManager(storage, initial=Score) as m:
+        with pytest.raises(CorruptSessionError, match="points"):
+            await m.get("s")
+
+
+async def test_wrong_redis_type_is_corrupt_and_untouched(
+    redis_storage: Any, redis_client: Any
+) -> None:
+    """A Redis list under a session key is reported, not overwritten."""
+    await redis_client.rpush("actorsess:chat", "a", "b")
+    async with SessionManager(redis_storage, initial=counter) as m:
+        with pytest.raises(CorruptSessionError, match="non-string type"):
+            await m.update("chat", lambda s: s.update(n=1))
+        await m.flush()
+    assert await redis_client.lrange("actorsess:chat", 0, -1) == [b"a", b"b"]
+
+
+async def test_delete_discards_a_corrupt_record() -> None:
+    """delete() is the deliberate way out of a corrupt record."""
+    storage = MemoryStorage()
+    storage.put_raw("actorsess:bad", b"garbage")
+    async with SessionManager(storage, initial=counter) as m:
+        with pytest.raises(CorruptSessionError):
+            await m.get("bad")
+        await m.delete("bad")
+        assert storage.raw("actorsess:bad") is None
+        assert await m.update("bad", lambda s: s.update(n=2) or s["n"]) == 2
+
+
+async def test_oversized_stored_record_is_corrupt() -> None:
+    """A stored record far above max_session_bytes is refused rather than decoded."""
+    storage = MemoryStorage()
+    storage.put_raw("actorsess:big", b'as1:1:{"x":"' + b"a" * 5000 + b'"}')
+    async with SessionManager(
+        storage, initial=counter, config=SessionConfig(max_session_bytes=1000)
+    ) as m:
+        with pytest.raises(CorruptSessionError, match="over max_session_bytes=1000"):
+            await m.get("big")

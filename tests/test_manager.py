@@ -1,0 +1,334 @@
+"""SessionManager: serialization, rollback, lifecycle, copies, keys, typed values."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from typing import Any
+
+import pydantic
+import pytest
+from typing_extensions import TypedDict
+
+from actorsess import (
+    ActorSessError,
+    InvalidKeyError,
+    ManagerClosedError,
+    MemoryStorage,
+    SessionConfig,
+    SessionEncodeError,
+    SessionManager,
+    SessionTooLargeError,
+)
+
+from .helpers import RecordingStorage
+
+
+def counter() -> dict[str, int]:
+    return {"n": 0}
+
+
+async def test_no_lost_updates_with_awaits_between_read_and_write(storage_factory: Any) -> None:
+    """Hundreds of concurrent blocks per key, each awaiting mid-update, lose nothing."""
+    config = SessionConfig(flush_interval=0.01, max_batch=64)
+    keys = [f"chat:{i}" for i in range(20)]
+    per_key = 200
+
+    async with SessionManager(storage_factory(), initial=counter, config=config) as m:
+
+        async def bump(key: str) -> None:
+            async with m.session(key) as s:
+                value = s["n"]
+                await asyncio.sleep(0)
+                s["n"] = value + 1
+
+        jobs = [bump(k) for k in keys for _ in range(per_key)]
+        random.Random(7).shuffle(jobs)
+        await asyncio.gather(*jobs)
+    async with SessionManager(storage_factory(), initial=counter, config=config) as again:
+        for key in keys:
+            assert await again.get(key) == {"n": per_key}
+
+
+async def test_blocks_on_one_key_run_in_arrival_order() -> None:
+    """Waiters for one key get their turn in the order they asked for it."""
+    order: list[int] = []
+    async with SessionManager(MemoryStorage(), initial=counter) as m:
+
+        async def visit(i: int) -> None:
+            async with m.session("k") as s:
+                await asyncio.sleep(0)
+                order.append(i)
+                s["n"] += 1
+
+        tasks = []
+        for i in range(100):
+            tasks.append(asyncio.create_task(visit(i)))
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+    assert order == list(range(100))
+
+
+async def test_different_keys_run_concurrently() -> None:
+    """A block holding one key does not delay a block on another key."""
+    async with SessionManager(MemoryStorage(), initial=counter) as m:
+        release = asyncio.Event()
+
+        async def hold_a() -> None:
+            async with m.session("a"):
+                await release.wait()
+
+        holder = asyncio.create_task(hold_a())
+        await asyncio.sleep(0.01)
+        async with asyncio.timeout(1):
+            async with m.session("b") as s:
+                s["n"] = 1
+        release.set()
+        await holder
+
+
+async def test_raising_block_rolls_back_and_is_not_dirty() -> None:
+    """An exception inside the block restores the entry value; nothing is marked dirty."""
+    storage = RecordingStorage()
+    async with SessionManager(storage, initial=lambda: {"items": [1]}) as m:
+        async with m.session("k") as s:
+            s["items"].append(2)
+        await m.flush()
+        writes = len(storage.batches)
+        with pytest.raises(ZeroDivisionError):
+            async with m.session("k") as s:
+                s["items"].append(3)
+                s["new"] = [0]
+                _ = 1 / 0
+        assert m.stats().dirty == 0
+        assert await m.get("k") == {"items": [1, 2]}
+        async with m.session("k") as s:
+            assert s == {"items": [1, 2]}
+        await m.flush()
+        assert len(storage.batches) == writes
+
+
+async def test_unchanged_block_is_not_written() -> None:
+    """Reading a session without changing it costs no write (change tracking)."""
+    storage = RecordingStorage()
+    async with SessionManager(storage, initial=counter) as m:
+        for _ in range(10):
+            async with m.session("k") as s:
+                assert s["n"] == 0
+        await m.flush()
+    assert storage.batches == []
+
+
+async def test_get_returns_a_copy() -> None:
+    """Mutating what get() returned does not change the session."""
+    async with SessionManager(MemoryStorage(), initial=lambda: {"tags": ["a"]}) as m:
+        copy = await m.get("k")
+        copy["tags"].append("b")
+        assert await m.get("k") == {"tags": ["a"]}
+
+
+async def test_update_returns_fn_result_and_accepts_coroutines() -> None:
+    """update() runs fn serialized, returns its result, and awaits async fns."""
+    async with SessionManager(MemoryStorage(), initial=counter) as m:
+
+        def bump(s: dict[str, int]) -> int:
+            s["n"] += 1
+            return s["n"]
+
+        async def bump_async(s: dict[str, int]) -> int:
+            await asyncio.sleep(0)
+            s["n"] += 10
+            return s["n"]
+
+        assert await m.update("k", bump) == 1
+        assert await m.update("k", bump_async) == 11
+
+
+async def test_turn_value_replaces_the_whole_session() -> None:
+    """Assigning turn.value commits a new object; a wrong type is refused."""
+    async with SessionManager(MemoryStorage(), initial=counter) as m:
+        turn = m.session("k")
+        async with turn:
+            turn.value = {"n": 5}
+        assert await m.get("k") == {"n": 5}
+        turn = m.session("k")
+        async with turn:
+            with pytest.raises(TypeError, match="must be a dict"):
+                turn.value = [1, 2]  # type: ignore[assignment]
+        with pytest.raises(RuntimeError, match="inside its 'async with' block"):
+            _ = turn.value
+
+
+async def test_close_flushes_and_is_safe_twice() -> None:
+    """close() writes everything dirty; a second close() is harmless."""
+    storage = MemoryStorage()
+    m = SessionManager(storage, initial=counter, config=SessionConfig(flush_interval=3600))
+    await m.update("k", lambda s: s.update(n=7))
+    assert storage.raw("actorsess:k") is None
+    await m.close()
+    await m.close()
+    assert storage.raw("actorsess:k") == b'as1:1:{"n":7}'
+
+
+async def test_closed_manager_refuses_work() -> None:
+    """Every operation on a closed manager raises ManagerClosedError."""
+    m = SessionManager(MemoryStorage(), initial=counter)
+    await m.close()
+    with pytest.raises(ManagerClosedError):
+        async with m.session("k"):
+            pass
+    with pytest.raises(ManagerClosedError):
+        await m.flush()
+    with pytest.raises(ManagerClosedError):
+        await m.start()
+
+
+async def test_close_waits_for_current_holders() -> None:
+    """close() lets a block that is running finish and writes its change."""
+    storage = MemoryStorage()
+    m = SessionManager(storage, initial=counter, config=SessionConfig(flush_interval=3600))
+    entered = asyncio.Event()
+
+    async def slow() -> None:
+        async with m.session("k") as s:
+            entered.set()
+            await asyncio.sleep(0.05)
+            s["n"] = 99
+
+    task = asyncio.create_task(slow())
+    await entered.wait()
+    await m.close()
+    await task
+    assert storage.raw("actorsess:k") == b'as1:1:{"n":99}'
+
+
+async def test_persist_is_visible_to_a_second_client(redis_storage: Any, redis_url: str) -> None:
+    """After persist(key) returns, another connection reads the new value."""
+    import redis.asyncio as redis_asyncio
+
+    config = SessionConfig(flush_interval=3600)
+    async with SessionManager(redis_storage, initial=counter, config=config) as m:
+        await m.update("p", lambda s: s.update(n=3))
+        other = redis_asyncio.Redis.from_url(redis_url)
+        assert await other.get("actorsess:p") is None
+        await m.persist("p")
+        assert await other.get("actorsess:p") == b'as1:1:{"n":3}'
+        await other.aclose()
+
+
+async def test_write_through_returns_after_the_write() -> None:
+    """flush_interval=0: the block returns only once its change is stored."""
+    storage = MemoryStorage()
+    async with SessionManager(
+        storage, initial=counter, config=SessionConfig(flush_interval=0)
+    ) as m:
+        for i in range(1, 4):
+            await m.update("k", lambda s: s.update(n=s["n"] + 1))
+            assert storage.raw("actorsess:k") == b'as1:%d:{"n":%d}' % (i, i)
+
+
+async def test_stats_and_repr() -> None:
+    """stats() counts cached/dirty/written; repr shows the state at a glance."""
+    storage = MemoryStorage()
+    async with SessionManager(
+        storage, initial=counter, config=SessionConfig(flush_interval=3600)
+    ) as m:
+        for i in range(3):
+            await m.update(f"k{i}", lambda s: s.update(n=1))
+        stats = m.stats()
+        assert (stats.cached, stats.dirty, stats.written) == (3, 3, 0)
+        assert repr(m).startswith("<SessionManager [running | cached: 3 | dirty: 3]")
+        await m.flush()
+        stats = m.stats()
+        assert (stats.dirty, stats.written, stats.flushes, stats.loads) == (0, 3, 1, 3)
+
+
+async def test_invalid_keys_are_refused_with_a_clear_error() -> None:
+    """Empty, non-string and overlong keys raise InvalidKeyError."""
+    async with SessionManager(MemoryStorage(), initial=counter) as m:
+        for bad in ["", 42, "x" * 2000, None]:
+            with pytest.raises(InvalidKeyError, match="session key must be"):
+                m.session(bad)  # type: ignore[arg-type]
+
+
+async def test_oversized_session_is_refused_and_old_value_kept() -> None:
+    """A commit over max_session_bytes raises, rolls back, and writes nothing."""
+    storage = RecordingStorage()
+    config = SessionConfig(max_session_bytes=100, flush_interval=3600)
+    async with SessionManager(storage, initial=lambda: {"text": ""}, config=config) as m:
+        await m.update("k", lambda s: s.update(text="short"))
+        with pytest.raises(SessionTooLargeError, match="over max_session_bytes=100") as info:
+            async with m.session("k") as s:
+                s["text"] = "x" * 500
+        assert info.value.key == "k"
+        assert isinstance(info.value, ActorSessError)
+        assert await m.get("k") == {"text": "short"}
+
+
+async def test_unencodable_value_is_refused_and_rolled_back() -> None:
+    """A value JSON cannot hold raises SessionEncodeError naming the key; old value kept."""
+    async with SessionManager(MemoryStorage(), initial=lambda: {"a": 1}) as m:
+        m_any: Any = m
+        with pytest.raises(SessionEncodeError, match="'k'"):
+            async with m_any.session("k") as s:
+                s["obj"] = object()
+        assert await m.get("k") == {"a": 1}
+
+
+async def test_delete_resets_to_initial_and_removes_the_record() -> None:
+    """delete() removes the stored record and the next access sees initial()."""
+    storage = MemoryStorage()
+    async with SessionManager(storage, initial=counter) as m:
+        await m.update("k", lambda s: s.update(n=5))
+        await m.persist("k")
+        assert storage.raw("actorsess:k") is not None
+        await m.delete("k")
+        assert storage.raw("actorsess:k") is None
+        assert await m.get("k") == {"n": 0}
+
+
+@dataclasses.dataclass
+class Profile:
+    name: str = ""
+    visits: int = 0
+    tags: list[str] = dataclasses.field(default_factory=list)
+
+
+class Cart(pydantic.BaseModel):
+    items: list[str] = []
+    total: float = 0.0
+
+
+class Prefs(TypedDict):
+    lang: str
+    volume: int
+
+
+def new_prefs() -> Prefs:
+    return {"lang": "en", "volume": 5}
+
+
+async def test_typed_sessions_round_trip(storage_factory: Any) -> None:
+    """Dataclass, pydantic and TypedDict sessions survive a restart with their types."""
+    config = SessionConfig(flush_interval=3600)
+
+    async def write_then_read(initial: Any, mutate: Any) -> Any:
+        key = initial.__name__
+        writer = SessionManager(storage_factory(), initial=initial, config=config)
+        async with writer, writer.session(key) as s:
+            mutate(s)
+        async with SessionManager(storage_factory(), initial=initial, config=config) as m2:
+            return await m2.get(key)
+
+    def visit(profile: Profile) -> None:
+        profile.visits = 3
+        profile.tags.append("x")
+
+    profile = await write_then_read(Profile, visit)
+    assert profile == Profile(visits=3, tags=["x"])
+    cart = await write_then_read(Cart, lambda c: c.items.append("apple"))
+    assert isinstance(cart, Cart) and cart.items == ["apple"]
+    prefs = await write_then_read(new_prefs, lambda p: p.update(volume=9))
+    assert prefs == {"lang": "en", "volume": 9}
