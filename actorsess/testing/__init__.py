@@ -1,6 +1,7 @@
 """Helpers for testing bots that use actorsess (and for actorsess's own tests)."""
 
+from actorsess.testing._botapi import LocalBotAPI
 from actorsess.testing._clock import FakeClock
 from actorsess.testing._redis import RedisServer, free_port
 
-__all__ = ["FakeClock", "RedisServer", "free_port"]
+__all__ = ["FakeClock", "LocalBotAPI", "RedisServer", "free_port"]

@@ -1,0 +1,15 @@
+"""aiogram 3 integration: session middleware, FSM storage and events isolation."""
+
+from actorsess.aiogram._fsm import ActorEventIsolation, ActorFSMStorage
+from actorsess.aiogram._keys import KeyFunction, strategy_key
+from actorsess.aiogram._middleware import LazySession, SessionMiddleware, SessionOrderError
+
+__all__ = [
+    "ActorEventIsolation",
+    "ActorFSMStorage",
+    "KeyFunction",
+    "LazySession",
+    "SessionMiddleware",
+    "SessionOrderError",
+    "strategy_key",
+]

@@ -1,0 +1,57 @@
+"""Session keys for aiogram updates, with the meanings of aiogram's ``FSMStrategy``.
+
+Every key starts with the namespace name and the bot id, so two bots (or two
+namespaces) sharing one Redis never collide, whatever a custom key function
+returns; the storage prefix is prepended after that, so no key can leave it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiogram import Bot
+from aiogram.dispatcher.middlewares.user_context import EVENT_CONTEXT_KEY, EventContext
+from aiogram.fsm.strategy import FSMStrategy, apply_strategy
+from aiogram.types import TelegramObject
+
+#: A custom key: from the update and the middleware ``data`` to a key string, or None
+#: for "no session".
+KeyFunction = Callable[[TelegramObject, dict[str, Any]], str | None]
+
+_CHAT_SCOPED = {FSMStrategy.CHAT, FSMStrategy.CHAT_TOPIC}
+
+
+def strategy_key(strategy: FSMStrategy) -> KeyFunction:
+    """A key function applying ``strategy`` exactly as aiogram's FSM does."""
+
+    def key(event: TelegramObject, data: dict[str, Any]) -> str | None:
+        context: EventContext | None = data.get(EVENT_CONTEXT_KEY)
+        if context is None:
+            return None
+        chat_id, user_id = context.chat_id, context.user_id
+        if chat_id is None:
+            chat_id = user_id
+        elif user_id is None and strategy in _CHAT_SCOPED:
+            user_id = chat_id
+        if chat_id is None or user_id is None:
+            return None  # no chat and no user: no session rather than a shared one
+        chat_id, user_id, thread_id = apply_strategy(
+            strategy, chat_id=chat_id, user_id=user_id, thread_id=context.thread_id
+        )
+        parts = [str(chat_id), str(user_id)]
+        if thread_id is not None:
+            parts.append(f"t{thread_id}")
+        if context.business_connection_id:
+            parts.insert(0, f"b{context.business_connection_id}")
+        return ":".join(parts)
+
+    key.__qualname__ = f"strategy_key({strategy.name})"
+    return key
+
+
+def namespaced(name: str, data: dict[str, Any], key: str) -> str:
+    """``<namespace>:<bot id>:<key>``."""
+    bot: Bot | None = data.get("bot")
+    bot_id = bot.id if bot is not None else 0
+    return f"{name}:{bot_id}:{key}"

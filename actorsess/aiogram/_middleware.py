@@ -1,0 +1,188 @@
+"""SessionMiddleware: a session per update, injected into handlers by name."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from aiogram import BaseMiddleware, Dispatcher
+from aiogram.fsm.strategy import FSMStrategy
+from aiogram.types import TelegramObject
+
+from actorsess._manager import SessionManager
+from actorsess._turn import SessionTurn
+from actorsess.aiogram._keys import KeyFunction, namespaced, strategy_key
+from actorsess.exceptions import ActorSessError
+
+T = TypeVar("T")
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+
+#: Per-update record of the lazy namespaces already opened, by rank.
+_OPENED_KEY = "actorsess_opened_ranks"
+_ranks = itertools.count()
+
+
+class SessionOrderError(ActorSessError, RuntimeError):
+    """A lazy session was opened after one registered later: that order could deadlock."""
+
+
+class LazySession(Generic[T]):
+    """The session of one update, loaded only if the handler asks for it.
+
+    ``value = await session.load()`` takes the key's turn (loading it if
+    needed) and keeps it until the handler returns, when changes commit (or
+    roll back if the handler raised). A handler that never calls ``load()``
+    costs no load and holds no turn.
+    """
+
+    __slots__ = ("_data", "_key", "_manager", "_rank", "_turn")
+
+    def __init__(
+        self, manager: SessionManager[T], key: str, rank: int, data: dict[str, Any]
+    ) -> None:
+        self._manager = manager
+        self._key = key
+        self._rank = rank
+        self._data = data
+        self._turn: SessionTurn[T] | None = None
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def loaded(self) -> bool:
+        return self._turn is not None
+
+    async def load(self) -> T:
+        if self._turn is not None:
+            return self._turn.value
+        opened: list[int] = self._data.setdefault(_OPENED_KEY, [])
+        if opened and max(opened) > self._rank:
+            raise SessionOrderError(
+                f"session {self._key!r} was opened after a session whose middleware was set up "
+                "later; open lazy sessions in set-up order so updates cannot deadlock"
+            )
+        turn = self._manager.session(self._key)
+        await turn.__aenter__()
+        self._turn = turn
+        opened.append(self._rank)
+        return turn.value
+
+    @property
+    def value(self) -> T:
+        if self._turn is None:
+            raise RuntimeError(f"session {self._key!r} is not loaded: await session.load() first")
+        return self._turn.value
+
+    @value.setter
+    def value(self, new: T) -> None:
+        if self._turn is None:
+            raise RuntimeError(f"session {self._key!r} is not loaded: await session.load() first")
+        self._turn.value = new
+
+    async def _finish(self, exc: BaseException | None) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            await turn.__aexit__(type(exc) if exc else None, exc, None)
+
+
+class SessionMiddleware(BaseMiddleware, Generic[T]):
+    """Outer update middleware giving each handler its session by parameter name.
+
+    Eager (default): the handler receives the session value itself (``name``)
+    and its turn (``<name>_turn``, whose ``.value`` can be reassigned). Lazy:
+    the handler receives a :class:`LazySession` to ``await .load()``.
+
+    Updates whose key function returns None (no chat and no user) get
+    ``None`` under ``name``: never a shared session.
+    """
+
+    def __init__(
+        self,
+        manager: SessionManager[T],
+        *,
+        name: str = "session",
+        key: FSMStrategy | KeyFunction = FSMStrategy.USER_IN_CHAT,
+        lazy: bool = False,
+    ) -> None:
+        if not name.isidentifier():
+            raise ValueError(f"name must be a valid parameter name, got {name!r}")
+        self.manager = manager
+        self.name = name
+        self.lazy = lazy
+        self._key_of: KeyFunction = strategy_key(key) if isinstance(key, FSMStrategy) else key
+        self._turn_name = f"{name}_turn"
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        # Eager middlewares take turns in set-up order; lazy ones must be opened in
+        # that order too. One global order for every update rules out deadlock.
+        self._rank = next(_ranks)
+
+    def setup(self, dp: Dispatcher) -> SessionMiddleware[T]:
+        """Register on ``dp.update`` (after aiogram's context middleware) and hook the
+        manager's start and close into the dispatcher's startup and shutdown."""
+        dp.update.outer_middleware(self)
+        dp.startup.register(self._on_startup)
+        dp.shutdown.register(self._on_shutdown)
+        return self
+
+    async def _on_startup(self) -> None:
+        await self.manager.start()
+
+    async def _on_shutdown(self) -> None:
+        # Polling has stopped fetching, but updates it already fetched may still be
+        # on their way to their session: let them finish before the manager stops
+        # taking work, so no acknowledged update is turned away.
+        if self._in_flight:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.manager.config.close_timeout):
+                    await self._drained.wait()
+        await self.manager.close()
+
+    def key_for(self, event: TelegramObject, data: dict[str, Any]) -> str | None:
+        key = self._key_of(event, data)
+        return None if key is None else namespaced(self.name, data, key)
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        self._in_flight += 1
+        try:
+            return await self._dispatch(handler, event, data)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
+
+    async def _dispatch(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        key = self.key_for(event, data)
+        if key is None:
+            data[self.name] = None
+            if not self.lazy:
+                data[self._turn_name] = None
+            return await handler(event, data)
+        if self.lazy:
+            return await self._call_lazy(handler, event, data, key)
+        data.setdefault(_OPENED_KEY, []).append(self._rank)
+        turn = self.manager.session(key)
+        async with turn as value:
+            data[self.name] = value
+            data[self._turn_name] = turn
+            return await handler(event, data)
+
+    async def _call_lazy(
+        self, handler: Handler, event: TelegramObject, data: dict[str, Any], key: str
+    ) -> Any:
+        lazy = LazySession(self.manager, key, self._rank, data)
+        data[self.name] = lazy
+        try:
+            result = await handler(event, data)
+        except BaseException as exc:
+            await lazy._finish(exc)
+            raise
+        await lazy._finish(None)
+        return result

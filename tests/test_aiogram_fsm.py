@@ -1,0 +1,178 @@
+"""ActorFSMStorage behaves like aiogram's own storages, and serves real FSM flows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiogram import Bot, Dispatcher, F
+from aiogram.exceptions import DataNotDictLikeError
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, StorageKey
+from aiogram.fsm.storage.memory import MemoryStorage as AiogramMemoryStorage
+from aiogram.fsm.storage.redis import RedisStorage as AiogramRedisStorage
+from aiogram.types import Message
+
+from actorsess import RedisStorage, SessionConfig
+from actorsess.aiogram import ActorFSMStorage
+
+from .aiogram_helpers import message_update
+
+KEY = StorageKey(bot_id=42, chat_id=-5, user_id=7)
+OTHER = StorageKey(bot_id=42, chat_id=-5, user_id=8)
+
+
+class Form(StatesGroup):
+    name = State()
+    age = State()
+
+
+@pytest.fixture(params=["aiogram-memory", "aiogram-redis", "actorsess"])
+async def fsm_storage(
+    request: pytest.FixtureRequest, redis_client: Any, redis_url: str
+) -> AsyncIterator[BaseStorage]:
+    storage: BaseStorage
+    if request.param == "aiogram-memory":
+        storage = AiogramMemoryStorage()
+    elif request.param == "aiogram-redis":
+        storage = AiogramRedisStorage.from_url(
+            redis_url, key_builder=DefaultKeyBuilder(with_destiny=True)
+        )
+    else:
+        storage = ActorFSMStorage(RedisStorage.from_url(redis_url))
+    yield storage
+    await storage.close()
+
+
+class TestFSMStorageParity:
+    """The same behaviour tests run on aiogram's MemoryStorage, RedisStorage and ours."""
+
+    async def test_defaults(self, fsm_storage: BaseStorage) -> None:
+        """An unknown key has no state and empty data."""
+        assert await fsm_storage.get_state(KEY) is None
+        assert await fsm_storage.get_data(KEY) == {}
+        assert await fsm_storage.get_value(KEY, "x") is None
+        assert await fsm_storage.get_value(KEY, "x", 5) == 5
+
+    async def test_set_and_get_state(self, fsm_storage: BaseStorage) -> None:
+        """States are stored as strings, State objects included; None clears."""
+        await fsm_storage.set_state(KEY, Form.name)
+        assert await fsm_storage.get_state(KEY) == "Form:name"
+        await fsm_storage.set_state(KEY, "custom")
+        assert await fsm_storage.get_state(KEY) == "custom"
+        assert await fsm_storage.get_state(OTHER) is None
+        await fsm_storage.set_state(KEY, None)
+        assert await fsm_storage.get_state(KEY) is None
+
+    async def test_data_is_copied_in_and_out(self, fsm_storage: BaseStorage) -> None:
+        """Mutating the dict given to set_data or returned by get_data changes nothing."""
+        given = {"a": 1}
+        await fsm_storage.set_data(KEY, given)
+        given["a"] = 2
+        got = await fsm_storage.get_data(KEY)
+        assert got == {"a": 1}
+        got["a"] = 3
+        assert await fsm_storage.get_data(KEY) == {"a": 1}
+
+    async def test_update_data_merges_and_returns_a_copy(self, fsm_storage: BaseStorage) -> None:
+        """update_data merges like dict.update and returns the merged data."""
+        await fsm_storage.set_data(KEY, {"a": 1, "b": 2})
+        merged = await fsm_storage.update_data(KEY, {"b": 3, "c": 4})
+        assert merged == {"a": 1, "b": 3, "c": 4}
+        merged["a"] = 100
+        assert await fsm_storage.get_data(KEY) == {"a": 1, "b": 3, "c": 4}
+        assert await fsm_storage.get_value(KEY, "c") == 4
+
+    async def test_non_dict_data_is_refused(self, fsm_storage: BaseStorage) -> None:
+        """set_data with a non-dict raises DataNotDictLikeError."""
+        with pytest.raises(DataNotDictLikeError):
+            await fsm_storage.set_data(KEY, [1, 2])  # type: ignore[arg-type]
+
+    async def test_clear(self, fsm_storage: BaseStorage) -> None:
+        """Clearing (as FSMContext.clear does) resets state and data."""
+        context = FSMContext(fsm_storage, KEY)
+        await context.set_state(Form.age)
+        await context.update_data(name="Ann")
+        await context.clear()
+        assert await context.get_state() is None
+        assert await context.get_data() == {}
+
+    async def test_destinies_are_separate(self, fsm_storage: BaseStorage) -> None:
+        """The same chat and user under another destiny is another record."""
+        other = StorageKey(bot_id=42, chat_id=-5, user_id=7, destiny="scenes_history")
+        await fsm_storage.set_data(KEY, {"a": 1})
+        assert await fsm_storage.get_data(other) == {}
+
+
+async def test_fsm_survives_a_restart(redis_client: Any, redis_url: str) -> None:
+    """State and data written through ActorFSMStorage are read by a new instance."""
+    first = ActorFSMStorage(RedisStorage.from_url(redis_url))
+    await first.set_state(KEY, Form.age)
+    await first.update_data(KEY, {"name": "Ann"})
+    await first.close()
+    second = ActorFSMStorage(RedisStorage.from_url(redis_url))
+    assert await second.get_state(KEY) == "Form:age"
+    assert await second.get_data(KEY) == {"name": "Ann"}
+    await second.close()
+
+
+def form_dispatcher(fsm: ActorFSMStorage) -> tuple[Dispatcher, list[str]]:
+    dp = Dispatcher(storage=fsm, events_isolation=fsm.create_isolation())
+    fsm.setup(dp)
+    replies: list[str] = []
+
+    @dp.message(F.text == "/start")
+    async def start(message: Message, state: FSMContext) -> None:
+        await state.set_state(Form.name)
+        replies.append("name?")
+
+    @dp.message(Form.name)
+    async def got_name(message: Message, state: FSMContext) -> None:
+        await state.update_data(name=message.text)
+        await asyncio.sleep(0)
+        await state.set_state(Form.age)
+        replies.append("age?")
+
+    @dp.message(Form.age)
+    async def got_age(message: Message, state: FSMContext) -> None:
+        data = await state.get_data()
+        await state.clear()
+        replies.append(f"{data['name']} is {message.text}")
+
+    @dp.message(F.text == "/count")
+    async def count(message: Message, state: FSMContext) -> None:
+        n = (await state.get_data()).get("n", 0)
+        await asyncio.sleep(0)
+        await state.update_data(n=n + 1)
+
+    return dp, replies
+
+
+async def test_wizard_flow_through_the_dispatcher(redis_client: Any, redis_url: str) -> None:
+    """A three-step form runs on ActorFSMStorage with its events isolation."""
+    fsm = ActorFSMStorage(RedisStorage.from_url(redis_url))
+    dp, replies = form_dispatcher(fsm)
+    bot = Bot("42:TEST")
+    for text in ["/start", "Ann", "33"]:
+        await dp.feed_update(bot, message_update(7, text))
+    await dp.emit_shutdown()
+    await bot.session.close()
+    assert replies == ["name?", "age?", "Ann is 33"]
+
+
+async def test_isolation_serializes_concurrent_updates(redis_client: Any, redis_url: str) -> None:
+    """Concurrent read-await-write handlers on one chat lose no increment."""
+    fsm = ActorFSMStorage(
+        RedisStorage.from_url(redis_url), config=SessionConfig(flush_interval=0.01)
+    )
+    dp, _ = form_dispatcher(fsm)
+    bot = Bot("42:TEST")
+    await asyncio.gather(*(dp.feed_update(bot, message_update(7, "/count")) for _ in range(300)))
+    await dp.emit_shutdown()
+    await bot.session.close()
+    reader = ActorFSMStorage(RedisStorage.from_url(redis_url))
+    assert await reader.get_data(StorageKey(bot_id=42, chat_id=7, user_id=7)) == {"n": 300}
+    await reader.close()
