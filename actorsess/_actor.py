@@ -36,6 +36,7 @@ class SessionActor(Generic[T]):
         "load_future",
         "parked",
         "persisted_version",
+        "referenced",
         "status",
         "storage_key",
         "value",
@@ -66,6 +67,8 @@ class SessionActor(Generic[T]):
         self.error: BaseException | None = None
         #: Evicted from the LRU while busy or dirty; kept findable until clean and idle.
         self.parked = False
+        #: Used since the LRU last looked at it (the second-chance bit, see _registry).
+        self.referenced = False
 
     def __repr__(self) -> str:
         state = "dirty" if self.dirty else "clean"

@@ -32,6 +32,11 @@ class Codec(Generic[T]):
 
     __slots__ = ("_decode", "_encode", "initial", "runtime_type", "value_type")
 
+    @property
+    def encoder(self) -> Callable[[T], bytes]:
+        """The bare encoding function, for hot paths that call it directly."""
+        return self._encode
+
     def __init__(self, initial: Callable[[], T]) -> None:
         self.initial = initial
         self.value_type = _value_type(initial)
@@ -80,7 +85,7 @@ def _runtime_type(value_type: Any) -> type:
 def _build(value_type: Any) -> tuple[Encoder, Decoder]:
     origin = typing.get_origin(value_type) or value_type
     if value_type is dict:
-        return _to_json, _dict_from_json
+        return pydantic_core.to_json, _dict_from_json
     if isinstance(origin, type) and issubclass(origin, pydantic.BaseModel):
         model: type[pydantic.BaseModel] = origin
         return (lambda v: v.model_dump_json(warnings="error").encode()), model.model_validate_json
@@ -96,10 +101,6 @@ def _build(value_type: Any) -> tuple[Encoder, Decoder]:
         f"unsupported session type {value_type!r}: initial must return a dict, "
         "a dataclass, a TypedDict or a pydantic model"
     )
-
-
-def _to_json(value: Any) -> bytes:
-    return pydantic_core.to_json(value)
 
 
 def _dict_from_json(payload: bytes) -> dict[str, Any]:

@@ -75,6 +75,7 @@ class SessionManager(Generic[T]):
         self._clock: Clock = clock or MonotonicClock()
         self._log = logger if logger is not None else structlog.get_logger("actorsess")
         self._codec: Codec[T] = Codec(initial)
+        self._encode = self._codec.encoder
         self._prefix = config.key_prefix
         self._ttl = config.ttl
         self._write_through = config.flush_interval == 0
@@ -95,6 +96,8 @@ class SessionManager(Generic[T]):
             self._log,
         )
         self._state = _State.NEW
+        #: ``_state is RUNNING``, as a plain bool for the hot path in SessionTurn.
+        self._running = False
         self._active = 0
         self._idle = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
@@ -114,6 +117,7 @@ class SessionManager(Generic[T]):
         if self._state is _State.NEW:
             self._flusher.start()
             self._state = _State.RUNNING
+            self._running = True
         elif self._state is not _State.RUNNING:
             raise ManagerClosedError("this SessionManager was closed and cannot be restarted")
 
@@ -131,6 +135,7 @@ class SessionManager(Generic[T]):
     async def _shutdown(self) -> None:
         was_running = self._state is _State.RUNNING
         self._state = _State.CLOSING
+        self._running = False
         deadline = self._clock.now() + self._config.close_timeout
         if self._active:
             self._idle.clear()
@@ -172,12 +177,12 @@ class SessionManager(Generic[T]):
 
     def session(self, key: str) -> SessionTurn[T]:
         """Exclusive access to ``key``'s session; changes commit when the block exits."""
-        if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
-            raise InvalidKeyError(
-                f"session key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
-                f"got {type(key).__name__} {str(key)[:60]!r}"
-            )
-        return SessionTurn(self, key)
+        if type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH:
+            return SessionTurn(self, key)
+        raise InvalidKeyError(
+            f"session key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
+            f"got {type(key).__name__} {str(key)[:60]!r}"
+        )
 
     @overload
     async def update(self, key: str, fn: Callable[[T], Awaitable[R]]) -> R: ...
@@ -247,6 +252,40 @@ class SessionManager(Generic[T]):
 
     # -- the turn -----------------------------------------------------------
 
+    def _exit_now(self, actor: SessionActor[T]) -> bool:
+        """Commit and release without awaiting; False if ``_exit`` must do it instead.
+
+        The hot path of every cached turn, so ``_encode_change``, ``_apply`` and
+        ``_leave`` are inlined here; any unusual case (encode error, oversize,
+        backpressure, write-through, a waiter to hand over to) takes the general path.
+        """
+        if self._write_through:
+            return False
+        try:
+            blob = self._encode(actor.value)  # type: ignore[arg-type]
+        except Exception:
+            return False
+        if blob != actor.blob:
+            if len(blob) > self._max_bytes:
+                return False
+            becomes_dirty = actor.version <= actor.persisted_version
+            if becomes_dirty and len(self._flusher.dirty) >= self._max_dirty:
+                return False
+            actor.blob = blob
+            actor.version += 1
+            actor.deleted = False
+            if self._ttl is not None:
+                actor.expires_at = self._clock.now() + self._ttl
+            self._flusher.mark_dirty(actor)
+        if actor.waiters or actor.parked:
+            self._leave(actor)
+            return True
+        actor.held = False
+        self._active -= 1
+        if not self._active and self._state is _State.CLOSING:
+            self._idle.set()
+        return True
+
     async def _enter(self, key: str, *, load: bool = True) -> SessionActor[T]:
         if self._state is not _State.RUNNING:
             self._check_open()
@@ -267,7 +306,7 @@ class SessionManager(Generic[T]):
                 actor.expires_at = None
         except BaseException:
             self._active -= 1
-            if self._active == 0:
+            if not self._active and self._state is _State.CLOSING:
                 self._idle.set()
             raise
         return actor
@@ -363,7 +402,7 @@ class SessionManager(Generic[T]):
     def _leave(self, actor: SessionActor[T]) -> None:
         self._release(actor)
         self._active -= 1
-        if self._active == 0:
+        if not self._active and self._state is _State.CLOSING:
             self._idle.set()
 
     def _release(self, actor: SessionActor[T]) -> None:

@@ -5,6 +5,12 @@ actor leaving the LRU is forgotten only when it is droppable (idle, clean,
 loaded); otherwise it is parked, where lookups still find it, until the
 flusher has written it or its holder has released it. So a dirty session is
 never dropped, and there is never more than one actor per key.
+
+Hits do not reorder the cachetools LRU (that costs more than the rest of a
+cached turn): they set the actor's ``referenced`` bit, read from a plain dict
+index. ``popitem`` gives a referenced actor a second chance by moving it to
+the young end (the CLOCK approximation of LRU), so recently used sessions
+still outlive idle ones.
 """
 
 from __future__ import annotations
@@ -25,7 +31,13 @@ class _ActorLRU(cachetools.LRUCache[str, SessionActor[Any]]):
         self._on_evict = on_evict
 
     def popitem(self) -> tuple[str, SessionActor[Any]]:
-        key, actor = super().popitem()
+        for _ in range(len(self) + 1):
+            key, actor = super().popitem()
+            if not actor.referenced:
+                break
+            actor.referenced = False
+            # One slot is free now, so this re-insert evicts nothing.
+            super().__setitem__(key, actor)
         self._on_evict(actor)
         return key, actor
 
@@ -33,45 +45,56 @@ class _ActorLRU(cachetools.LRUCache[str, SessionActor[Any]]):
 class Registry:
     """Finds the one live actor of a key, creating none itself."""
 
-    __slots__ = ("_cache", "_on_drop", "parked")
+    __slots__ = ("_cache", "_index", "_on_drop", "parked")
 
     def __init__(self, max_cached: int, on_evict: EvictHook) -> None:
         self._on_drop = on_evict
         self._cache = _ActorLRU(max_cached, self._leave_lru)
+        #: Same members as the LRU, for lookups at dict speed.
+        self._index: dict[str, SessionActor[Any]] = {}
         self.parked: dict[str, SessionActor[Any]] = {}
 
     def __len__(self) -> int:
-        return len(self._cache) + len(self.parked)
+        return len(self._index) + len(self.parked)
 
     def __iter__(self) -> Iterator[SessionActor[Any]]:
-        yield from list(self._cache.values())
+        yield from list(self._index.values())
         yield from list(self.parked.values())
 
+    def hit(self, key: str) -> SessionActor[Any] | None:
+        """The actor of ``key`` if it is in the LRU (the hot path); None otherwise."""
+        actor = self._index.get(key)
+        if actor is not None:
+            actor.referenced = True
+        return actor
+
     def find(self, key: str) -> SessionActor[Any] | None:
-        """The actor of ``key``, marked most recently used; None on a miss."""
-        try:
-            return self._cache[key]
-        except KeyError:
+        """The actor of ``key``, bringing a parked one back into the LRU; None on a miss."""
+        actor = self.hit(key)
+        if actor is None:
             actor = self.parked.pop(key, None)
             if actor is not None:
                 actor.parked = False
-                self._cache[key] = actor
-            return actor
+                self.add(actor)
+        return actor
 
     def peek(self, key: str) -> SessionActor[Any] | None:
-        """The actor of ``key`` without touching LRU order."""
-        actor = self._cache.get(key) if key in self._cache else None
+        """The actor of ``key`` without marking it used."""
+        actor = self._index.get(key)
         return actor if actor is not None else self.parked.get(key)
 
     def add(self, actor: SessionActor[Any]) -> None:
         self._cache[actor.key] = actor
+        self._index[actor.key] = actor
 
     def discard(self, actor: SessionActor[Any]) -> None:
         """Forget ``actor`` if it is the registered one for its key (failed loads)."""
-        if self.peek(actor.key) is actor:
+        if self._index.get(actor.key) is actor:
+            del self._index[actor.key]
             self._cache.pop(actor.key, None)
-            self.parked.pop(actor.key, None)
-            actor.parked = False
+        if self.parked.get(actor.key) is actor:
+            del self.parked[actor.key]
+        actor.parked = False
 
     def settle(self, actor: SessionActor[Any]) -> None:
         """Drop a parked actor once it is idle and clean."""
@@ -80,6 +103,7 @@ class Registry:
             actor.parked = False
 
     def _leave_lru(self, actor: SessionActor[Any]) -> None:
+        del self._index[actor.key]
         if not actor.droppable:
             actor.parked = True
             self.parked[actor.key] = actor

@@ -50,8 +50,20 @@ def strategy_key(strategy: FSMStrategy) -> KeyFunction:
     return key
 
 
+_bot_ids: dict[str, int] = {}
+
+
+def bot_id_of(bot: Bot | None) -> int:
+    """``bot.id`` parses and validates the token on every call; cache it per token."""
+    if bot is None:
+        return 0
+    token = bot.token
+    bot_id = _bot_ids.get(token)
+    if bot_id is None:
+        bot_id = _bot_ids[token] = bot.id
+    return bot_id
+
+
 def namespaced(name: str, data: dict[str, Any], key: str) -> str:
     """``<namespace>:<bot id>:<key>``."""
-    bot: Bot | None = data.get("bot")
-    bot_id = bot.id if bot is not None else 0
-    return f"{name}:{bot_id}:{key}"
+    return f"{name}:{bot_id_of(data.get('bot'))}:{key}"

@@ -152,27 +152,24 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         self._in_flight += 1
         try:
-            return await self._dispatch(handler, event, data)
+            key = self.key_for(event, data)
+            if key is None:
+                data[self.name] = None
+                if not self.lazy:
+                    data[self._turn_name] = None
+                return await handler(event, data)
+            if self.lazy:
+                return await self._call_lazy(handler, event, data, key)
+            data.setdefault(_OPENED_KEY, []).append(self._rank)
+            turn = self.manager.session(key)
+            async with turn as value:
+                data[self.name] = value
+                data[self._turn_name] = turn
+                return await handler(event, data)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._drained.set()
-
-    async def _dispatch(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
-        key = self.key_for(event, data)
-        if key is None:
-            data[self.name] = None
-            if not self.lazy:
-                data[self._turn_name] = None
-            return await handler(event, data)
-        if self.lazy:
-            return await self._call_lazy(handler, event, data, key)
-        data.setdefault(_OPENED_KEY, []).append(self._rank)
-        turn = self.manager.session(key)
-        async with turn as value:
-            data[self.name] = value
-            data[self._turn_name] = turn
-            return await handler(event, data)
 
     async def _call_lazy(
         self, handler: Handler, event: TelegramObject, data: dict[str, Any], key: str

@@ -1,0 +1,335 @@
+"""End-to-end through a real aiogram Dispatcher: actorsess vs aiogram's own storages.
+
+200 chats x 50 messages (10,000 real Update objects), 256 in flight; each
+handler reads a counter, awaits once, writes counter + 1. Lost increments are
+read back from storage afterwards; Redis commands come from INFO commandstats
+(commands run inside Lua scripts included).
+
+    .venv/bin/python -m benchmarks.e2e_aiogram [--chats 200] [--messages 50] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiogram import Bot, Dispatcher
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage, StorageKey
+from aiogram.fsm.storage.memory import MemoryStorage, SimpleEventIsolation
+from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.types import Message, Update
+
+import actorsess
+from actorsess.aiogram import ActorFSMStorage, SessionMiddleware
+from actorsess.testing import RedisServer
+from benchmarks._common import (
+    flush_redis,
+    machine,
+    median,
+    percentile,
+    quiet_logs,
+    redis_commands,
+    table,
+)
+
+BOT_ID = 42
+
+
+@dataclass
+class Result:
+    name: str
+    rate: float
+    lost: int
+    commands_per_update: float
+    p50_ms: float
+    p99_ms: float
+
+
+def make_updates(chats: int, messages: int, seed: int = 1) -> list[Update]:
+    updates = []
+    n = 0
+    for chat in range(1, chats + 1):
+        for _ in range(messages):
+            n += 1
+            updates.append(
+                Update.model_validate(
+                    {
+                        "update_id": n,
+                        "message": {
+                            "message_id": n,
+                            "date": 1_700_000_000,
+                            "chat": {"id": chat, "type": "private"},
+                            "from": {"id": chat, "is_bot": False, "first_name": "u"},
+                            "text": "apple",
+                        },
+                    }
+                )
+            )
+    random.Random(seed).shuffle(updates)
+    return updates
+
+
+async def drive(
+    dp: Dispatcher, bot: Bot, updates: list[Update], in_flight: int
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    limiter = asyncio.Semaphore(in_flight)
+
+    async def one(update: Update) -> None:
+        async with limiter:
+            started = time.perf_counter()
+            await dp.feed_update(bot, update)
+            latencies.append(time.perf_counter() - started)
+
+    await dp.emit_startup()
+    started = time.perf_counter()
+    await asyncio.gather(*(one(u) for u in updates))
+    elapsed = time.perf_counter() - started
+    await dp.emit_shutdown()
+    return elapsed, latencies
+
+
+def fsm_dispatcher(storage: BaseStorage, isolation: BaseEventIsolation | None) -> Dispatcher:
+    dp = (
+        Dispatcher(storage=storage, events_isolation=isolation)
+        if isolation
+        else Dispatcher(storage=storage)
+    )
+
+    @dp.message()
+    async def handler(message: Message, state: FSMContext) -> None:
+        n = (await state.get_data()).get("n", 0)
+        await asyncio.sleep(0)
+        await state.update_data(n=n + 1)
+
+    return dp
+
+
+async def fsm_counts(storage: BaseStorage, chats: int) -> list[int]:
+    keys = [StorageKey(bot_id=BOT_ID, chat_id=c, user_id=c) for c in range(1, chats + 1)]
+    return [int((await storage.get_data(k)).get("n", 0)) for k in keys]
+
+
+Runner = Callable[[], Awaitable[Result]]
+
+
+async def run_fsm(
+    name: str,
+    url: str | None,
+    make: Callable[[], tuple[BaseStorage, BaseEventIsolation | None]],
+    updates: list[Update],
+    chats: int,
+    in_flight: int,
+    reader: Callable[[], BaseStorage],
+) -> Result:
+    if url:
+        flush_redis(url)
+    storage, isolation = make()
+    dp = fsm_dispatcher(storage, isolation)
+    bot = Bot(f"{BOT_ID}:BENCH")
+    before = redis_commands(url) if url else 0
+    elapsed, latencies = await drive(dp, bot, updates, in_flight)
+    after = redis_commands(url) if url else 0
+    counts = await fsm_counts(storage if not url else reader(), chats)
+    await storage.close()
+    if isolation is not None:
+        await isolation.close()
+    await bot.session.close()
+    expected = len(updates) // chats
+    lost = sum(expected - c for c in counts)
+    return Result(
+        name,
+        len(updates) / elapsed,
+        lost,
+        (after - before - 1) / len(updates) if url else 0.0,
+        percentile(latencies, 0.5) * 1000,
+        percentile(latencies, 0.99) * 1000,
+    )
+
+
+async def run_actorsess(url: str, updates: list[Update], chats: int, in_flight: int) -> Result:
+    flush_redis(url)
+    manager = actorsess.SessionManager(
+        actorsess.RedisStorage.from_url(url),
+        initial=lambda: {"n": 0},
+        config=actorsess.SessionConfig(flush_interval=1.0),
+    )
+    dp = Dispatcher()
+    SessionMiddleware(manager).setup(dp)
+
+    @dp.message()
+    async def handler(message: Message, session: dict[str, int]) -> None:
+        n = session["n"]
+        await asyncio.sleep(0)
+        session["n"] = n + 1
+
+    bot = Bot(f"{BOT_ID}:BENCH")
+    before = redis_commands(url)
+    elapsed, latencies = await drive(dp, bot, updates, in_flight)
+    after = redis_commands(url)
+    await bot.session.close()
+    reader = actorsess.SessionManager(
+        actorsess.RedisStorage.from_url(url), initial=lambda: {"n": 0}
+    )
+    async with reader:
+        values = await asyncio.gather(
+            *(reader.get(f"session:{BOT_ID}:{c}:{c}") for c in range(1, chats + 1))
+        )
+    expected = len(updates) // chats
+    lost = sum(expected - v["n"] for v in values)
+    return Result(
+        "actorsess SessionMiddleware (Redis)",
+        len(updates) / elapsed,
+        lost,
+        (after - before - 1) / len(updates),
+        percentile(latencies, 0.5) * 1000,
+        percentile(latencies, 0.99) * 1000,
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chats", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=50)
+    parser.add_argument("--in-flight", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per row; the median is shown")
+    args = parser.parse_args()
+    quiet_logs()
+    updates = make_updates(args.chats, args.messages)
+    with RedisServer() as server:
+        url = server.url
+        rows: dict[str, list[Result]] = {}
+
+        def actor_fsm() -> tuple[BaseStorage, BaseEventIsolation | None]:
+            fsm = ActorFSMStorage(actorsess.RedisStorage.from_url(url))
+            return fsm, fsm.create_isolation()
+
+        scenarios: list[tuple[str, Runner]] = [
+            (
+                "aiogram MemoryStorage (ceiling, no persistence)",
+                lambda: run_fsm(
+                    "aiogram MemoryStorage (ceiling, no persistence)",
+                    None,
+                    lambda: (MemoryStorage(), None),
+                    updates,
+                    args.chats,
+                    args.in_flight,
+                    MemoryStorage,
+                ),
+            ),
+            (
+                "aiogram RedisStorage (default isolation)",
+                lambda: run_fsm(
+                    "aiogram RedisStorage (default isolation)",
+                    url,
+                    lambda: (peer_redis(url), None),
+                    updates,
+                    args.chats,
+                    args.in_flight,
+                    lambda: peer_redis(url),
+                ),
+            ),
+            (
+                "aiogram RedisStorage + SimpleEventIsolation",
+                lambda: run_fsm(
+                    "aiogram RedisStorage + SimpleEventIsolation",
+                    url,
+                    lambda: (peer_redis(url), SimpleEventIsolation()),
+                    updates,
+                    args.chats,
+                    args.in_flight,
+                    lambda: peer_redis(url),
+                ),
+            ),
+            (
+                "aiogram RedisStorage + RedisEventIsolation",
+                lambda: run_fsm(
+                    "aiogram RedisStorage + RedisEventIsolation",
+                    url,
+                    lambda: _redis_with_isolation(url),
+                    updates,
+                    args.chats,
+                    args.in_flight,
+                    lambda: peer_redis(url),
+                ),
+            ),
+            (
+                "actorsess SessionMiddleware (Redis)",
+                lambda: run_actorsess(url, updates, args.chats, args.in_flight),
+            ),
+            (
+                "actorsess ActorFSMStorage (Redis)",
+                lambda: run_fsm(
+                    "actorsess ActorFSMStorage (Redis)",
+                    url,
+                    actor_fsm,
+                    updates,
+                    args.chats,
+                    args.in_flight,
+                    lambda: ActorFSMStorage(actorsess.RedisStorage.from_url(url)),
+                ),
+            ),
+        ]
+        for _ in range(args.rounds):
+            for name, runner in scenarios:  # interleaved, so drift hits every row alike
+                rows.setdefault(name, []).append(await runner())
+    ceiling = median([r.rate for r in rows[scenarios[0][0]]])
+    ceiling_p99 = median([r.p99_ms for r in rows[scenarios[0][0]]])
+    out = []
+    for name, results in rows.items():
+        rate = median([r.rate for r in results])
+        p99 = median([r.p99_ms for r in results])
+        out.append(
+            [
+                name,
+                rate,
+                f"{rate / ceiling:.2f}x",
+                max(r.lost for r in results),
+                f"{median([r.commands_per_update for r in results]):.3f}",
+                median([r.p50_ms for r in results]),
+                p99,
+                f"{p99 / ceiling_p99:.2f}x",
+            ]
+        )
+    print(
+        f"\nend-to-end, {len(updates)} updates over {args.chats} chats, "
+        f"{args.in_flight} in flight, median of {args.rounds} runs; {machine()}\n"
+    )
+    print(
+        table(
+            [
+                "row",
+                "updates/s",
+                "vs ceiling",
+                "lost (max)",
+                "Redis cmds/update",
+                "p50 ms",
+                "p99 ms",
+                "p99 vs ceiling",
+            ],
+            out,
+        )
+    )
+
+
+def peer_redis(url: str) -> RedisStorage:
+    """aiogram's RedisStorage on a blocking pool: its default pool raises
+    MaxConnectionsError past 100 connections in flight."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    pool = BlockingConnectionPool.from_url(url, max_connections=100, timeout=30)
+    return RedisStorage(Redis(connection_pool=pool))
+
+
+def _redis_with_isolation(url: str) -> tuple[BaseStorage, BaseEventIsolation | None]:
+    storage = peer_redis(url)
+    return storage, storage.create_isolation()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
