@@ -134,6 +134,8 @@ class Loader:
         actor.expires_at = None if ttl is None else self._clock.now() + ttl
         actor.status = Status.READY
         self._resolve(actor)
+        if actor.parked:  # loaded for get_many() while pushed out of the LRU
+            self._registry.settle(actor)
 
     def _fail(self, actor: SessionActor[Any], error: BaseException) -> None:
         if actor.status is not Status.LOADING:

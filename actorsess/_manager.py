@@ -6,7 +6,7 @@ import asyncio
 import enum
 import inspect
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
@@ -177,8 +177,15 @@ class SessionManager(Generic[T]):
 
     def session(self, key: str) -> SessionTurn[T]:
         """Exclusive access to ``key``'s session; changes commit when the block exits."""
+        if not (type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH):
+            self._check_key(key)
+        return SessionTurn(self, key)
+
+    @staticmethod
+    def _check_key(key: object) -> None:
+        """Raise InvalidKeyError unless ``key`` is a non-empty str of acceptable length."""
         if type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH:
-            return SessionTurn(self, key)
+            return
         raise InvalidKeyError(
             f"session key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
             f"got {type(key).__name__} {str(key)[:60]!r}"
@@ -207,6 +214,43 @@ class SessionManager(Generic[T]):
         turn = self.session(key)
         async with turn:
             return self._codec.decode(turn._actor.blob)  # type: ignore[union-attr]
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, T]:
+        """Copies of the committed values of ``keys``, loading every missing one in batches.
+
+        Takes no turns (like ``get``), so it is also the way to warm the cache
+        (e.g. after a restart) without a task per key. A corrupt or unloadable
+        key raises its error after the others have loaded.
+        """
+        wanted = list(dict.fromkeys(keys))
+        for key in wanted:
+            self._check_key(key)
+        if self._state is not _State.RUNNING:
+            self._check_open()
+            await self.start()
+        actors: list[SessionActor[T]] = []
+        pending: list[asyncio.Future[None]] = []
+        for key in wanted:
+            actor: SessionActor[T] | None = self._registry.find(key)
+            if actor is None:
+                actor = self._new_actor(key, load=True)
+            actors.append(actor)
+            if actor.status is Status.LOADING and actor.load_future is not None:
+                pending.append(actor.load_future)
+        if pending:
+            await asyncio.shield(asyncio.gather(*pending))
+        result: dict[str, T] = {}
+        failure: BaseException | None = None
+        for actor in actors:
+            if actor.status is Status.READY and not self._expired(actor):
+                result[actor.key] = self._codec.decode(actor.blob)
+            elif actor.status is Status.FAILED:
+                failure = failure or actor.error
+            else:  # expired, or still loading for a turn that arrived meanwhile
+                result[actor.key] = await self.get(actor.key)
+        if failure is not None:
+            raise failure
+        return result
 
     async def persist(self, key: str) -> None:
         """Return once ``key``'s current committed state is in storage."""

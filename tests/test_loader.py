@@ -150,3 +150,27 @@ async def test_oversized_stored_record_is_corrupt() -> None:
     ) as m:
         with pytest.raises(CorruptSessionError, match="over max_session_bytes=1000"):
             await m.get("big")
+
+
+async def test_get_many_loads_in_batches_without_turns() -> None:
+    """get_many() loads every missing key in max_batch chunks and returns copies."""
+    storage = RecordingStorage()
+    storage.put_raw("actorsess:k3", b'as1:4:{"n":3}')
+    config = SessionConfig(max_batch=40)
+    async with SessionManager(storage, initial=counter, config=config) as m:
+        await m.update("k1", lambda s: s.update(n=1))
+        values = await m.get_many([f"k{i}" for i in range(100)] + ["k3"])
+        assert len(values) == 100
+        assert values["k1"] == {"n": 1} and values["k3"] == {"n": 3} and values["k99"] == {"n": 0}
+        assert [len(b) for b in storage.load_batches] == [1, 40, 40, 19]
+        values["k1"]["n"] = 50
+        assert await m.get("k1") == {"n": 1}
+
+
+async def test_get_many_with_a_small_cache_leaves_nothing_parked() -> None:
+    """Keys loaded by get_many beyond max_cached are dropped once loaded, not kept."""
+    async with SessionManager(MemoryStorage(), initial=counter, config=SessionConfig(max_cached=10)) as m:
+        values = await m.get_many(f"k{i}" for i in range(200))
+        assert len(values) == 200
+        assert m.stats().cached == 10
+        assert m.stats().parked == 0
