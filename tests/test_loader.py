@@ -169,7 +169,8 @@ async def test_get_many_loads_in_batches_without_turns() -> None:
 
 async def test_get_many_with_a_small_cache_leaves_nothing_parked() -> None:
     """Keys loaded by get_many beyond max_cached are dropped once loaded, not kept."""
-    async with SessionManager(MemoryStorage(), initial=counter, config=SessionConfig(max_cached=10)) as m:
+    config = SessionConfig(max_cached=10)
+    async with SessionManager(MemoryStorage(), initial=counter, config=config) as m:
         values = await m.get_many(f"k{i}" for i in range(200))
         assert len(values) == 200
         assert m.stats().cached == 10
