@@ -104,7 +104,7 @@ class Loader:
 
     def _apply(self, actor: SessionActor[Any], raw: LoadResult) -> None:
         if actor.status is not Status.LOADING:
-            return  # a delete() made it fresh while the load was in flight
+            return  # already settled (a failed load is resolved only once)
         try:
             if raw is None:
                 actor.value, actor.blob = self._codec.fresh()

@@ -24,6 +24,7 @@ from actorsess._stats import Counters, SessionStats
 from actorsess._turn import SessionTurn
 from actorsess.exceptions import (
     ConfigError,
+    CorruptSessionError,
     InvalidKeyError,
     ManagerClosedError,
     SessionEncodeError,
@@ -233,7 +234,7 @@ class SessionManager(Generic[T]):
         for key in wanted:
             actor: SessionActor[T] | None = self._registry.find(key)
             if actor is None:
-                actor = self._new_actor(key, load=True)
+                actor = self._new_actor(key)
             actors.append(actor)
             if actor.status is Status.LOADING and actor.load_future is not None:
                 pending.append(actor.load_future)
@@ -269,9 +270,16 @@ class SessionManager(Generic[T]):
 
         Returns once the record is gone from storage.
         """
-        actor = await self._enter(key, load=False)
+        try:
+            actor = await self._enter(key)
+        except CorruptSessionError:
+            # No version can be read from a corrupt record, so it cannot be fenced:
+            # remove it directly. No actor exists for it (the failed one is gone).
+            await self._storage.delete_many([self._prefix + key])
+            return
         try:
             actor.value, actor.blob = self._codec.fresh()
+            # One past the stored version, so the version fence lets the delete through.
             actor.version += 1
             actor.deleted = True
             version = actor.version
@@ -330,13 +338,13 @@ class SessionManager(Generic[T]):
             self._idle.set()
         return True
 
-    async def _enter(self, key: str, *, load: bool = True) -> SessionActor[T]:
+    async def _enter(self, key: str) -> SessionActor[T]:
         if self._state is not _State.RUNNING:
             self._check_open()
             await self.start()
         actor: SessionActor[T] | None = self._registry.find(key)
         if actor is None:
-            actor = self._new_actor(key, load)
+            actor = self._new_actor(key)
         self._active += 1
         try:
             if actor.held or actor.waiters:
@@ -344,7 +352,7 @@ class SessionManager(Generic[T]):
             else:
                 actor.held = True
             if actor.status is not Status.READY:
-                actor = await self._ready(actor, key, load)
+                await self._ready(actor)
             elif self._ttl is not None and self._expired(actor):
                 actor.value, actor.blob = self._codec.fresh()
                 actor.expires_at = None
@@ -355,48 +363,28 @@ class SessionManager(Generic[T]):
             raise
         return actor
 
-    def _new_actor(self, key: str, load: bool) -> SessionActor[T]:
+    def _new_actor(self, key: str) -> SessionActor[T]:
         actor: SessionActor[T] = SessionActor(key, self._prefix + key)
-        if load:
-            self._loader.request(actor)
-        else:
-            actor.value, actor.blob = self._codec.fresh()
-            actor.status = Status.READY
+        self._loader.request(actor)
         self._registry.add(actor)
         return actor
 
-    async def _ready(self, actor: SessionActor[T], key: str, load: bool) -> SessionActor[T]:
-        """Called holding the turn of a LOADING or FAILED actor; returns a READY one held."""
+    async def _ready(self, actor: SessionActor[T]) -> None:
+        """Called holding the turn of a LOADING or FAILED actor: wait for the load, or
+        release the turn and raise the load's error."""
         try:
             if actor.status is Status.LOADING:
-                if not load:
-                    # delete(): whatever is stored is about to be removed; skip the load.
-                    actor.value, actor.blob = self._codec.fresh()
-                    actor.status = Status.READY
-                    return actor
                 future = actor.load_future
                 assert future is not None
                 await asyncio.shield(future)
             if actor.status is Status.READY:
-                return actor
-            error = actor.error
+                return
         except BaseException:
             self._release(actor)
             raise
         self._release(actor)
-        if load:
-            assert error is not None
-            raise error
-        # delete() of a key whose record is corrupt: the failed actor is gone from
-        # the registry, so start over with a fresh one that skips the load.
-        fresh: SessionActor[T] = self._registry.find(key) or self._new_actor(key, load=False)
-        if fresh.held or fresh.waiters:
-            await fresh.acquire()
-        else:
-            fresh.held = True
-        if fresh.status is not Status.READY:
-            return await self._ready(fresh, key, load)
-        return fresh
+        assert actor.error is not None
+        raise actor.error
 
     async def _exit(self, actor: SessionActor[T], ok: bool) -> None:
         version = actor.version

@@ -277,6 +277,19 @@ async def test_unencodable_value_is_refused_and_rolled_back() -> None:
         assert await m.get("k") == {"a": 1}
 
 
+async def test_delete_passes_the_version_fence(storage_factory: Any) -> None:
+    """delete() removes a record written at a high version by an earlier process."""
+    config = SessionConfig(flush_interval=3600)
+    async with SessionManager(storage_factory(), initial=counter, config=config) as first:
+        for _ in range(7):
+            await first.update("k", lambda s: s.update(n=s["n"] + 1))
+    async with SessionManager(storage_factory(), initial=counter, config=config) as second:
+        await second.delete("k")
+    async with SessionManager(storage_factory(), initial=counter, config=config) as third:
+        assert await third.get("k") == {"n": 0}
+        assert await third.storage.load_many(["actorsess:k"]) == [None]
+
+
 async def test_delete_resets_to_initial_and_removes_the_record() -> None:
     """delete() removes the stored record and the next access sees initial()."""
     storage = MemoryStorage()

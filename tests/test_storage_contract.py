@@ -42,6 +42,20 @@ class TestStorageContract:
         await storage.write_many(batch, None)
         assert await storage.load_many([f"k{i}" for i in range(50)]) == [i.blob for i in batch]
 
+    async def test_older_versions_never_overwrite_newer(self, storage_factory: Any) -> None:
+        """A delayed replay of an older write (or delete) is fenced off by the version."""
+        storage: Storage = storage_factory()
+        await storage.write_many([WriteItem("k", b"as1:5:new", 5)], None)
+        await storage.write_many(
+            [WriteItem("k", b"as1:3:old", 3), WriteItem("j", b"as1:1:j", 1)], None
+        )
+        assert await storage.load_many(["k", "j"]) == [b"as1:5:new", b"as1:1:j"]
+        await storage.write_many([WriteItem("k", None, 4)], None)
+        assert await storage.load_many(["k"]) == [b"as1:5:new"]
+        await storage.write_many([WriteItem("k", b"as1:5:new", 5)], None)  # same: harmless
+        await storage.write_many([WriteItem("k", None, 6)], None)
+        assert await storage.load_many(["k"]) == [None]
+
     async def test_delete_many(self, storage_factory: Any) -> None:
         """delete_many removes present keys and ignores absent ones."""
         storage: Storage = storage_factory()

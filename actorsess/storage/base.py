@@ -37,7 +37,11 @@ class Storage(Protocol):
         ...
 
     async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
-        """Store (or delete, for ``blob=None``) every item, applying ``ttl_ms`` if set."""
+        """Store (or delete, for ``blob=None``) every item, applying ``ttl_ms`` if set.
+
+        Version fence: an item is skipped when the stored record has a higher
+        version, so a delayed replay of an older write never overwrites newer data.
+        """
         ...
 
     async def delete_many(self, keys: Sequence[str]) -> None:

@@ -13,7 +13,7 @@ class MemoryStorage:
 
     def __init__(self, *, timer: Callable[[], float] = time.monotonic) -> None:
         self._timer = timer
-        self._records: dict[str, tuple[bytes, float | None]] = {}
+        self._records: dict[str, tuple[bytes, float | None, int]] = {}
         self.writes = 0
         self.loads = 0
 
@@ -36,10 +36,13 @@ class MemoryStorage:
         self.writes += 1
         expires = None if ttl_ms is None else self._timer() + ttl_ms / 1000
         for item in items:
+            stored = self._records.get(item.key)
+            if stored is not None and stored[2] > item.version:
+                continue  # the version fence
             if item.blob is None:
                 self._records.pop(item.key, None)
             else:
-                self._records[item.key] = (item.blob, expires)
+                self._records[item.key] = (item.blob, expires, item.version)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         for key in keys:
@@ -55,4 +58,4 @@ class MemoryStorage:
 
     def put_raw(self, key: str, blob: bytes) -> None:
         """Store ``blob`` verbatim under ``key`` (tests that plant corrupt records)."""
-        self._records[key] = (blob, None)
+        self._records[key] = (blob, None, -1)

@@ -33,21 +33,39 @@ end
 return out
 """
 
-# ARGV[1] is the TTL in ms (0: none); ARGV[i + 1] is KEYS[i]'s record, where an
-# empty string (never a valid record: records start with "as1:") deletes the key.
+# ARGV[1] is the TTL in ms (0: none); ARGV[2] the versions of the batch, packed
+# as "v1,v2,..."; ARGV[i + 2] is KEYS[i]'s record, where an empty string (never
+# a valid record: records start with "as1:") deletes the key.
+#
+# The version fence: a record is written only if the stored one is not newer.
+# A write that timed out may still sit in the server's socket buffer and run
+# after a later write sent on another connection; without the fence it would
+# overwrite newer data with older. Returns how many writes were fenced off.
 _WRITE_LUA = """
 local ttl = tonumber(ARGV[1])
+local versions = {}
+for v in string.gmatch(ARGV[2], '%d+') do versions[#versions + 1] = tonumber(v) end
+local fenced = 0
 for i, key in ipairs(KEYS) do
-  local value = ARGV[i + 1]
-  if value == '' then
-    redis.call('DEL', key)
-  elseif ttl > 0 then
-    redis.call('SET', key, value, 'PX', ttl)
+  local stored = redis.pcall('GET', key)
+  local stored_version = -1
+  if type(stored) == 'string' then
+    stored_version = tonumber(string.match(stored, '^as1:(%d+):')) or -1
+  end
+  if stored_version > versions[i] then
+    fenced = fenced + 1
   else
-    redis.call('SET', key, value)
+    local value = ARGV[i + 2]
+    if value == '' then
+      redis.call('DEL', key)
+    elseif ttl > 0 then
+      redis.call('SET', key, value, 'PX', ttl)
+    else
+      redis.call('SET', key, value)
+    end
   end
 end
-return #KEYS
+return fenced
 """
 
 DEFAULT_MAX_CONNECTIONS = 32
@@ -109,7 +127,7 @@ class RedisStorage:
         if not items:
             return
         keys = [item.key for item in items]
-        args: list[bytes | int] = [ttl_ms or 0]
+        args: list[bytes | int | str] = [ttl_ms or 0, ",".join(str(i.version) for i in items)]
         args.extend(b"" if item.blob is None else item.blob for item in items)
         await self._write(keys=keys, args=args)
 

@@ -23,13 +23,17 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS actorsess_sessions (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL,
+    version INTEGER NOT NULL DEFAULT -1,
     expires_at REAL
 ) WITHOUT ROWID
 """
+# The version fence: a stored record with a higher version is left alone.
 _UPSERT = (
-    "INSERT INTO actorsess_sessions (key, value, expires_at) VALUES (?, ?, ?) "
-    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+    "INSERT INTO actorsess_sessions (key, value, version, expires_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, "
+    "expires_at = excluded.expires_at WHERE excluded.version >= actorsess_sessions.version"
 )
+_DELETE_FENCED = "DELETE FROM actorsess_sessions WHERE key = ? AND version <= ?"
 # SQLite limits bound parameters per statement (32766 in modern builds; 999 in old ones).
 _CHUNK = 900
 # Expired rows are treated as absent on load; purge them every this many writes.
@@ -97,8 +101,8 @@ class SqliteStorage:
             return
         now = self._timer()
         expires = None if ttl_ms is None else now + ttl_ms / 1000
-        upserts = [(i.key, i.blob, expires) for i in items if i.blob is not None]
-        deletes = [(i.key,) for i in items if i.blob is None]
+        upserts = [(i.key, i.blob, i.version, expires) for i in items if i.blob is not None]
+        deletes = [(i.key, i.version) for i in items if i.blob is None]
         self._writes += 1
         purge = self._writes % _PURGE_EVERY == 0
 
@@ -106,12 +110,13 @@ class SqliteStorage:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(_UPSERT, upserts)
-                conn.executemany("DELETE FROM actorsess_sessions WHERE key = ?", deletes)
+                conn.executemany(_DELETE_FENCED, deletes)
                 if purge:
                     conn.execute("DELETE FROM actorsess_sessions WHERE expires_at <= ?", (now,))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
 
         await self._run(write)
@@ -130,7 +135,7 @@ class SqliteStorage:
         """Store ``value`` verbatim (tests that plant corrupt records)."""
 
         def put(conn: sqlite3.Connection) -> None:
-            conn.execute(_UPSERT, (key, value, None))
+            conn.execute(_UPSERT, (key, value, -1, None))
 
         await self._run(put)
 
