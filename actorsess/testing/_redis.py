@@ -78,10 +78,11 @@ class RedisServer:
         raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout}s")
 
     def ping(self) -> bool:
+        """True once the server answers (an auth error counts: ACL-only servers say NOAUTH)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH", b"-NOPERM"))
         except OSError:
             return False
 

@@ -1,0 +1,100 @@
+"""Hostile and odd input: user-controlled keys, secrets in URLs, no unsafe deserialization."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from aiogram import Bot, Dispatcher
+from aiogram.types import Message
+
+import actorsess
+from actorsess import MemoryStorage, RedisStorage, SessionManager
+from actorsess._redact import redact_url
+from actorsess.aiogram import SessionMiddleware
+from actorsess.testing import RedisServer
+
+from .aiogram_helpers import message_update
+
+PACKAGE = Path(actorsess.__file__).parent
+
+
+async def test_arbitrary_keys_stay_under_the_prefix_and_apart() -> None:
+    """Odd user-controlled keys are stored verbatim under key_prefix and never collide."""
+    storage = MemoryStorage()
+    odd = ["../etc", "a\nb", "*", "actorsess:other", " ", "ключ", "a:b", "a", "\x00"]
+    async with SessionManager(storage, initial=lambda: {"k": ""}) as m:
+        for key in odd:
+            await m.update(key, lambda s, key=key: s.update(k=key))
+        await m.flush()
+        for key in odd:
+            assert await m.get(key) == {"k": key}
+    assert sorted(storage._records) == sorted("actorsess:" + k for k in odd)
+
+
+async def test_two_bots_on_one_storage_never_share_sessions() -> None:
+    """The same chat seen by two bots has two sessions (the bot id is in every key)."""
+    storage = MemoryStorage()
+    totals = {}
+    for token in ("111:AAA", "222:BBB"):
+        manager = SessionManager(storage, initial=lambda: {"n": 0})
+        dp = Dispatcher()
+        SessionMiddleware(manager).setup(dp)
+
+        @dp.message()
+        async def handler(message: Message, session: dict[str, int]) -> None:
+            session["n"] += 1
+
+        bot = Bot(token)
+        for _ in range(3 if token.startswith("111") else 5):
+            await dp.feed_update(bot, message_update(9))
+        await manager.close()
+        await bot.session.close()
+        totals[token] = storage.raw(f"actorsess:session:{token.split(':')[0]}:9:9")
+    assert totals == {"111:AAA": b'as1:3:{"n":3}', "222:BBB": b'as1:5:{"n":5}'}
+
+
+def test_no_unsafe_deserializers_anywhere() -> None:
+    """No module of the package imports pickle, marshal, shelve or dill."""
+    banned = {"pickle", "marshal", "shelve", "dill", "cloudpickle"}
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert not names & banned, f"{path} imports {names & banned}"
+
+
+def test_passwords_are_redacted() -> None:
+    """Reprs and redacted URLs never show a password."""
+    assert redact_url("redis://alice:s3cret@host:6379/0") == "redis://alice:***@host:6379/0"
+    assert redact_url("rediss://:s3cret@host/1") == "rediss://:***@host/1"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+    storage = RedisStorage.from_url("redis://alice:s3cret@127.0.0.1:1/0")
+    manager = SessionManager(storage, initial=dict)
+    assert "s3cret" not in repr(storage) and "s3cret" not in repr(manager)
+    assert "alice:***@" in repr(manager)
+
+
+def test_tls_urls_are_accepted() -> None:
+    """rediss:// builds a TLS connection pool (no connection is made here)."""
+    storage = RedisStorage.from_url("rediss://user:pw@127.0.0.1:6390/0")
+    kwargs = storage.client.connection_pool.connection_kwargs
+    assert storage.client.connection_pool.connection_class.__name__ == "SSLConnection"
+    assert kwargs["username"] == "user"
+
+
+async def test_acl_user_and_password_urls_work() -> None:
+    """An ACL user with a password connects through from_url and round-trips a session."""
+    acl = ["--user", "default", "off", "--user", "alice", "on", ">s3cret", "~*", "&*", "+@all"]
+    with RedisServer(extra_args=acl) as server:
+        url = f"redis://alice:s3cret@127.0.0.1:{server.port}/0"
+        async with SessionManager(RedisStorage.from_url(url), initial=lambda: {"n": 0}) as m:
+            await m.update("k", lambda s: s.update(n=1))
+            await m.persist("k")
+        async with SessionManager(RedisStorage.from_url(url), initial=lambda: {"n": 0}) as m:
+            assert await m.get("k") == {"n": 1}
