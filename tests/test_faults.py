@@ -33,7 +33,7 @@ def counter() -> dict[str, int]:
 
 async def read_all(url: str, keys: list[str]) -> list[bytes | None]:
     client = redis_asyncio.Redis.from_url(url)
-    values: list[bytes | None] = await client.mget([f"actorsess:{k}" for k in keys])
+    values: list[bytes | None] = await client.mget([f"actorsess:{k}" for k in keys])  # type: ignore[assignment]
     await client.aclose()
     return values
 
@@ -100,9 +100,7 @@ async def test_connections_killed_during_writes_result_is_exact(private_redis: R
         for _ in range(30):
             await bump_all()
             await asyncio.sleep(0.002)
-            kills += int(
-                await killer.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-            )
+            kills += int(await killer.client_kill_filter(_type="normal", skipme=True))
         await m.flush()
     await killer.aclose()
     assert kills > 0
@@ -129,7 +127,8 @@ async def test_slow_redis_backpressure_bounds_dirty_and_times_out(
     m = SessionManager(storage, initial=counter, config=config, logger=events.logger)
     async with m:
         await m.get_many(keys)
-        stall = asyncio.create_task(sleeper.execute_command("DEBUG", "SLEEP", "2"))
+        debug_sleep = sleeper.execute_command("DEBUG", "SLEEP", "2")  # type: ignore[no-untyped-call]
+        stall = asyncio.create_task(debug_sleep)
         await asyncio.sleep(0.05)
         peak = 0
 

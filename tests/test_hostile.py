@@ -25,7 +25,8 @@ async def test_arbitrary_keys_stay_under_the_prefix_and_apart() -> None:
     odd = ["../etc", "a\nb", "*", "actorsess:other", " ", "ключ", "a:b", "a", "\x00"]
     async with SessionManager(storage, initial=lambda: {"k": ""}) as m:
         for key in odd:
-            await m.update(key, lambda s, key=key: s.update(k=key))
+            async with m.session(key) as s:
+                s["k"] = key
         await m.flush()
         for key in odd:
             assert await m.get(key) == {"k": key}
@@ -75,7 +76,7 @@ def test_passwords_are_redacted() -> None:
     assert redact_url("rediss://:s3cret@host/1") == "rediss://:***@host/1"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
     storage = RedisStorage.from_url("redis://alice:s3cret@127.0.0.1:1/0")
-    manager = SessionManager(storage, initial=dict)
+    manager: SessionManager[dict[str, int]] = SessionManager(storage, initial=dict)
     assert "s3cret" not in repr(storage) and "s3cret" not in repr(manager)
     assert "alice:***@" in repr(manager)
 

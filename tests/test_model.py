@@ -47,7 +47,10 @@ class SessionsModel(RuleBasedStateMachine):
 
     def _new_manager(self) -> SessionManager[dict[str, int]]:
         config = SessionConfig(
-            max_cached=3, flush_interval=3600, retry_base_delay=0.001, retry_max_delay=0.002,
+            max_cached=3,
+            flush_interval=3600,
+            retry_base_delay=0.001,
+            retry_max_delay=0.002,
             close_timeout=5,
         )
         return SessionManager(self.storage, initial=counter, config=config)
@@ -145,7 +148,7 @@ TestSessionsModel = SessionsModel.TestCase
 
 
 async def test_soak_with_a_flaky_storage_keeps_exact_totals() -> None:
-    """100k updates over 20k keys, cache of 1,000, storage failing 10%: totals exact, memory flat."""
+    """100k updates, 20k keys, a cache of 1,000, storage failing 10%: exact totals, flat memory."""
     import gc
 
     rng = random.Random(11)
@@ -163,8 +166,12 @@ async def test_soak_with_a_flaky_storage_keeps_exact_totals() -> None:
 
     storage = TenPercentFailing()
     config = SessionConfig(
-        max_cached=1000, flush_interval=0.01, max_batch=500, retry_base_delay=0.001,
-        retry_max_delay=0.01, max_dirty=5000,
+        max_cached=1000,
+        flush_interval=0.01,
+        max_batch=500,
+        retry_base_delay=0.001,
+        retry_max_delay=0.01,
+        max_dirty=5000,
     )
     keys = [f"k{i}" for i in range(20_000)]
     expected: dict[str, int] = {}
@@ -187,7 +194,7 @@ async def test_soak_with_a_flaky_storage_keeps_exact_totals() -> None:
     assert stats.cached - stats.parked <= 1000
     assert sum(expected.values()) > 80_000
     # storage now holds every update that was acknowledged, and nothing else
-    stored = {k[len("actorsess:"):]: v for k, v in storage._records.items()}
+    stored = {k[len("actorsess:") :]: v for k, v in storage._records.items()}
     for key, n in expected.items():
         assert stored[key][0].endswith(b'{"n":%d}' % n)
     # memory flat: live objects in the last quarter within 15% of the second quarter
