@@ -31,6 +31,7 @@ class SessionActor(Generic[T]):
         "deleted",
         "error",
         "expires_at",
+        "fenced",
         "held",
         "key",
         "load_future",
@@ -67,6 +68,9 @@ class SessionActor(Generic[T]):
         self.error: BaseException | None = None
         #: Evicted from the LRU while busy or dirty; kept findable until clean and idle.
         self.parked = False
+        #: An earlier write of this session had an unknown outcome (it may still land
+        #: late), so later writes ask storage to check versions first.
+        self.fenced = False
         #: Used since the LRU last looked at it (the second-chance bit, see _registry).
         self.referenced = False
 

@@ -209,6 +209,7 @@ class Flusher:
                 actor.storage_key,
                 None if actor.deleted else encode_record(actor.version, actor.blob),
                 actor.version,
+                actor.fenced,
             )
             for actor in batch
         ]
@@ -217,10 +218,13 @@ class Flusher:
         try:
             async with asyncio.timeout(self._config.write_timeout):
                 await self._storage.write_many(items, self._config.ttl_ms)
-        except asyncio.CancelledError:
-            self._round_waiters.extend(waiters)
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            # Outcome unknown: this batch may still land later, so fence what follows.
+            for actor in batch:
+                actor.fenced = True
+            if not isinstance(exc, Exception):
+                self._round_waiters.extend(waiters)
+                raise
             self._on_failure(exc, waiters)
             return
         for actor, item in zip(batch, items, strict=True):

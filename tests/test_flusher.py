@@ -231,3 +231,22 @@ async def test_flush_log_event_fields(events: Events) -> None:
     [flush] = events.named("session.flush")
     assert flush["sessions"] == 1 and flush["bytes"] == len(b'as1:1:{"n":1}')
     assert flush["attempt"] == 1 and flush["duration_ms"] >= 0
+
+
+async def test_writes_are_fenced_only_after_an_unknown_outcome() -> None:
+    """Normal writes ask for no fence; after a failed write, that session's writes do."""
+    storage = RecordingStorage()
+    config = SessionConfig(flush_interval=3600, retry_base_delay=0.001, retry_max_delay=0.002)
+    async with SessionManager(storage, initial=counter, config=config) as m:
+        await bump(m, "calm")
+        await bump(m, "hit")
+        await m.flush()
+        storage.fail_writes = 1
+        await bump(m, "hit")
+        with pytest.raises(StorageError):
+            await m.persist("hit")
+        await m.persist("hit")
+        await bump(m, "calm")
+        await m.flush()
+    fences = [(i.key.removeprefix("actorsess:"), i.fenced) for b in storage.batches for i in b]
+    assert fences == [("calm", False), ("hit", False), ("hit", True), ("calm", False)]

@@ -113,3 +113,12 @@ async def test_redis_reports_wrong_type_instead_of_missing(
     [result] = await redis_storage.load_many(["actorsess:listkey"])
     assert isinstance(result, BadValue)
     await redis_storage.close()
+
+
+async def test_redis_unfenced_writes_skip_the_version_read(redis_storage: Any) -> None:
+    """Unfenced items are written without comparing versions; fenced ones are compared."""
+    await redis_storage.write_many([WriteItem("u", b"as1:5:new", 5)], None)
+    await redis_storage.write_many([WriteItem("u", b"as1:3:old", 3, fenced=False)], None)
+    assert await redis_storage.load_many(["u"]) == [b"as1:3:old"]
+    await redis_storage.write_many([WriteItem("u", b"as1:2:older", 2, fenced=True)], None)
+    assert await redis_storage.load_many(["u"]) == [b"as1:3:old"]

@@ -7,11 +7,18 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 
 class WriteItem(NamedTuple):
-    """One session to write: ``blob`` is the encoded record, ``None`` deletes the key."""
+    """One session to write: ``blob`` is the encoded record, ``None`` deletes the key.
+
+    ``fenced`` asks the storage to check the stored version first (see
+    ``Storage.write_many``). The flusher sets it for sessions whose earlier write
+    had an unknown outcome, the only case where an older write of ours can
+    still be in flight; storages may fence every write regardless.
+    """
 
     key: str
     blob: bytes | None
     version: int
+    fenced: bool = True
 
 
 class BadValue(NamedTuple):

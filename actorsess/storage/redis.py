@@ -33,26 +33,31 @@ end
 return out
 """
 
-# ARGV[1] is the TTL in ms (0: none); ARGV[2] the versions of the batch, packed
-# as "v1,v2,..."; ARGV[i + 2] is KEYS[i]'s record, where an empty string (never
-# a valid record: records start with "as1:") deletes the key.
+# ARGV[1] is the TTL in ms (0: none); ARGV[2] the fence of each key, packed as
+# "v1,-,v3,...": a version to check, or "-" for none; ARGV[i + 2] is KEYS[i]'s
+# record, where an empty string (never a valid record: records start with
+# "as1:") deletes the key.
 #
-# The version fence: a record is written only if the stored one is not newer.
-# A write that timed out may still sit in the server's socket buffer and run
-# after a later write sent on another connection; without the fence it would
-# overwrite newer data with older. Returns how many writes were fenced off.
+# The version fence: a fenced record is written only if the stored one is not
+# newer. A write that timed out may still sit in the server's socket buffer and
+# run after a later write sent on another connection; without the fence it
+# would overwrite newer data with older. It costs a GET, so the flusher asks for
+# it only for keys whose earlier write had an unknown outcome.
+# Returns how many writes were fenced off.
 _WRITE_LUA = """
 local ttl = tonumber(ARGV[1])
-local versions = {}
-for v in string.gmatch(ARGV[2], '%d+') do versions[#versions + 1] = tonumber(v) end
+local fences = {}
+for v in string.gmatch(ARGV[2], '[^,]+') do fences[#fences + 1] = tonumber(v) end
 local fenced = 0
 for i, key in ipairs(KEYS) do
-  local stored = redis.pcall('GET', key)
   local stored_version = -1
-  if type(stored) == 'string' then
-    stored_version = tonumber(string.match(stored, '^as1:(%d+):')) or -1
+  if fences[i] then
+    local stored = redis.pcall('GET', key)
+    if type(stored) == 'string' then
+      stored_version = tonumber(string.match(stored, '^as1:(%d+):')) or -1
+    end
   end
-  if stored_version > versions[i] then
+  if fences[i] and stored_version > fences[i] then
     fenced = fenced + 1
   else
     local value = ARGV[i + 2]
@@ -127,7 +132,8 @@ class RedisStorage:
         if not items:
             return
         keys = [item.key for item in items]
-        args: list[bytes | int | str] = [ttl_ms or 0, ",".join(str(i.version) for i in items)]
+        fences = ",".join(str(i.version) if i.fenced else "-" for i in items)
+        args: list[bytes | int | str] = [ttl_ms or 0, fences]
         args.extend(b"" if item.blob is None else item.blob for item in items)
         await self._write(keys=keys, args=args)
 

@@ -75,6 +75,7 @@ class RedisServer:
             if self.ping():
                 return self
             time.sleep(0.02)
+        self.kill()
         raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout}s")
 
     def ping(self) -> bool:

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every benchmark (each starts its own private redis-server) and prints the tables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,bench]"
+for bench in e2e_aiogram hot_path flush_throughput memory crash_loss scaling; do
+    echo "== benchmarks/$bench.py"
+    .venv/bin/python -m "benchmarks.$bench"
+done
