@@ -33,8 +33,9 @@ end
 return out
 """
 
-# ARGV[1] is the TTL in ms (0: none); ARGV[2] the fence of each key, packed as
-# "v1,-,v3,...": a version to check, or "-" for none; ARGV[i + 2] is KEYS[i]'s
+# ARGV[1] is the TTL in ms ("0": none); ARGV[2] the fence of each key, packed as
+# "v1,-,v3,...": a version to check, or "-" for none ("" when no key has one);
+# ARGV[i + 2] is KEYS[i]'s
 # record, where an empty string (never a valid record: records start with
 # "as1:") deletes the key.
 #
@@ -45,29 +46,33 @@ return out
 # it only for keys whose earlier write had an unknown outcome.
 # Returns how many writes were fenced off.
 _WRITE_LUA = """
-local ttl = tonumber(ARGV[1])
-local fences = {}
-for v in string.gmatch(ARGV[2], '[^,]+') do fences[#fences + 1] = tonumber(v) end
+local ttl = ARGV[1]
+local call, pcall = redis.call, redis.pcall
+local fences = nil
+if ARGV[2] ~= '' then
+  fences = {}
+  local i = 0
+  for v in string.gmatch(ARGV[2], '[^,]+') do i = i + 1; fences[i] = tonumber(v) end
+end
 local fenced = 0
-for i, key in ipairs(KEYS) do
-  local stored_version = -1
-  if fences[i] then
-    local stored = redis.pcall('GET', key)
+for i = 1, #KEYS do
+  local key, value = KEYS[i], ARGV[i + 2]
+  local fence = fences and fences[i]
+  local stale = false
+  if fence then
+    local stored = pcall('GET', key)
     if type(stored) == 'string' then
-      stored_version = tonumber(string.match(stored, '^as1:(%d+):')) or -1
+      stale = (tonumber(string.match(stored, '^as1:(%d+):')) or -1) > fence
     end
   end
-  if fences[i] and stored_version > fences[i] then
+  if stale then
     fenced = fenced + 1
+  elseif value == '' then
+    call('DEL', key)
+  elseif ttl ~= '0' then
+    call('SET', key, value, 'PX', ttl)
   else
-    local value = ARGV[i + 2]
-    if value == '' then
-      redis.call('DEL', key)
-    elseif ttl > 0 then
-      redis.call('SET', key, value, 'PX', ttl)
-    else
-      redis.call('SET', key, value)
-    end
+    call('SET', key, value)
   end
 end
 return fenced
@@ -132,8 +137,13 @@ class RedisStorage:
         if not items:
             return
         keys = [item.key for item in items]
-        fences = ",".join(str(i.version) if i.fenced else "-" for i in items)
-        args: list[bytes | int | str] = [ttl_ms or 0, fences]
+        # An empty fence list (the usual case) spares the script parsing one.
+        fences = (
+            ",".join(str(i.version) if i.fenced else "-" for i in items)
+            if any(i.fenced for i in items)
+            else ""
+        )
+        args: list[bytes | int | str] = [str(ttl_ms or 0), fences]
         args.extend(b"" if item.blob is None else item.blob for item in items)
         await self._write(keys=keys, args=args)
 
