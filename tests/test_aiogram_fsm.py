@@ -176,3 +176,49 @@ async def test_isolation_serializes_concurrent_updates(redis_client: Any, redis_
     reader = ActorFSMStorage(RedisStorage.from_url(redis_url))
     assert await reader.get_data(StorageKey(bot_id=42, chat_id=7, user_id=7)) == {"n": 300}
     await reader.close()
+
+
+async def test_scenes_run_on_actor_fsm_storage(redis_client: Any, redis_url: str) -> None:
+    """aiogram Scenes (with their history under another destiny) work unchanged."""
+    from aiogram.filters import Command
+    from aiogram.fsm.scene import Scene, SceneRegistry, ScenesManager, on
+
+    replies: list[str] = []
+
+    class AskName(Scene, state="ask_name"):
+        @on.message.enter()
+        async def on_enter(self, message: Message) -> None:
+            replies.append("your name?")
+
+        @on.message(F.text)
+        async def on_name(self, message: Message, state: FSMContext) -> None:
+            await state.update_data(name=message.text)
+            await self.wizard.goto(AskCity)
+
+    class AskCity(Scene, state="ask_city"):
+        @on.message.enter()
+        async def on_enter(self, message: Message) -> None:
+            replies.append("your city?")
+
+        @on.message(F.text)
+        async def on_city(self, message: Message, state: FSMContext) -> None:
+            data = await state.get_data()
+            replies.append(f"{data['name']} from {message.text}")
+            await self.wizard.exit()
+
+    fsm = ActorFSMStorage(RedisStorage.from_url(redis_url))
+    dp = Dispatcher(storage=fsm, events_isolation=fsm.create_isolation())
+    fsm.setup(dp)
+    registry = SceneRegistry(dp)
+    registry.add(AskName, AskCity)
+
+    @dp.message(Command("start"))
+    async def start(message: Message, scenes: ScenesManager) -> None:
+        await scenes.enter(AskName)
+
+    bot = Bot("42:TEST")
+    for text in ["/start", "Ann", "Oslo"]:
+        await dp.feed_update(bot, message_update(7, text))
+    await dp.emit_shutdown()
+    await bot.session.close()
+    assert replies == ["your name?", "your city?", "Ann from Oslo"]

@@ -140,3 +140,21 @@ async def test_cancel_at_each_step_of_a_busy_key(steps: int) -> None:
             assert await m.update("k", lambda s: s["n"]) == len(done)
         await m.flush()
         assert storage.raw("actorsess:k") == b'as1:%d:{"n":%d}' % (len(done), len(done))
+
+
+async def test_flusher_cancelled_mid_write_keeps_the_session_dirty_and_reports_it() -> None:
+    """close() past its timeout cancels a hanging write: the session stays dirty and is logged."""
+    from .conftest import Events
+
+    events = Events()
+    storage = RecordingStorage()
+    storage.write_gate = asyncio.Event()  # the write never completes
+    config = SessionConfig(flush_interval=0.001, close_timeout=0.2, write_timeout=30)
+    m = SessionManager(storage, initial=counter, config=config, logger=events.logger)
+    await m.update("k", lambda s: s.update(n=1))
+    await storage.write_started.wait()
+    await m.close()
+    [entry] = events.named("session.unflushed")
+    assert entry["keys"] == ["k"]
+    assert m.stats().dirty == 1
+    assert storage.raw("actorsess:k") is None
