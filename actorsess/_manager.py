@@ -307,8 +307,8 @@ class SessionManager(Generic[T]):
     def _exit_now(self, actor: SessionActor[T]) -> bool:
         """Commit and release without awaiting; False if ``_exit`` must do it instead.
 
-        The hot path of every cached turn, so ``_encode_change``, ``_apply`` and
-        ``_leave`` are inlined here; any unusual case (encode error, oversize,
+        The hot path of every cached turn, so ``_encode_change`` and ``_leave``
+        are inlined here; any unusual case (encode error, oversize,
         backpressure, write-through, a waiter to hand over to) takes the general path.
         """
         if self._write_through:
@@ -323,12 +323,7 @@ class SessionManager(Generic[T]):
             becomes_dirty = actor.version <= actor.persisted_version
             if becomes_dirty and len(self._flusher.dirty) >= self._max_dirty:
                 return False
-            actor.blob = blob
-            actor.version += 1
-            actor.deleted = False
-            if self._ttl is not None:
-                actor.expires_at = self._clock.now() + self._ttl
-            self._flusher.mark_dirty(actor)
+            self._apply(actor, blob)
         if actor.waiters or actor.parked:
             self._leave(actor)
             return True

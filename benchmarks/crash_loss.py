@@ -10,33 +10,21 @@ the replies it had sent are compared with the apples stored in Redis.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import redis
 
 from actorsess.testing import RedisServer
 from benchmarks._common import machine, table
+from tests.bot_process import spawn, stored_gains
 
-ROOT = Path(__file__).resolve().parent.parent
 USERS = 20
 
 
 def run_once(url: str, flush_interval: float, run_for: float) -> tuple[int, int, float]:
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.bot_process", url, str(USERS), "5", str(flush_interval)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    redis.Redis.from_url(url).flushdb()
+    process = spawn(url, USERS, 5, flush_interval)
     assert process.stdout is not None
     first: tuple[float, int] | None = None
     last = (0.0, 0)
@@ -47,14 +35,10 @@ def run_once(url: str, flush_interval: float, run_for: float) -> tuple[int, int,
             if last[0] - first[0] > run_for:
                 break
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate()
     assert first is not None
     rate = (last[1] - first[1]) / (last[0] - first[0])
-    keys = [f"actorsess:session:123456789:{c}:{c}" for c in range(1, USERS + 1)]
-    raw: list[bytes | None] = client.mget(keys)  # type: ignore[assignment]
-    client.close()
-    stored = sum(int(v.rsplit(b'"apple":', 1)[1].rstrip(b"}")) - 1 for v in raw if v)
-    return last[1], stored, rate
+    return last[1], stored_gains(url, USERS)[1], rate
 
 
 def main() -> None:

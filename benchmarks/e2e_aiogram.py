@@ -51,28 +51,27 @@ class Result:
     p99_ms: float
 
 
+def message_update(n: int, chat: int) -> Update:
+    """Update ``n``: a private text message in ``chat``."""
+    return Update.model_validate(
+        {
+            "update_id": n,
+            "message": {
+                "message_id": n,
+                "date": 1_700_000_000,
+                "chat": {"id": chat, "type": "private"},
+                "from": {"id": chat, "is_bot": False, "first_name": "u"},
+                "text": "apple",
+            },
+        }
+    )
+
+
 def make_updates(chats: int, messages: int, seed: int = 1) -> list[Update]:
-    updates = []
-    n = 0
-    for chat in range(1, chats + 1):
-        for _ in range(messages):
-            n += 1
-            updates.append(
-                Update.model_validate(
-                    {
-                        "update_id": n,
-                        "message": {
-                            "message_id": n,
-                            "date": 1_700_000_000,
-                            "chat": {"id": chat, "type": "private"},
-                            "from": {"id": chat, "is_bot": False, "first_name": "u"},
-                            "text": "apple",
-                        },
-                    }
-                )
-            )
-    random.Random(seed).shuffle(updates)
-    return updates
+    """``messages`` updates for each of ``chats`` chats, shuffled."""
+    plan = [chat for chat in range(1, chats + 1) for _ in range(messages)]
+    random.Random(seed).shuffle(plan)
+    return [message_update(n, chat) for n, chat in enumerate(plan, start=1)]
 
 
 async def drive(

@@ -20,29 +20,16 @@ from aiogram.types import Update
 
 from actorsess.testing import RedisServer
 from benchmarks._common import machine, quiet_logs, table
-from benchmarks.e2e_aiogram import Result, peer_redis, run_actorsess, run_fsm
+from benchmarks.e2e_aiogram import Result, message_update, peer_redis, run_actorsess, run_fsm
 
 CHATS = [10, 100, 1_000, 10_000, 100_000]
 IN_FLIGHT = [1, 16, 64, 256, 1024]
 
 
 def spread_updates(total: int, chats: int, seed: int = 3) -> list[Update]:
+    """``total`` updates, each from a chat drawn at random among ``chats``."""
     rng = random.Random(seed)
-    return [
-        Update.model_validate(
-            {
-                "update_id": n,
-                "message": {
-                    "message_id": n,
-                    "date": 1_700_000_000,
-                    "chat": {"id": chat, "type": "private"},
-                    "from": {"id": chat, "is_bot": False, "first_name": "u"},
-                    "text": "apple",
-                },
-            }
-        )
-        for n, chat in enumerate((rng.randrange(chats) + 1 for _ in range(total)), start=1)
-    ]
+    return [message_update(n, rng.randrange(chats) + 1) for n in range(1, total + 1)]
 
 
 Row = Callable[[str, list[Update], int], Awaitable[Result]]

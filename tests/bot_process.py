@@ -10,11 +10,49 @@ handling), after which the dispatcher shutdown closes the session manager.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
+from pathlib import Path
+
+import redis
 
 from actorsess import RedisStorage, SessionConfig, SessionManager
 from actorsess.testing import LocalBotAPI
 from examples.apple_counter import build_dispatcher, new_session
+
+ROOT = Path(__file__).resolve().parent.parent
+BOT_ID = 123456789  # LocalBotAPI's default token
+
+
+def spawn(url: str, users: int, messages: int, flush_interval: float) -> subprocess.Popen[str]:
+    """Start this script as a child process with piped, line-buffered output."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.bot_process",
+            url,
+            str(users),
+            str(messages),
+            str(flush_interval),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def stored_gains(url: str, users: int) -> tuple[int, int]:
+    """(users with a stored session, apples gained in total) read from Redis."""
+    client = redis.Redis.from_url(url)
+    keys = [f"actorsess:session:{BOT_ID}:{c}:{c}" for c in range(1, users + 1)]
+    raw: list[bytes | None] = client.mget(keys)  # type: ignore[assignment]
+    client.close()
+    apples = [int(v.rsplit(b'"apple":', 1)[1].rstrip(b"}")) for v in raw if v]
+    return len(apples), sum(apples) - len(apples)  # every session starts with 1 apple
 
 
 async def main(url: str, users: int, messages: int, flush_interval: float) -> None:

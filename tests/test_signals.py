@@ -1,32 +1,20 @@
-"""A real polling bot process stopped by a real SIGTERM flushes every session."""
+"""Real polling bot processes stopped by real signals: SIGTERM flushes all, SIGKILL little."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
+from .bot_process import spawn, stored_gains
 
 
 def test_sigterm_under_load_flushes_everything(redis_url: str) -> None:
     """SIGTERM mid-traffic: every reply the bot sent is counted in Redis afterwards."""
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+    redis.Redis.from_url(redis_url).flushdb()
     users, messages = 40, 10
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.bot_process", redis_url, str(users), str(messages), "3600"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = spawn(redis_url, users, messages, 3600)
     assert process.stdout is not None
     try:
         for line in process.stdout:
@@ -46,36 +34,16 @@ def test_sigterm_under_load_flushes_everything(redis_url: str) -> None:
     assert stopped, out + err
     replies = int(stopped[-1].split()[1])
     assert replies >= users * messages
-    keys = [f"actorsess:session:123456789:{c}:{c}" for c in range(1, users + 1)]
-    raw: list[bytes | None] = client.mget(keys)  # type: ignore[assignment]
-    client.close()
-    apples = [int(value.rsplit(b'"apple":', 1)[1].rstrip(b"}")) for value in raw if value]
-    assert len(apples) == users
-    # each user starts at 1 apple and gains one per handled message
-    assert sum(apples) - users == replies
+    sessions, gained = stored_gains(redis_url, users)
+    assert sessions == users
+    assert gained == replies
 
 
 def test_sigkill_loses_at_most_the_last_flush_window(redis_url: str) -> None:
     """SIGKILL mid-traffic: what is missing is only what changed in the last flush window."""
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+    redis.Redis.from_url(redis_url).flushdb()
     users, messages, flush_interval = 20, 10, 0.2
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.bot_process",
-            redis_url,
-            str(users),
-            str(messages),
-            str(flush_interval),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = spawn(redis_url, users, messages, flush_interval)
     assert process.stdout is not None
     sent_at: list[tuple[float, int]] = []
     try:
@@ -91,10 +59,7 @@ def test_sigkill_loses_at_most_the_last_flush_window(redis_url: str) -> None:
         if process.poll() is None:
             process.kill()
     handled = sent_at[-1][1]
-    keys = [f"actorsess:session:123456789:{c}:{c}" for c in range(1, users + 1)]
-    raw: list[bytes | None] = client.mget(keys)  # type: ignore[assignment]
-    client.close()
-    stored = sum(int(v.rsplit(b'"apple":', 1)[1].rstrip(b"}")) - 1 for v in raw if v)
+    _, stored = stored_gains(redis_url, users)
     lost = handled - stored
     # Replies sent in the last flush window plus one write's time may be missing; no more.
     window_start = killed_at - flush_interval - 0.3
