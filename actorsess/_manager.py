@@ -6,6 +6,7 @@ import asyncio
 import enum
 import inspect
 import random
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
@@ -36,6 +37,29 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_KEY_LENGTH = 1024
+
+# How many open managers use each storage object, so that one storage can serve
+# several managers (namespaces) and is closed by the last of them to close.
+_storage_users: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def _use_storage(storage: Storage) -> None:
+    try:
+        _storage_users[storage] = _storage_users.get(storage, 0) + 1
+    except TypeError:  # not weak-referenceable: treat every manager as its only user
+        pass
+
+
+def _last_user_of(storage: Storage) -> bool:
+    try:
+        users = _storage_users.get(storage, 1) - 1
+    except TypeError:
+        return True
+    if users > 0:
+        _storage_users[storage] = users
+        return False
+    _storage_users.pop(storage, None)
+    return True
 
 
 class _State(enum.Enum):
@@ -72,6 +96,7 @@ class SessionManager(Generic[T]):
                 "available in this release; use 'local' with one process per key space",
             )
         self._storage = storage
+        _use_storage(storage)
         self._config = config
         self._clock: Clock = clock or MonotonicClock()
         self._log = logger if logger is not None else structlog.get_logger("actorsess")
@@ -125,6 +150,8 @@ class SessionManager(Generic[T]):
     async def close(self) -> None:
         """Stop intake, let current holders finish, write everything dirty, close storage.
 
+        A storage shared by several managers is closed by the last one to close.
+
         Safe to call twice; concurrent callers all wait for the same shutdown.
         What could not be written before ``close_timeout`` is logged as
         ``session.unflushed`` with the keys.
@@ -154,7 +181,8 @@ class SessionManager(Generic[T]):
                 error=self._flusher.last_error,
             )
         self._state = _State.CLOSED
-        await self._storage.close()
+        if _last_user_of(self._storage):
+            await self._storage.close()
 
     async def __aenter__(self) -> SessionManager[T]:
         await self.start()

@@ -345,3 +345,16 @@ async def test_typed_sessions_round_trip(storage_factory: Any) -> None:
     assert isinstance(cart, Cart) and cart.items == ["apple"]
     prefs = await write_then_read(new_prefs, lambda p: p.update(volume=9))
     assert prefs == {"lang": "en", "volume": 9}
+
+
+async def test_a_storage_shared_by_managers_is_closed_by_the_last(redis_storage: Any) -> None:
+    """Two namespaces on one RedisStorage: closing one leaves the other working."""
+    sessions = SessionManager(redis_storage, initial=counter, config=SessionConfig(key_prefix="s:"))
+    profiles = SessionManager(redis_storage, initial=counter, config=SessionConfig(key_prefix="p:"))
+    await sessions.update("k", lambda s: s.update(n=1))
+    await sessions.close()
+    await profiles.update("k", lambda s: s.update(n=2))
+    await profiles.persist("k")
+    assert await redis_storage.load_many(["s:k", "p:k"]) == [b'as1:1:{"n":1}', b'as1:1:{"n":2}']
+    await profiles.close()
+    assert redis_storage._closed
