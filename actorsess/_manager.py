@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import random
@@ -44,10 +45,9 @@ _storage_users: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary(
 
 
 def _use_storage(storage: Storage) -> None:
-    try:
+    # A storage that is not weak-referenceable counts every manager as its only user.
+    with contextlib.suppress(TypeError):
         _storage_users[storage] = _storage_users.get(storage, 0) + 1
-    except TypeError:  # not weak-referenceable: treat every manager as its only user
-        pass
 
 
 def _last_user_of(storage: Storage) -> bool:

@@ -17,6 +17,7 @@ import redis.asyncio as redis_asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from actorsess._redact import redact_url
+from actorsess.storage._redis_script import BatchScript
 from actorsess.storage.base import BadValue, LoadResult, WriteItem
 
 _WRONG_TYPE = b"\x00actorsess:wrongtype"
@@ -93,8 +94,8 @@ class RedisStorage:
         self._client = client
         self._owns_client = owns_client
         self._label = redact_url(url) if url else _describe(kwargs)
-        self._load = client.register_script(_LOAD_LUA)
-        self._write = client.register_script(_WRITE_LUA)
+        self._load = BatchScript(client, _LOAD_LUA)
+        self._write = BatchScript(client, _WRITE_LUA)
         self._closed = False
 
     @classmethod
@@ -127,7 +128,7 @@ class RedisStorage:
     async def load_many(self, keys: Sequence[str]) -> list[LoadResult]:
         if not keys:
             return []
-        values: list[bytes | None] = await self._load(keys=list(keys))
+        values: list[bytes | None] = await self._load(keys, ())
         return [
             BadValue("the Redis key holds a non-string type") if v == _WRONG_TYPE else v
             for v in values
@@ -145,7 +146,7 @@ class RedisStorage:
         )
         args: list[bytes | int | str] = [str(ttl_ms or 0), fences]
         args.extend(b"" if item.blob is None else item.blob for item in items)
-        await self._write(keys=keys, args=args)
+        await self._write(keys, args)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         if keys:

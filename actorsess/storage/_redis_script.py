@@ -1,0 +1,66 @@
+"""One Lua script call per batch, packed by hiredis.
+
+redis-py's asyncio connection packs commands in pure Python: for a batch of
+1,000 records that costs about 1.5 ms, longer than Redis takes to run the
+script. hiredis (a declared dependency) packs the same command in about
+0.2 ms, so batch calls are packed here and sent on a connection taken from
+the client's own pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+
+Arg = str | bytes | int
+
+
+class BatchScript:
+    """A Lua script called by SHA, loaded on the first NOSCRIPT (``EVAL`` caches it)."""
+
+    __slots__ = ("_client", "_sha", "_source")
+
+    def __init__(self, client: Redis, source: str) -> None:
+        self._client = client
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        try:
+            return await self._call_once(keys, args)
+        except RedisConnectionError:
+            # A pooled connection may have died with a server restart; one fresh
+            # attempt tells that apart from a server that is really gone. Safe to
+            # repeat: loads read, and writes are whole versioned records.
+            return await self._call_once(keys, args)
+
+    async def _call_once(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            try:
+                return await self._send(connection, "EVALSHA", self._sha, keys, args)
+            except NoScriptError:
+                return await self._send(connection, "EVAL", self._source, keys, args)
+        except BaseException:
+            # Failed, timed out or cancelled mid-reply: the connection's state is
+            # unknown, so it must not serve another command.
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+
+    @staticmethod
+    async def _send(
+        connection: Any, verb: str, script: str, keys: Sequence[str], args: Sequence[Arg]
+    ) -> Any:
+        command = (verb, script, len(keys), *keys, *args)
+        # hiredis's stub types the tuple as one element long; any length is accepted.
+        await connection.send_packed_command(hiredis.pack_command(command))  # type: ignore[arg-type]
+        return await connection.read_response()
