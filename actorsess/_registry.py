@@ -31,15 +31,15 @@ class _ActorLRU(cachetools.LRUCache[str, SessionActor[Any]]):
         self._on_evict = on_evict
 
     def popitem(self) -> tuple[str, SessionActor[Any]]:
-        for _ in range(len(self) + 1):
+        # Ends within len(self) + 1 rounds: each round clears one referenced bit.
+        while True:
             key, actor = super().popitem()
             if not actor.referenced:
-                break
+                self._on_evict(actor)
+                return key, actor
             actor.referenced = False
             # One slot is free now, so this re-insert evicts nothing.
             super().__setitem__(key, actor)
-        self._on_evict(actor)
-        return key, actor
 
 
 class Registry:

@@ -101,3 +101,17 @@ async def test_held_session_is_never_dropped() -> None:
         release.set()
         await asyncio.gather(t1, t2)
         assert order == ["first-in", "first-out", "second-sees-1"]
+
+
+async def test_recently_used_sessions_outlive_idle_ones() -> None:
+    """The second-chance LRU keeps a session that is used between insertions."""
+    storage = RecordingStorage()
+    async with SessionManager(storage, initial=counter, config=SessionConfig(max_cached=4)) as m:
+        await m.get_many(["hot", "a", "b", "c"])
+        for key in ["d", "e", "f", "g", "h", "i"]:
+            async with m.session("hot"):
+                pass  # a read: the session stays clean, so only the LRU can keep it
+            await m.get(key)
+        loads_of_hot = sum(batch.count("actorsess:hot") for batch in storage.load_batches)
+        assert loads_of_hot == 1
+        assert m.stats().cached == 4
