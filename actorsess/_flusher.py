@@ -9,6 +9,9 @@ Each round follows the same three steps:
    is still its current version. A change that arrived during the write keeps
    it dirty for the next round (rule 3).
 
+Up to two rounds are in flight, over disjoint sessions, so one round's Python
+work overlaps the other's storage call; the loop itself owns no I/O.
+
 A failed, timed-out or cancelled write has an unknown outcome; everything in
 it stays dirty and is written again after a capped, jittered backoff. Records
 are whole values carrying their version, so writing twice is harmless (rule 6).
@@ -17,7 +20,6 @@ are whole values carrying their version, so writing twice is harmless (rule 6).
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any
 
 from actorsess._actor import SessionActor
@@ -31,21 +33,25 @@ from actorsess.exceptions import BackpressureTimeoutError, StorageError
 from actorsess.storage.base import Storage, WriteItem
 
 _NEVER = float("-inf")
+# One round's Python work (snapshot, settle) overlaps the other's storage call.
+_ROUNDS_IN_FLIGHT = 2
 
 
 class Flusher:
     __slots__ = (
-        "_attempt",
         "_backoff",
         "_backoff_until",
         "_clock",
         "_config",
         "_counters",
         "_dirty_since",
+        "_failures",
+        "_in_flight",
         "_log",
         "_registry",
         "_room",
         "_round_waiters",
+        "_rounds",
         "_stopping",
         "_storage",
         "_task",
@@ -81,8 +87,12 @@ class Flusher:
         self._room = asyncio.Event()
         self._round_waiters: list[asyncio.Future[None]] = []
         self._waiting_for_room = 0
-        self._attempt = 0
+        #: Consecutive failed rounds (drives the backoff and the logged attempt).
+        self._failures = 0
         self._backoff_until = _NEVER
+        #: Storage keys of the sessions in a round now being written.
+        self._in_flight: set[str] = set()
+        self._rounds: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
@@ -118,7 +128,9 @@ class Flusher:
                     await asyncio.shield(task)
             except TimeoutError:
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                for round_task in list(self._rounds):
+                    round_task.cancel()
+                await asyncio.gather(task, *self._rounds, return_exceptions=True)
         self._fail_waiters(StorageError("the session manager closed before this write landed"))
         return [actor.key for actor in self.dirty.values()]
 
@@ -189,21 +201,32 @@ class Flusher:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            if not self.dirty:
+            if not self.dirty and not self._rounds:
                 self._resolve_waiters()
+                if self._stopping:
+                    return
             delay = self._delay()
-            if delay is None and self._stopping:
-                return
-            if delay is None or delay > 0:
-                await self._clock.wait(self._wake, delay)
-                continue
-            await self._write_round()
+            if delay is not None and delay <= 0:
+                if len(self._rounds) < _ROUNDS_IN_FLIGHT and len(self.dirty) > len(self._in_flight):
+                    self._start_round()
+                    continue
+                delay = None  # due, but nothing more can start until a round ends
+            await self._clock.wait(self._wake, delay)
 
-    async def _write_round(self) -> None:
+    def _start_round(self) -> None:
+        """Step 1, with no await: snapshot up to max_batch dirty actors not already in flight."""
         started = self._clock.now()
         batch_size = self._config.max_batch
-        batch = list(itertools.islice(self.dirty.values(), batch_size))
-        leftovers = len(self.dirty) > len(batch)
+        in_flight = self._in_flight
+        batch: list[SessionActor[Any]] = []
+        for actor in self.dirty.values():
+            if actor.storage_key not in in_flight:
+                batch.append(actor)
+                if len(batch) == batch_size:
+                    break
+        # A session is in at most one round at a time, so two writes of one key
+        # are never in flight together and cannot land out of order.
+        in_flight.update(actor.storage_key for actor in batch)
         items = [
             WriteItem(
                 actor.storage_key,
@@ -213,27 +236,53 @@ class Flusher:
             )
             for actor in batch
         ]
+        leftovers = len(self.dirty) > len(in_flight)
+        self._dirty_since = _NEVER if leftovers else started
         waiters, self._round_waiters = self._round_waiters, []
-        self._attempt += 1
+        attempt = self._failures + 1
+        task = asyncio.get_running_loop().create_task(
+            self._write_round(batch, items, waiters, started, attempt)
+        )
+        self._rounds.add(task)
+        task.add_done_callback(self._round_ended)
+
+    def _round_ended(self, task: asyncio.Task[None]) -> None:
+        self._rounds.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved; rounds handle their own errors
+        self._wake.set()
+
+    async def _write_round(
+        self,
+        batch: list[SessionActor[Any]],
+        items: list[WriteItem],
+        waiters: list[asyncio.Future[None]],
+        started: float,
+        attempt: int,
+    ) -> None:
+        """Steps 2 and 3: write (await), then settle with no await."""
         try:
-            async with asyncio.timeout(self._config.write_timeout):
-                await self._storage.write_many(items, self._config.ttl_ms)
-        except BaseException as exc:
-            # Outcome unknown: this batch may still land later, so fence what follows.
-            for actor in batch:
-                actor.fenced = True
-            if not isinstance(exc, Exception):
-                self._round_waiters.extend(waiters)
-                raise
-            self._on_failure(exc, waiters)
-            return
-        for actor, item in zip(batch, items, strict=True):
-            if item.version > actor.persisted_version:
-                actor.persisted_version = item.version
-            if not actor.dirty:
-                if self.dirty.get(actor.storage_key) is actor:
-                    del self.dirty[actor.storage_key]
-                self._registry.settle(actor)
+            try:
+                async with asyncio.timeout(self._config.write_timeout):
+                    await self._storage.write_many(items, self._config.ttl_ms)
+            except BaseException as exc:
+                # Outcome unknown: this batch may still land later, so fence what follows.
+                for actor in batch:
+                    actor.fenced = True
+                if not isinstance(exc, Exception):
+                    self._round_waiters.extend(waiters)
+                    raise
+                self._on_failure(exc, waiters, attempt)
+                return
+            for actor, item in zip(batch, items, strict=True):
+                if item.version > actor.persisted_version:
+                    actor.persisted_version = item.version
+                if not actor.dirty:
+                    if self.dirty.get(actor.storage_key) is actor:
+                        del self.dirty[actor.storage_key]
+                    self._registry.settle(actor)
+        finally:
+            self._in_flight.difference_update(actor.storage_key for actor in batch)
         self._counters.flushes += 1
         self._counters.written += len(items)
         self._log.info(
@@ -241,21 +290,26 @@ class Flusher:
             sessions=len(items),
             bytes=sum(len(i.blob) for i in items if i.blob is not None),
             duration_ms=round((self._clock.now() - started) * 1000, 3),
-            attempt=self._attempt,
+            attempt=attempt,
         )
-        self._attempt = 0
+        self._failures = 0
         self._backoff_until = _NEVER
         self.last_error = None
-        self._dirty_since = _NEVER if leftovers else started
         if len(self.dirty) < self._config.max_dirty:
             self._room.set()
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        # Waiters that arrived while this round was in flight re-check their own
+        # condition; whatever they wait for may have landed just now.
+        self._resolve_waiters()
 
-    def _on_failure(self, exc: Exception, waiters: list[asyncio.Future[None]]) -> None:
+    def _on_failure(
+        self, exc: Exception, waiters: list[asyncio.Future[None]], attempt: int
+    ) -> None:
         self._counters.errors += 1
-        delay = self._backoff.delay(self._attempt)
+        self._failures += 1
+        delay = self._backoff.delay(self._failures)
         self._backoff_until = self._clock.now() + delay
         if isinstance(exc, TimeoutError):
             reason = f"write timed out after {self._config.write_timeout:g}s (outcome unknown)"
@@ -267,7 +321,7 @@ class Flusher:
             error=reason,
             retry_in_s=round(delay, 3),
             dirty=len(self.dirty),
-            attempt=self._attempt,
+            attempt=attempt,
         )
         for waiter in waiters:
             if not waiter.done():

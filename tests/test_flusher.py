@@ -250,3 +250,27 @@ async def test_writes_are_fenced_only_after_an_unknown_outcome() -> None:
         await m.flush()
     fences = [(i.key.removeprefix("actorsess:"), i.fenced) for b in storage.batches for i in b]
     assert fences == [("calm", False), ("hit", False), ("hit", True), ("calm", False)]
+
+
+async def test_two_rounds_in_flight_never_hold_the_same_session() -> None:
+    """While writes stall, two rounds are in flight over disjoint sessions, no more."""
+    storage = RecordingStorage()
+    storage.write_gate = asyncio.Event()
+    config = SessionConfig(flush_interval=3600, max_batch=3)
+    async with SessionManager(storage, initial=counter, config=config) as m:
+        for i in range(5):
+            await bump(m, f"k{i}")  # 3 dirty start round one, the 4th round two
+        in_flight = m._flusher._in_flight
+        assert in_flight == {f"actorsess:k{i}" for i in range(4)}
+        for i in range(5):
+            await bump(m, f"k{i}")  # newer versions while the old ones are in flight
+        assert len(in_flight) == 4  # still two rounds: k4 waits for a free slot
+        storage.write_gate.set()
+        await m.flush()
+    written: dict[str, list[int]] = {}
+    for batch in storage.batches:
+        assert len({i.key for i in batch}) == len(batch)
+        for item in batch:
+            written.setdefault(item.key, []).append(item.version)
+    assert all(versions == sorted(versions) for versions in written.values())
+    assert all(storage.raw(f"actorsess:k{i}") == b'as1:2:{"n":2}' for i in range(5))
