@@ -15,7 +15,7 @@ import structlog
 from structlog.testing import LogCapture
 
 from actorsess import MemoryStorage, RedisStorage, SqliteStorage, Storage
-from actorsess.testing import RedisServer
+from actorsess.testing import LocalRedisCluster, RedisServer
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
@@ -28,6 +28,13 @@ def redis_url() -> Iterator[str]:
         return
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A private 3-primary Redis Cluster, shared by the tests that need one."""
+    with LocalRedisCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -52,13 +59,20 @@ def sqlite_path(tmp_path: Path) -> Path:
     return tmp_path / "sessions.sqlite3"
 
 
-@pytest.fixture(params=["memory", "redis", "sqlite"])
+@pytest.fixture(params=["memory", "redis", "sqlite", "cluster"])
 async def storage_factory(
     request: pytest.FixtureRequest, redis_client: redis_asyncio.Redis, redis_url: str
 ) -> AsyncIterator[Any]:
     """Builds fresh storage objects that all see the same data (like a second process)."""
     kind: str = request.param
     shared_memory = MemoryStorage()
+    cluster_url = ""
+    if kind == "cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        cluster_url = cluster.url
+        flusher = redis_asyncio.RedisCluster.from_url(cluster_url)
+        await flusher.flushall()
+        await flusher.aclose()
     directory = tempfile.mkdtemp(prefix="actorsess-sqlite-")
     made: list[Storage] = []
 
@@ -68,6 +82,8 @@ async def storage_factory(
             storage = shared_memory
         elif kind == "redis":
             storage = RedisStorage.from_url(redis_url)
+        elif kind == "cluster":
+            storage = RedisStorage.from_url(cluster_url, cluster=True)
         else:
             storage = SqliteStorage(Path(directory) / "s.sqlite3")
         made.append(storage)

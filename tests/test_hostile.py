@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aiogram import Bot, Dispatcher
 from aiogram.types import Message
+from redis.asyncio import Redis
 
 import actorsess
 from actorsess import MemoryStorage, RedisStorage, SessionManager
@@ -84,8 +85,10 @@ def test_passwords_are_redacted() -> None:
 def test_tls_urls_are_accepted() -> None:
     """rediss:// builds a TLS connection pool (no connection is made here)."""
     storage = RedisStorage.from_url("rediss://user:pw@127.0.0.1:6390/0")
-    kwargs = storage.client.connection_pool.connection_kwargs
-    assert storage.client.connection_pool.connection_class.__name__ == "SSLConnection"
+    client = storage.client
+    assert isinstance(client, Redis)
+    kwargs = client.connection_pool.connection_kwargs
+    assert client.connection_pool.connection_class.__name__ == "SSLConnection"
     assert kwargs["username"] == "user"
 
 

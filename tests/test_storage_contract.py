@@ -122,3 +122,20 @@ async def test_redis_unfenced_writes_skip_the_version_read(redis_storage: Any) -
     assert await redis_storage.load_many(["u"]) == [b"as1:3:old"]
     await redis_storage.write_many([WriteItem("u", b"as1:2:older", 2, fenced=True)], None)
     assert await redis_storage.load_many(["u"]) == [b"as1:3:old"]
+
+
+async def test_cluster_reloads_scripts_after_a_script_cache_flush(redis_cluster: Any) -> None:
+    """A node whose script cache was emptied (restart, failover) gets the script again."""
+    import redis.asyncio as redis_asyncio
+
+    from actorsess import RedisStorage
+
+    storage = RedisStorage.from_url(redis_cluster.url, cluster=True)
+    await storage.write_many([WriteItem(f"s:{i}", b"as1:1:{}", 1) for i in range(50)], None)
+    for node in redis_cluster.nodes:
+        direct = redis_asyncio.Redis(port=node.port)
+        await direct.script_flush()
+        await direct.aclose()
+    await storage.write_many([WriteItem(f"s:{i}", b"as1:2:{}", 2) for i in range(50)], None)
+    assert await storage.load_many([f"s:{i}" for i in range(50)]) == [b"as1:2:{}"] * 50
+    await storage.close()

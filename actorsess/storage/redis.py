@@ -11,12 +11,14 @@ absent one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as redis_asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 
 from actorsess._redact import redact_url
+from actorsess.storage._redis_cluster import Arg, ArgsFor, ClusterBatchScript
 from actorsess.storage._redis_script import BatchScript
 from actorsess.storage.base import BadValue, LoadResult, WriteItem
 
@@ -83,10 +85,17 @@ DEFAULT_MAX_CONNECTIONS = 32
 
 
 class RedisStorage:
-    """Sessions in Redis (standalone, TLS ``rediss://`` and ACL URLs accepted)."""
+    """Sessions in Redis: standalone or Cluster, TLS ``rediss://`` and ACL URLs accepted."""
 
-    def __init__(self, client: Redis, *, owns_client: bool = False, url: str | None = None) -> None:
-        kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
+    def __init__(
+        self, client: Redis | RedisCluster, *, owns_client: bool = False, url: str | None = None
+    ) -> None:
+        self._cluster = isinstance(client, RedisCluster)
+        kwargs: dict[str, Any] = (
+            client.get_connection_kwargs()
+            if isinstance(client, RedisCluster)
+            else client.connection_pool.connection_kwargs
+        )
         if kwargs.get("decode_responses"):
             raise ValueError(
                 "RedisStorage needs a client with decode_responses=False: records are bytes"
@@ -94,8 +103,14 @@ class RedisStorage:
         self._client = client
         self._owns_client = owns_client
         self._label = redact_url(url) if url else _describe(kwargs)
-        self._load = BatchScript(client, _LOAD_LUA)
-        self._write = BatchScript(client, _WRITE_LUA)
+        self._load: BatchCall
+        self._write: BatchCall
+        if isinstance(client, RedisCluster):
+            self._load = ClusterBatchScript(client, _LOAD_LUA)
+            self._write = ClusterBatchScript(client, _WRITE_LUA)
+        else:
+            self._load = _WholeBatch(BatchScript(client, _LOAD_LUA))
+            self._write = _WholeBatch(BatchScript(client, _WRITE_LUA))
         self._closed = False
 
     @classmethod
@@ -103,54 +118,67 @@ class RedisStorage:
         cls,
         url: str,
         *,
+        cluster: bool = False,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float = 10.0,
         **client_kwargs: Any,
     ) -> RedisStorage:
-        """A storage with its own bounded, blocking connection pool.
+        """A storage with its own bounded connection pool.
 
         redis-py's default pool raises ``MaxConnectionsError`` when more
         connections are wanted than allowed; a blocking pool makes callers wait
-        (up to ``pool_timeout``) instead.
+        (up to ``pool_timeout``) instead. ``cluster=True`` connects to Redis
+        Cluster through any of its nodes (the URL names one).
         """
+        if cluster:
+            client = RedisCluster.from_url(url, max_connections=max_connections, **client_kwargs)
+            return cls(client, owns_client=True, url=url)
         pool = BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=pool_timeout, **client_kwargs
         )
         return cls(redis_asyncio.Redis(connection_pool=pool), owns_client=True, url=url)
 
     @property
-    def client(self) -> Redis:
+    def client(self) -> Redis | RedisCluster:
         return self._client
 
     def __repr__(self) -> str:
-        return f"<RedisStorage {self._label}>"
+        kind = "RedisStorage cluster" if self._cluster else "RedisStorage"
+        return f"<{kind} {self._label}>"
 
     async def load_many(self, keys: Sequence[str]) -> list[LoadResult]:
         if not keys:
             return []
-        values: list[bytes | None] = await self._load(keys, ())
-        return [
-            BadValue("the Redis key holds a non-string type") if v == _WRONG_TYPE else v
-            for v in values
-        ]
+        results: list[LoadResult] = [None] * len(keys)
+        for positions, values in await self._load(keys, _no_args):
+            for position, value in zip(positions, values, strict=True):
+                results[position] = (
+                    BadValue("the Redis key holds a non-string type")
+                    if value == _WRONG_TYPE
+                    else value
+                )
+        return results
 
     async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
         if not items:
             return
-        keys = [item.key for item in items]
-        # An empty fence list (the usual case) spares the script parsing one.
-        fences = (
-            ",".join(str(i.version) if i.fenced else "-" for i in items)
-            if any(i.fenced for i in items)
-            else ""
-        )
-        args: list[bytes | int | str] = [str(ttl_ms or 0), fences]
-        args.extend(b"" if item.blob is None else item.blob for item in items)
-        await self._write(keys, args)
+        ttl = str(ttl_ms or 0)
+
+        def args_for(positions: list[int]) -> list[Arg]:
+            part = [items[p] for p in positions]
+            # An empty fence list (the usual case) spares the script parsing one.
+            fences = (
+                ",".join(str(i.version) if i.fenced else "-" for i in part)
+                if any(i.fenced for i in part)
+                else ""
+            )
+            return [ttl, fences, *(b"" if i.blob is None else i.blob for i in part)]
+
+        await self._write([item.key for item in items], args_for)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         if keys:
-            await self._client.delete(*keys)
+            await self._client.delete(*keys)  # split by slot on a cluster client
 
     async def close(self) -> None:
         if self._closed:
@@ -158,8 +186,32 @@ class RedisStorage:
         self._closed = True
         if self._owns_client:
             await self._client.aclose()
-            # A client built on an explicit pool leaves the pool open on aclose().
-            await self._client.connection_pool.disconnect()
+            if isinstance(self._client, Redis):
+                # A client built on an explicit pool leaves the pool open on aclose().
+                await self._client.connection_pool.disconnect()
+
+
+class BatchCall(Protocol):
+    async def __call__(
+        self, keys: Sequence[str], args_for: ArgsFor
+    ) -> list[tuple[list[int], Any]]: ...
+
+
+class _WholeBatch:
+    """A standalone server takes the whole batch in one script call."""
+
+    __slots__ = ("_script",)
+
+    def __init__(self, script: BatchScript) -> None:
+        self._script = script
+
+    async def __call__(self, keys: Sequence[str], args_for: ArgsFor) -> list[tuple[list[int], Any]]:
+        positions = list(range(len(keys)))
+        return [(positions, await self._script(keys, args_for(positions)))]
+
+
+def _no_args(positions: list[int]) -> list[Arg]:
+    return []
 
 
 def _describe(kwargs: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from actorsess.testing._botapi import LocalBotAPI
 from actorsess.testing._clock import FakeClock
+from actorsess.testing._cluster import LocalRedisCluster
 from actorsess.testing._redis import RedisServer, free_port
 
-__all__ = ["FakeClock", "LocalBotAPI", "RedisServer", "free_port"]
+__all__ = ["FakeClock", "LocalBotAPI", "LocalRedisCluster", "RedisServer", "free_port"]
