@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import assert_type
 
 import pydantic
-from typing_extensions import TypedDict, assert_type
+from typing_extensions import TypedDict
 
 from actorsess import MemoryStorage, SessionManager, SessionTurn
 
