@@ -219,23 +219,19 @@ class Flusher:
         batch_size = self._config.max_batch
         in_flight = self._in_flight
         batch: list[SessionActor[Any]] = []
-        for actor in self.dirty.values():
-            if actor.storage_key not in in_flight:
-                batch.append(actor)
-                if len(batch) == batch_size:
-                    break
+        items: list[WriteItem] = []
         # A session is in at most one round at a time, so two writes of one key
         # are never in flight together and cannot land out of order.
-        in_flight.update(actor.storage_key for actor in batch)
-        items = [
-            WriteItem(
-                actor.storage_key,
-                None if actor.deleted else encode_record(actor.version, actor.blob),
-                actor.version,
-                actor.fenced,
-            )
-            for actor in batch
-        ]
+        for key, actor in self.dirty.items():
+            if key in in_flight:
+                continue
+            in_flight.add(key)
+            batch.append(actor)
+            version = actor.version
+            record = None if actor.deleted else encode_record(version, actor.blob)
+            items.append(WriteItem(key, record, version, actor.fenced))
+            if len(batch) == batch_size:
+                break
         leftovers = len(self.dirty) > len(in_flight)
         self._dirty_since = _NEVER if leftovers else started
         waiters, self._round_waiters = self._round_waiters, []
@@ -274,15 +270,18 @@ class Flusher:
                     raise
                 self._on_failure(exc, waiters, attempt)
                 return
+            dirty = self.dirty
             for actor, item in zip(batch, items, strict=True):
-                if item.version > actor.persisted_version:
-                    actor.persisted_version = item.version
-                if not actor.dirty:
-                    if self.dirty.get(actor.storage_key) is actor:
-                        del self.dirty[actor.storage_key]
-                    self._registry.settle(actor)
+                written = item.version
+                if written > actor.persisted_version:
+                    actor.persisted_version = written
+                if actor.version == written:  # unchanged since the snapshot: clean
+                    if dirty.get(item.key) is actor:
+                        del dirty[item.key]
+                    if actor.parked:
+                        self._registry.settle(actor)
         finally:
-            self._in_flight.difference_update(actor.storage_key for actor in batch)
+            self._in_flight.difference_update([item.key for item in items])
         self._counters.flushes += 1
         self._counters.written += len(items)
         self._log.info(
