@@ -109,6 +109,8 @@ class SessionManager(Generic[T]):
         self._max_bytes = config.max_session_bytes
         self._counters = Counters()
         self._registry = Registry(config.max_cached, self._on_evict)
+        #: The LRU's index lookup, bound once for the hot path in SessionTurn.
+        self._lookup = self._registry.lookup
         self._loader = Loader(
             storage, self._codec, config, self._registry, self._counters, self._clock, self._log
         )
@@ -124,6 +126,8 @@ class SessionManager(Generic[T]):
         self._state = _State.NEW
         #: ``_state is RUNNING``, as a plain bool for the hot path in SessionTurn.
         self._running = False
+        #: ``_state is CLOSING``, likewise.
+        self._closing = False
         self._active = 0
         self._idle = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
@@ -164,6 +168,7 @@ class SessionManager(Generic[T]):
         was_running = self._state is _State.RUNNING
         self._state = _State.CLOSING
         self._running = False
+        self._closing = True
         deadline = self._clock.now() + self._config.close_timeout
         if self._active:
             self._idle.clear()
@@ -181,6 +186,7 @@ class SessionManager(Generic[T]):
                 error=self._flusher.last_error,
             )
         self._state = _State.CLOSED
+        self._closing = False
         if _last_user_of(self._storage):
             await self._storage.close()
 
@@ -332,34 +338,8 @@ class SessionManager(Generic[T]):
 
     # -- the turn -----------------------------------------------------------
 
-    def _exit_now(self, actor: SessionActor[T]) -> bool:
-        """Commit and release without awaiting; False if ``_exit`` must do it instead.
-
-        The hot path of every cached turn, so ``_encode_change`` and ``_leave``
-        are inlined here; any unusual case (encode error, oversize,
-        backpressure, write-through, a waiter to hand over to) takes the general path.
-        """
-        if self._write_through:
-            return False
-        try:
-            blob = self._encode(actor.value)  # type: ignore[arg-type]
-        except Exception:
-            return False
-        if blob != actor.blob:
-            if len(blob) > self._max_bytes:
-                return False
-            becomes_dirty = actor.version <= actor.persisted_version
-            if becomes_dirty and len(self._flusher.dirty) >= self._max_dirty:
-                return False
-            self._apply(actor, blob)
-        if actor.waiters or actor.parked:
-            self._leave(actor)
-            return True
-        actor.held = False
-        self._active -= 1
-        if not self._active and self._state is _State.CLOSING:
-            self._idle.set()
-        return True
+    def _has_room(self) -> bool:
+        return len(self._flusher.dirty) < self._max_dirty
 
     async def _enter(self, key: str) -> SessionActor[T]:
         if self._state is not _State.RUNNING:

@@ -61,6 +61,11 @@ class Registry:
         yield from list(self._index.values())
         yield from list(self.parked.values())
 
+    @property
+    def lookup(self) -> Callable[[str], SessionActor[Any] | None]:
+        """The index's ``get``: an actor in the LRU or None, without marking it used."""
+        return self._index.get
+
     def hit(self, key: str) -> SessionActor[Any] | None:
         """The actor of ``key`` if it is in the LRU (the hot path); None otherwise."""
         actor = self._index.get(key)

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+_READY = Status.READY
+
 
 class SessionTurn(Generic[T]):
     """Exclusive access to one session for the duration of an ``async with`` block.
@@ -59,15 +61,16 @@ class SessionTurn(Generic[T]):
         manager = self._manager
         # The hot path, inlined (this is most of a cached turn's cost): a free,
         # loaded, unexpired session in the LRU is taken with no await at all.
-        actor = manager._registry.hit(self._key) if manager._running else None
+        actor = manager._lookup(self._key) if manager._running else None
         if (
             actor is not None
             and not actor.held
             and not actor.waiters
-            and actor.status is Status.READY
+            and actor.status is _READY
             and (actor.expires_at is None or manager._clock.now() < actor.expires_at)
         ):
             actor.held = True
+            actor.referenced = True
             manager._active += 1
         else:
             actor = await manager._enter(self._key)
@@ -84,6 +87,33 @@ class SessionTurn(Generic[T]):
         if actor is None:
             return
         self._actor = None
-        if exc_type is None and self._manager._exit_now(actor):
-            return
-        await self._manager._exit(actor, exc_type is None)
+        manager = self._manager
+        if exc_type is None and not manager._write_through:
+            # The hot path, inlined: commit (if changed) and release without awaiting.
+            # Anything unusual (encode error, oversize, backpressure, a waiter or a
+            # parked actor) goes to the general path below.
+            try:
+                blob = manager._encode(actor.value)  # type: ignore[arg-type]
+            except Exception:
+                blob = None
+            if blob is not None and not actor.waiters and not actor.parked:
+                if blob != actor.blob:
+                    if len(blob) > manager._max_bytes:
+                        blob = None
+                    elif actor.version > actor.persisted_version and manager._ttl is None:
+                        # Already dirty, so already queued for the flusher: only the
+                        # committed bytes and the version move on.
+                        actor.blob = blob
+                        actor.version += 1
+                        actor.deleted = False
+                    elif manager._has_room():
+                        manager._apply(actor, blob)
+                    else:
+                        blob = None  # backpressure: wait in the general path
+                if blob is not None:
+                    actor.held = False
+                    manager._active -= 1
+                    if manager._closing and not manager._active:
+                        manager._idle.set()
+                    return
+        await manager._exit(actor, exc_type is None)
