@@ -15,7 +15,7 @@ still outlive idle ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import cachetools
@@ -56,10 +56,6 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._index) + len(self.parked)
-
-    def __iter__(self) -> Iterator[SessionActor[Any]]:
-        yield from list(self._index.values())
-        yield from list(self.parked.values())
 
     @property
     def lookup(self) -> Callable[[str], SessionActor[Any] | None]:
