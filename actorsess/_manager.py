@@ -243,6 +243,7 @@ class SessionManager(Generic[T]):
 
     async def get(self, key: str) -> T:
         """A copy of ``key``'s last committed value (loading it if needed)."""
+        self._check_open()
         actor = self._registry.peek(key)
         if actor is not None and actor.status is Status.READY and not self._expired(actor):
             return self._codec.decode(actor.blob)

@@ -182,6 +182,10 @@ async def test_closed_manager_refuses_work() -> None:
     with pytest.raises(ManagerClosedError):
         await m.flush()
     with pytest.raises(ManagerClosedError):
+        await m.get("k")
+    with pytest.raises(ManagerClosedError):
+        await m.get_many(["k"])
+    with pytest.raises(ManagerClosedError):
         await m.start()
 
 
