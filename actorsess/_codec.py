@@ -95,7 +95,14 @@ def _build(value_type: Any) -> tuple[Encoder, Decoder]:
         or typing.get_origin(value_type) is not None
         or origin in (list, dict)
     ):
-        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(value_type)
+        try:
+            adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(value_type)
+        except pydantic.PydanticUserError:
+            if not is_typeddict(origin):
+                raise
+            # typing.TypedDict before Python 3.12 cannot be validated by pydantic
+            # (typing_extensions.TypedDict can): store it as a plain JSON object.
+            return pydantic_core.to_json, _dict_from_json
         return (lambda v: adapter.dump_json(v, warnings="error")), adapter.validate_json
     raise TypeError(
         f"unsupported session type {value_type!r}: initial must return a dict, "

@@ -222,3 +222,22 @@ async def test_scenes_run_on_actor_fsm_storage(redis_client: Any, redis_url: str
     await dp.emit_shutdown()
     await bot.session.close()
     assert replies == ["your name?", "your city?", "Ann from Oslo"]
+
+
+async def test_fsm_storage_from_url_and_from_a_shared_manager(
+    redis_client: Any, redis_url: str
+) -> None:
+    """ActorFSMStorage.from_url works like aiogram's; a plain-dict manager can be shared."""
+    from actorsess import SessionManager
+
+    by_url = ActorFSMStorage.from_url(redis_url)
+    await by_url.set_state(KEY, Form.name)
+    await by_url.close()
+    manager: SessionManager[dict[str, Any]] = SessionManager(
+        RedisStorage.from_url(redis_url), initial=dict
+    )
+    shared = ActorFSMStorage(manager)
+    assert await shared.get_state(KEY) == "Form:name"
+    assert await shared.get_data(OTHER) == {}
+    assert await shared.update_data(OTHER, {"a": 1}) == {"a": 1}
+    await shared.close()

@@ -362,3 +362,21 @@ async def test_a_storage_shared_by_managers_is_closed_by_the_last(redis_storage:
     assert await redis_storage.load_many(["s:k", "p:k"]) == [b'as1:1:{"n":1}', b'as1:1:{"n":2}']
     await profiles.close()
     assert redis_storage._closed
+
+
+async def test_stdlib_typeddict_sessions_work_as_json_objects() -> None:
+    """A typing.TypedDict (which pydantic cannot validate before 3.12) is kept as a dict."""
+    import typing
+
+    class Plain(typing.TypedDict):
+        count: int
+
+    def new_plain() -> Plain:
+        return {"count": 0}
+
+    storage = MemoryStorage()
+    async with SessionManager(storage, initial=new_plain) as m:
+        async with m.session("k") as s:
+            s["count"] += 1
+    async with SessionManager(storage, initial=new_plain) as m2:
+        assert await m2.get("k") == {"count": 1}

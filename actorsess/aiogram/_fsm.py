@@ -25,6 +25,7 @@ from actorsess._config import SessionConfig
 from actorsess._manager import SessionManager
 from actorsess._turn import SessionTurn
 from actorsess.storage.base import Storage
+from actorsess.storage.redis import RedisStorage
 
 FSMRecord = dict[str, Any]
 
@@ -36,14 +37,32 @@ def _empty_record() -> FSMRecord:
 class ActorFSMStorage(BaseStorage):
     """A drop-in aiogram ``BaseStorage`` (for ``RedisStorage``, ``MemoryStorage`` ...)."""
 
-    def __init__(self, storage: Storage, *, config: SessionConfig | None = None) -> None:
-        self.manager: SessionManager[FSMRecord] = SessionManager(
-            storage, initial=_empty_record, config=config
-        )
+    def __init__(
+        self,
+        storage: Storage | SessionManager[FSMRecord],
+        *,
+        config: SessionConfig | None = None,
+    ) -> None:
+        """Back aiogram's FSM by ``storage`` (a new manager is made), or share a manager.
+
+        A shared manager may start its sessions from any dict (``initial=dict``
+        works): missing ``state``/``data`` entries read as None and ``{}``.
+        """
+        if isinstance(storage, SessionManager):
+            if config is not None:
+                raise ValueError("pass config to the SessionManager, not to ActorFSMStorage")
+            self.manager: SessionManager[FSMRecord] = storage
+        else:
+            self.manager = SessionManager(storage, initial=_empty_record, config=config)
         # The turns the current update holds through ActorEventIsolation, by key.
         self._held: contextvars.ContextVar[dict[str, SessionTurn[FSMRecord]] | None] = (
             contextvars.ContextVar(f"actorsess_fsm_held_{id(self)}", default=None)
         )
+
+    @classmethod
+    def from_url(cls, url: str, *, config: SessionConfig | None = None) -> ActorFSMStorage:
+        """Like aiogram's ``RedisStorage.from_url``: sessions in the Redis at ``url``."""
+        return cls(RedisStorage.from_url(url), config=config)
 
     def __repr__(self) -> str:
         return f"<ActorFSMStorage {self.manager!r}>"
@@ -99,7 +118,7 @@ class ActorFSMStorage(BaseStorage):
         await self._write(key, "state", state.state if isinstance(state, State) else state)
 
     async def get_state(self, key: StorageKey) -> str | None:
-        state: str | None = (await self._read(key))["state"]
+        state: str | None = (await self._read(key)).get("state")
         return state
 
     async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
@@ -109,13 +128,13 @@ class ActorFSMStorage(BaseStorage):
         await self._write(key, "data", copy.deepcopy(data))
 
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
-        data: dict[str, Any] = copy.deepcopy((await self._read(key))["data"])
+        data: dict[str, Any] = copy.deepcopy((await self._read(key)).get("data", {}))
         return data
 
     async def get_value(
         self, storage_key: StorageKey, dict_key: str, default: Any | None = None
     ) -> Any | None:
-        data = (await self._read(storage_key))["data"]
+        data = (await self._read(storage_key)).get("data", {})
         return copy.deepcopy(data.get(dict_key, default))
 
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -124,12 +143,12 @@ class ActorFSMStorage(BaseStorage):
         patch = copy.deepcopy(dict(data))
         record = self._held_record(name)
         if record is not None:
-            record["data"].update(patch)
+            record.setdefault("data", {}).update(patch)
             merged: dict[str, Any] = copy.deepcopy(record["data"])
             return merged
 
         def merge(r: FSMRecord) -> dict[str, Any]:
-            r["data"].update(patch)
+            r.setdefault("data", {}).update(patch)
             result: dict[str, Any] = copy.deepcopy(r["data"])
             return result
 
