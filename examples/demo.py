@@ -28,7 +28,7 @@ import structlog
 
 from actorsess import SessionConfig, SessionManager, Storage
 from actorsess.testing import LocalBotAPI
-from examples.apple_counter import Apples, build_dispatcher, make_storage, new_session
+from examples.apple_counter import build_dispatcher, make_storage, new_session
 
 SHOWN_PER_EVENT = {"session.evict": 4, "session.load": 2}
 
@@ -181,5 +181,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-__all__ = ["Apples", "main"]
