@@ -375,8 +375,7 @@ async def test_stdlib_typeddict_sessions_work_as_json_objects() -> None:
         return {"count": 0}
 
     storage = MemoryStorage()
-    async with SessionManager(storage, initial=new_plain) as m:
-        async with m.session("k") as s:
-            s["count"] += 1
+    async with SessionManager(storage, initial=new_plain) as m, m.session("k") as s:
+        s["count"] += 1
     async with SessionManager(storage, initial=new_plain) as m2:
         assert await m2.get("k") == {"count": 1}
