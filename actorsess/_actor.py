@@ -83,10 +83,6 @@ class SessionActor(Generic[T]):
         return self.version > self.persisted_version
 
     @property
-    def idle(self) -> bool:
-        return not self.held and not self.waiters
-
-    @property
     def droppable(self) -> bool:
         """Safe to forget: nobody uses it and storage already has its state."""
         return (

@@ -30,22 +30,16 @@ class DecodeFailure(ValueError):
 class Codec(Generic[T]):
     """Turns session values into bytes and back, validating the shape on the way in."""
 
-    __slots__ = ("_decode", "_encode", "initial", "runtime_type", "value_type")
-
-    @property
-    def encoder(self) -> Callable[[T], bytes]:
-        """The bare encoding function, for hot paths that call it directly."""
-        return self._encode
+    __slots__ = ("_decode", "encode", "initial", "runtime_type", "value_type")
 
     def __init__(self, initial: Callable[[], T]) -> None:
         self.initial = initial
         self.value_type = _value_type(initial)
         self.runtime_type = _runtime_type(self.value_type)
-        self._encode, self._decode = _build(self.value_type)
-
-    def encode(self, value: T) -> bytes:
-        """JSON bytes of ``value``; raises ValueError/TypeError for unencodable values."""
-        return self._encode(value)
+        #: JSON bytes of a value; raises ValueError/TypeError for unencodable values.
+        #: The bare function (no wrapper call), since every commit calls it.
+        self.encode: Callable[[T], bytes]
+        self.encode, self._decode = _build(self.value_type)
 
     def decode(self, payload: bytes) -> T:
         """Value from JSON bytes; raises :class:`DecodeFailure` naming what was wrong."""

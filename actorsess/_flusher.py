@@ -145,12 +145,11 @@ class Flusher:
         while actor.persisted_version < version and self.dirty.get(actor.storage_key) is actor:
             await self._next_round()
 
-    async def wait_all(self, targets: list[tuple[SessionActor[Any], int]]) -> None:
+    async def wait_all_dirty(self) -> None:
+        """Return once every session dirty now is in storage at its current version."""
+        targets = [(actor, actor.version) for actor in self.dirty.values()]
         for actor, version in targets:
             await self.wait_persisted(actor, version)
-
-    def snapshot_targets(self) -> list[tuple[SessionActor[Any], int]]:
-        return [(actor, actor.version) for actor in self.dirty.values()]
 
     async def _next_round(self) -> None:
         if self._task is None or self._task.done():

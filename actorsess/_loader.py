@@ -93,7 +93,6 @@ class Loader:
             if not isinstance(exc, Exception):
                 raise
             return
-        self._counters.loaded_keys += len(actors)
         for actor, raw in zip(actors, results, strict=True):
             self._apply(actor, raw)
         self._log.debug(
@@ -103,8 +102,6 @@ class Loader:
         )
 
     def _apply(self, actor: SessionActor[Any], raw: LoadResult) -> None:
-        if actor.status is not Status.LOADING:
-            return  # already settled (a failed load is resolved only once)
         try:
             if raw is None:
                 actor.value, actor.blob = self._codec.fresh()
@@ -112,13 +109,13 @@ class Loader:
             elif isinstance(raw, BadValue):
                 raise CorruptSessionError(actor.key, raw.reason)
             else:
+                version, payload = decode_record(actor.key, raw)
                 limit = self._config.max_session_bytes
-                if len(raw) > limit + 64:
+                if len(payload) > limit:
                     raise CorruptSessionError(
                         actor.key,
-                        f"stored record is {len(raw)} bytes, over max_session_bytes={limit}",
+                        f"stored session is {len(payload)} bytes, over max_session_bytes={limit}",
                     )
-                version, payload = decode_record(actor.key, raw)
                 try:
                     actor.value = self._codec.decode(payload)
                 except DecodeFailure as exc:
@@ -138,8 +135,6 @@ class Loader:
             self._registry.settle(actor)
 
     def _fail(self, actor: SessionActor[Any], error: BaseException) -> None:
-        if actor.status is not Status.LOADING:
-            return
         actor.status = Status.FAILED
         actor.error = error
         self._registry.discard(actor)

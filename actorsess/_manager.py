@@ -37,6 +37,8 @@ from actorsess.storage.base import Storage
 T = TypeVar("T")
 R = TypeVar("R")
 
+_READY = Status.READY
+
 MAX_KEY_LENGTH = 1024
 
 # How many open managers use each storage object, so that one storage can serve
@@ -101,7 +103,7 @@ class SessionManager(Generic[T]):
         self._clock: Clock = clock or MonotonicClock()
         self._log = logger if logger is not None else structlog.get_logger("actorsess")
         self._codec: Codec[T] = Codec(initial)
-        self._encode = self._codec.encoder
+        self._encode = self._codec.encode
         self._prefix = config.key_prefix
         self._ttl = config.ttl
         self._write_through = config.flush_interval == 0
@@ -124,9 +126,8 @@ class SessionManager(Generic[T]):
             self._log,
         )
         self._state = _State.NEW
-        #: ``_state is RUNNING``, as a plain bool for the hot path in SessionTurn.
+        #: Mirrors of ``_state``, as plain bools for the hot path; set only by _set_state.
         self._running = False
-        #: ``_state is CLOSING``, likewise.
         self._closing = False
         self._active = 0
         self._idle = asyncio.Event()
@@ -142,12 +143,16 @@ class SessionManager(Generic[T]):
     def storage(self) -> Storage:
         return self._storage
 
+    def _set_state(self, state: _State) -> None:
+        self._state = state
+        self._running = state is _State.RUNNING
+        self._closing = state is _State.CLOSING
+
     async def start(self) -> None:
         """Start the background flusher. Idempotent; the first session block starts it too."""
         if self._state is _State.NEW:
             self._flusher.start()
-            self._state = _State.RUNNING
-            self._running = True
+            self._set_state(_State.RUNNING)
         elif self._state is not _State.RUNNING:
             raise ManagerClosedError("this SessionManager was closed and cannot be restarted")
 
@@ -165,10 +170,8 @@ class SessionManager(Generic[T]):
         await asyncio.shield(self._close_task)
 
     async def _shutdown(self) -> None:
-        was_running = self._state is _State.RUNNING
-        self._state = _State.CLOSING
-        self._running = False
-        self._closing = True
+        was_running = self._running
+        self._set_state(_State.CLOSING)
         deadline = self._clock.now() + self._config.close_timeout
         if self._active:
             self._idle.clear()
@@ -185,8 +188,7 @@ class SessionManager(Generic[T]):
                 keys=unwritten[:20],
                 error=self._flusher.last_error,
             )
-        self._state = _State.CLOSED
-        self._closing = False
+        self._set_state(_State.CLOSED)
         if _last_user_of(self._storage):
             await self._storage.close()
 
@@ -247,9 +249,12 @@ class SessionManager(Generic[T]):
         actor = self._registry.peek(key)
         if actor is not None and actor.status is Status.READY and not self._expired(actor):
             return self._codec.decode(actor.blob)
-        turn = self.session(key)
-        async with turn:
-            return self._codec.decode(turn._actor.blob)  # type: ignore[union-attr]
+        self._check_key(key)
+        actor = await self._enter(key)
+        try:
+            return self._codec.decode(actor.blob)
+        finally:
+            self._leave(actor)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, T]:
         """Copies of the committed values of ``keys``, loading every missing one in batches.
@@ -298,7 +303,7 @@ class SessionManager(Generic[T]):
     async def flush(self) -> None:
         """Return once everything dirty at the time of the call is in storage."""
         self._check_open()
-        await self._flusher.wait_all(self._flusher.snapshot_targets())
+        await self._flusher.wait_all_dirty()
 
     async def delete(self, key: str) -> None:
         """Reset ``key`` to ``initial`` and remove its stored record (even a corrupt one).
@@ -342,6 +347,24 @@ class SessionManager(Generic[T]):
     def _has_room(self) -> bool:
         return len(self._flusher.dirty) < self._max_dirty
 
+    def _enter_now(self, key: str) -> SessionActor[T] | None:
+        """Take a free, loaded, unexpired cached session's turn with no await; else None."""
+        if not self._running:
+            return None
+        actor: SessionActor[T] | None = self._lookup(key)
+        if (
+            actor is None
+            or actor.held
+            or actor.waiters
+            or actor.status is not _READY
+            or (actor.expires_at is not None and self._clock.now() >= actor.expires_at)
+        ):
+            return None
+        actor.held = True
+        actor.referenced = True
+        self._active += 1
+        return actor
+
     async def _enter(self, key: str) -> SessionActor[T]:
         if self._state is not _State.RUNNING:
             self._check_open()
@@ -357,13 +380,11 @@ class SessionManager(Generic[T]):
                 actor.held = True
             if actor.status is not Status.READY:
                 await self._ready(actor)
-            elif self._ttl is not None and self._expired(actor):
+            elif self._expired(actor):
                 actor.value, actor.blob = self._codec.fresh()
                 actor.expires_at = None
         except BaseException:
-            self._active -= 1
-            if not self._active and self._state is _State.CLOSING:
-                self._idle.set()
+            self._turn_ended()
             raise
         return actor
 
@@ -390,7 +411,30 @@ class SessionManager(Generic[T]):
         assert actor.error is not None
         raise actor.error
 
+    def _commit_now(self, actor: SessionActor[T]) -> bool:
+        """End a turn whose block succeeded, with no await: commit and release.
+
+        Returns False, having changed nothing, when the turn must end through
+        ``_exit`` instead: write-through (it waits for the write) or a change
+        that must wait for room (backpressure). Refused changes raise after
+        rolling back and releasing.
+        """
+        if self._write_through:
+            return False
+        try:
+            blob = self._encode_change(actor)
+            if blob is not None:
+                if actor.version <= actor.persisted_version and not self._has_room():
+                    return False
+                self._apply(actor, blob)
+        except BaseException:
+            self._leave(actor)
+            raise
+        self._leave(actor)
+        return True
+
     async def _exit(self, actor: SessionActor[T], ok: bool) -> None:
+        """End a turn through the general path: rollback, backpressure, write-through."""
         version = actor.version
         try:
             if not ok:
@@ -398,7 +442,7 @@ class SessionManager(Generic[T]):
             else:
                 blob = self._encode_change(actor)
                 if blob is not None:
-                    if not actor.dirty and len(self._flusher.dirty) >= self._max_dirty:
+                    if actor.version <= actor.persisted_version and not self._has_room():
                         # Backpressure (rule 5): this change would add a dirty session
                         # while too many wait for storage. Wait for room still holding
                         # the turn, so the bound on dirty sessions is exact.
@@ -416,7 +460,7 @@ class SessionManager(Generic[T]):
     def _encode_change(self, actor: SessionActor[T]) -> bytes | None:
         """The new committed bytes, or None if the value did not change. Rolls back on refusal."""
         try:
-            blob = self._codec.encode(actor.value)  # type: ignore[arg-type]
+            blob = self._encode(actor.value)  # type: ignore[arg-type]
         except Exception as exc:
             actor.value = self._codec.decode(actor.blob)
             raise SessionEncodeError(actor.key, f"{type(exc).__name__}: {exc}") from exc
@@ -428,17 +472,27 @@ class SessionManager(Generic[T]):
         return blob
 
     def _apply(self, actor: SessionActor[T], blob: bytes) -> None:
+        was_dirty = actor.version > actor.persisted_version
         actor.blob = blob
         actor.version += 1
         actor.deleted = False
         if self._ttl is not None:
             actor.expires_at = self._clock.now() + self._ttl
-        self._flusher.mark_dirty(actor)
+        # A dirty session is already queued for the flusher (it leaves the queue only
+        # once clean); only a newly dirty one, or write-through, needs telling it.
+        if not was_dirty or self._write_through:
+            self._flusher.mark_dirty(actor)
 
     def _leave(self, actor: SessionActor[T]) -> None:
-        self._release(actor)
+        if actor.waiters or actor.parked:
+            self._release(actor)
+        else:
+            actor.held = False  # what release() does when nobody waits
+        self._turn_ended()
+
+    def _turn_ended(self) -> None:
         self._active -= 1
-        if not self._active and self._state is _State.CLOSING:
+        if not self._active and self._closing:
             self._idle.set()
 
     def _release(self, actor: SessionActor[T]) -> None:

@@ -62,17 +62,12 @@ class Registry:
         """The index's ``get``: an actor in the LRU or None, without marking it used."""
         return self._index.get
 
-    def hit(self, key: str) -> SessionActor[Any] | None:
-        """The actor of ``key`` if it is in the LRU (the hot path); None otherwise."""
+    def find(self, key: str) -> SessionActor[Any] | None:
+        """The actor of ``key`` (marked used), bringing a parked one back into the LRU."""
         actor = self._index.get(key)
         if actor is not None:
             actor.referenced = True
-        return actor
-
-    def find(self, key: str) -> SessionActor[Any] | None:
-        """The actor of ``key``, bringing a parked one back into the LRU; None on a miss."""
-        actor = self.hit(key)
-        if actor is None:
+        else:
             actor = self.parked.pop(key, None)
             if actor is not None:
                 actor.parked = False

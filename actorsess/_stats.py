@@ -8,7 +8,6 @@ import dataclasses
 @dataclasses.dataclass(slots=True)
 class Counters:
     loads: int = 0
-    loaded_keys: int = 0
     flushes: int = 0
     written: int = 0
     evictions: int = 0

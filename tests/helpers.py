@@ -1,12 +1,27 @@
-"""Storages that inject faults a real server cannot produce on demand."""
+"""Shared test helpers, and storages that inject faults a real server cannot produce."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 
+import redis.asyncio as redis_asyncio
+
 from actorsess import MemoryStorage, WriteItem
 from actorsess.storage.base import LoadResult
+
+
+def counter() -> dict[str, int]:
+    """The session most tests use: one counter."""
+    return {"n": 0}
+
+
+async def read_all(url: str, keys: list[str]) -> list[bytes | None]:
+    """The stored records of ``keys`` under the default prefix, read with a new connection."""
+    client = redis_asyncio.Redis.from_url(url)
+    values: list[bytes | None] = await client.mget([f"actorsess:{k}" for k in keys])  # type: ignore[assignment]
+    await client.aclose()
+    return values
 
 
 class RecordingStorage(MemoryStorage):

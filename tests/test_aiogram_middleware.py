@@ -16,13 +16,9 @@ from actorsess import MemoryStorage, SessionConfig, SessionManager, SessionTurn
 from actorsess.aiogram import LazySession, SessionMiddleware, SessionOrderError
 
 from .aiogram_helpers import message_update, poll_update
-from .helpers import RecordingStorage
+from .helpers import RecordingStorage, counter
 
 Counter = dict[str, int]
-
-
-def counter() -> Counter:
-    return {"n": 0}
 
 
 @pytest.fixture

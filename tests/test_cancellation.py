@@ -9,11 +9,7 @@ import pytest
 from actorsess import SessionConfig, SessionManager
 from actorsess._actor import SessionActor
 
-from .helpers import RecordingStorage
-
-
-def counter() -> dict[str, int]:
-    return {"n": 0}
+from .helpers import RecordingStorage, counter
 
 
 async def test_cancelled_waiter_does_not_block_the_key() -> None:

@@ -16,11 +16,7 @@ from actorsess import (
 from actorsess.testing import FakeClock
 
 from .conftest import Events
-from .helpers import RecordingStorage
-
-
-def counter() -> dict[str, int]:
-    return {"n": 0}
+from .helpers import RecordingStorage, counter
 
 
 async def bump(m: SessionManager[dict[str, int]], key: str) -> None:

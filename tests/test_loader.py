@@ -16,11 +16,7 @@ from actorsess import (
 )
 
 from .conftest import Events
-from .helpers import RecordingStorage
-
-
-def counter() -> dict[str, int]:
-    return {"n": 0}
+from .helpers import RecordingStorage, counter
 
 
 async def test_concurrent_misses_of_one_key_share_one_load() -> None:

@@ -22,11 +22,7 @@ from actorsess import (
     SessionTooLargeError,
 )
 
-from .helpers import RecordingStorage
-
-
-def counter() -> dict[str, int]:
-    return {"n": 0}
+from .helpers import RecordingStorage, counter
 
 
 async def test_no_lost_updates_with_awaits_between_read_and_write(storage_factory: Any) -> None:

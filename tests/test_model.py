@@ -13,6 +13,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from actorsess import MemoryStorage, SessionConfig, SessionManager, StorageError, WriteItem
 
+from .helpers import counter
+
 KEYS = st.sampled_from(["a", "b", "c", "d", "e", "f"])
 
 
@@ -31,10 +33,6 @@ class FlakyStorage(MemoryStorage):
 
 class Boom(Exception):
     pass
-
-
-def counter() -> dict[str, int]:
-    return {"n": 0}
 
 
 class SessionsModel(RuleBasedStateMachine):

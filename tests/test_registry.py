@@ -9,11 +9,7 @@ from typing import Any
 from actorsess import MemoryStorage, SessionConfig, SessionManager
 
 from .conftest import Events
-from .helpers import RecordingStorage
-
-
-def counter() -> dict[str, int]:
-    return {"n": 0}
+from .helpers import RecordingStorage, counter
 
 
 async def test_eviction_pressure_loses_nothing(storage_factory: Any) -> None:

@@ -21,8 +21,8 @@ T = TypeVar("T")
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
-#: Per-update record of the lazy namespaces already opened, by rank.
-_OPENED_KEY = "actorsess_opened_ranks"
+#: Per update: the highest set-up rank whose session this update has opened.
+_OPENED_KEY = "actorsess_opened_rank"
 _ranks = itertools.count()
 
 
@@ -61,8 +61,7 @@ class LazySession(Generic[T]):
     async def load(self) -> T:
         if self._turn is not None:
             return self._turn.value
-        opened: list[int] = self._data.setdefault(_OPENED_KEY, [])
-        if opened and max(opened) > self._rank:
+        if self._data.get(_OPENED_KEY, -1) > self._rank:
             raise SessionOrderError(
                 f"session {self._key!r} was opened after a session whose middleware was set up "
                 "later; open lazy sessions in set-up order so updates cannot deadlock"
@@ -70,7 +69,7 @@ class LazySession(Generic[T]):
         turn = self._manager.session(self._key)
         await turn.__aenter__()
         self._turn = turn
-        opened.append(self._rank)
+        self._data[_OPENED_KEY] = self._rank
         return turn.value
 
     @property
@@ -160,7 +159,7 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
                 return await handler(event, data)
             if self.lazy:
                 return await self._call_lazy(handler, event, data, key)
-            data.setdefault(_OPENED_KEY, []).append(self._rank)
+            data[_OPENED_KEY] = max(data.get(_OPENED_KEY, -1), self._rank)
             turn = self.manager.session(key)
             async with turn as value:
                 data[self.name] = value

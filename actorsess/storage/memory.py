@@ -14,14 +14,11 @@ class MemoryStorage:
     def __init__(self, *, timer: Callable[[], float] = time.monotonic) -> None:
         self._timer = timer
         self._records: dict[str, tuple[bytes, float | None, int]] = {}
-        self.writes = 0
-        self.loads = 0
 
     def __repr__(self) -> str:
         return f"<MemoryStorage [records: {len(self._records)}]>"
 
     async def load_many(self, keys: Sequence[str]) -> list[LoadResult]:
-        self.loads += 1
         now = self._timer()
         out: list[LoadResult] = []
         for key in keys:
@@ -33,7 +30,6 @@ class MemoryStorage:
         return out
 
     async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
-        self.writes += 1
         expires = None if ttl_ms is None else self._timer() + ttl_ms / 1000
         for item in items:
             stored = self._records.get(item.key)
