@@ -7,13 +7,21 @@ from collections.abc import Sequence
 
 import redis.asyncio as redis_asyncio
 
-from actorsess import MemoryStorage, WriteItem
+from actorsess import MemoryStorage, SessionManager, WriteItem
 from actorsess.storage.base import LoadResult
 
 
 def counter() -> dict[str, int]:
     """The session most tests use: one counter."""
     return {"n": 0}
+
+
+async def racy_increment(manager: SessionManager[dict[str, int]], key: str) -> None:
+    """Read the counter, await once, write it + 1: loses updates unless turns serialize."""
+    async with manager.session(key) as session:
+        n = session["n"]
+        await asyncio.sleep(0)
+        session["n"] = n + 1
 
 
 async def read_all(url: str, keys: list[str]) -> list[bytes | None]:

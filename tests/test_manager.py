@@ -22,7 +22,7 @@ from actorsess import (
     SessionTooLargeError,
 )
 
-from .helpers import RecordingStorage, counter
+from .helpers import RecordingStorage, counter, racy_increment
 
 
 async def test_no_lost_updates_with_awaits_between_read_and_write(storage_factory: Any) -> None:
@@ -32,14 +32,7 @@ async def test_no_lost_updates_with_awaits_between_read_and_write(storage_factor
     per_key = 200
 
     async with SessionManager(storage_factory(), initial=counter, config=config) as m:
-
-        async def bump(key: str) -> None:
-            async with m.session(key) as s:
-                value = s["n"]
-                await asyncio.sleep(0)
-                s["n"] = value + 1
-
-        jobs = [bump(k) for k in keys for _ in range(per_key)]
+        jobs = [racy_increment(m, k) for k in keys for _ in range(per_key)]
         random.Random(7).shuffle(jobs)
         await asyncio.gather(*jobs)
     async with SessionManager(storage_factory(), initial=counter, config=config) as again:

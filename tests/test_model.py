@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from actorsess import MemoryStorage, SessionConfig, SessionManager, StorageError, WriteItem
 
-from .helpers import counter
+from .helpers import counter, racy_increment
 
 KEYS = st.sampled_from(["a", "b", "c", "d", "e", "f"])
 
@@ -63,14 +63,8 @@ class SessionsModel(RuleBasedStateMachine):
 
     @rule(key=KEYS, count=st.integers(1, 20))
     def concurrent_blocks(self, key: str, count: int) -> None:
-        async def bump() -> None:
-            async with self.manager.session(key) as s:
-                n = s["n"]
-                await asyncio.sleep(0)
-                s["n"] = n + 1
-
         async def all_of_them() -> None:
-            await asyncio.gather(*(bump() for _ in range(count)))
+            await asyncio.gather(*(racy_increment(self.manager, key) for _ in range(count)))
 
         self.run(all_of_them())
         self.model[key] = self.model.get(key, 0) + count

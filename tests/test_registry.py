@@ -9,7 +9,7 @@ from typing import Any
 from actorsess import MemoryStorage, SessionConfig, SessionManager
 
 from .conftest import Events
-from .helpers import RecordingStorage, counter
+from .helpers import RecordingStorage, counter, racy_increment
 
 
 async def test_eviction_pressure_loses_nothing(storage_factory: Any) -> None:
@@ -18,14 +18,7 @@ async def test_eviction_pressure_loses_nothing(storage_factory: Any) -> None:
     keys = [f"user:{i}" for i in range(300)]
     rounds = 5
     async with SessionManager(storage_factory(), initial=counter, config=config) as m:
-
-        async def bump(key: str) -> None:
-            async with m.session(key) as s:
-                n = s["n"]
-                await asyncio.sleep(0)
-                s["n"] = n + 1
-
-        jobs = [bump(k) for k in keys for _ in range(rounds)]
+        jobs = [racy_increment(m, k) for k in keys for _ in range(rounds)]
         random.Random(3).shuffle(jobs)
         for start in range(0, len(jobs), 64):
             await asyncio.gather(*jobs[start : start + 64])
