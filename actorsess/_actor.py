@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 from collections import deque
 from typing import Generic, TypeVar
 
@@ -34,6 +35,8 @@ class SessionActor(Generic[T]):
         "fenced",
         "held",
         "key",
+        "lease_token",
+        "lease_until",
         "load_future",
         "parked",
         "persisted_version",
@@ -73,6 +76,10 @@ class SessionActor(Generic[T]):
         self.fenced = False
         #: Used since the LRU last looked at it (the second-chance bit, see _registry).
         self.referenced = False
+        #: Shared ownership only: the token of the lease this actor holds (None when
+        #: it holds none) and the clock time until which that lease can be relied on.
+        self.lease_token: str | None = None
+        self.lease_until = math.inf
 
     def __repr__(self) -> str:
         state = "dirty" if self.dirty else "clean"

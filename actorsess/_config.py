@@ -42,6 +42,12 @@ class SessionConfig:
     #: ``"local"``: this process owns every key it serves (one bot process).
     #: ``"shared"``: several processes on one Redis (leases and fencing).
     ownership: Ownership = "local"
+    #: Shared ownership: seconds a lease lives unless renewed (renewal runs every
+    #: third of it). A crashed process's sessions are taken over after this long.
+    lease_time: float = 10.0
+    #: Shared ownership: seconds a session block waits for another process to hand
+    #: its session over before :class:`~actorsess.LeaseTimeoutError`.
+    lease_wait_timeout: float = 15.0
     #: Largest encoded session accepted at commit (and read from storage).
     max_session_bytes: int = 1_048_576
     #: Seconds one storage write may take before its outcome counts as unknown
@@ -71,6 +77,8 @@ class SessionConfig:
             "retry_base_delay",
             "retry_max_delay",
             "close_timeout",
+            "lease_time",
+            "lease_wait_timeout",
         ):
             _positive_finite(name, getattr(self, name))
         if self.backpressure_timeout is not None:
@@ -83,6 +91,11 @@ class SessionConfig:
             )
         if self.ownership not in get_args(Ownership):
             raise ConfigError("ownership", f"must be 'local' or 'shared', got {self.ownership!r}")
+
+    @property
+    def lease_ms(self) -> int:
+        """``lease_time`` in whole milliseconds."""
+        return max(1, round(self.lease_time * 1000))
 
     @property
     def ttl_ms(self) -> int | None:

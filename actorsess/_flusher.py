@@ -15,14 +15,18 @@ work overlaps the other's storage call; the loop itself owns no I/O.
 A failed, timed-out or cancelled write has an unknown outcome; everything in
 it stays dirty and is written again after a capped, jittered backoff. Records
 are whole values carrying their version, so writing twice is harmless (rule 6).
+
+In shared ownership mode every write is fenced by the key's lease token and
+version (``write_leased``); a refused write goes to the lease keeper as a
+conflict and its session is dropped from the dirty set, never retried.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from actorsess._actor import SessionActor
+from actorsess._actor import SessionActor, Status
 from actorsess._backoff import Backoff
 from actorsess._clock import Clock
 from actorsess._config import SessionConfig
@@ -30,7 +34,10 @@ from actorsess._record import encode_record
 from actorsess._registry import Registry
 from actorsess._stats import Counters
 from actorsess.exceptions import BackpressureTimeoutError, StorageError
-from actorsess.storage.base import Storage, WriteItem
+from actorsess.storage.base import Conflict, Storage, WriteItem
+
+if TYPE_CHECKING:
+    from actorsess._leases import LeaseKeeper
 
 _NEVER = float("-inf")
 # One round's Python work (snapshot, settle) overlaps the other's storage call.
@@ -47,6 +54,7 @@ class Flusher:
         "_dirty_since",
         "_failures",
         "_in_flight",
+        "_keeper",
         "_log",
         "_registry",
         "_room",
@@ -71,8 +79,10 @@ class Flusher:
         clock: Clock,
         backoff: Backoff,
         log: Any,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         self._storage = storage
+        self._keeper = keeper
         self._config = config
         self._registry = registry
         self._counters = counters
@@ -144,6 +154,8 @@ class Flusher:
         """
         while actor.persisted_version < version and self.dirty.get(actor.storage_key) is actor:
             await self._next_round()
+        if actor.error is not None and actor.status is Status.READY:
+            raise actor.error  # shared ownership: the write was refused as a conflict
 
     async def wait_all_dirty(self) -> None:
         """Return once every session dirty now is in storage at its current version."""
@@ -228,7 +240,7 @@ class Flusher:
             batch.append(actor)
             version = actor.version
             record = None if actor.deleted else encode_record(version, actor.blob)
-            items.append(WriteItem(key, record, version, actor.fenced))
+            items.append(WriteItem(key, record, version, actor.fenced, actor.lease_token))
             if len(batch) == batch_size:
                 break
         leftovers = len(self.dirty) > len(in_flight)
@@ -259,7 +271,7 @@ class Flusher:
         try:
             try:
                 async with asyncio.timeout(self._config.write_timeout):
-                    await self._storage.write_many(items, self._config.ttl_ms)
+                    conflicts = await self._write(items)
             except BaseException as exc:
                 # Outcome unknown: this batch may still land later, so fence what follows.
                 for actor in batch:
@@ -270,6 +282,8 @@ class Flusher:
                 self._on_failure(exc, waiters, attempt)
                 return
             dirty = self.dirty
+            if conflicts:
+                self._refuse(batch, items, conflicts)
             for actor, item in zip(batch, items, strict=True):
                 written = item.version
                 if written > actor.persisted_version:
@@ -301,6 +315,24 @@ class Flusher:
         # Waiters that arrived while this round was in flight re-check their own
         # condition; whatever they wait for may have landed just now.
         self._resolve_waiters()
+
+    async def _write(self, items: list[WriteItem]) -> list[Conflict]:
+        if self._keeper is not None:
+            return await self._keeper.write(items, self._config.ttl_ms)
+        await self._storage.write_many(items, self._config.ttl_ms)
+        return []
+
+    def _refuse(
+        self, batch: list[SessionActor[Any]], items: list[WriteItem], conflicts: list[Conflict]
+    ) -> None:
+        """Take refused writes out of the dirty set and hand them to the lease keeper
+        (which marks them written-as-far-as-possible, so the settle loop skips them)."""
+        assert self._keeper is not None
+        for index, reason in conflicts:
+            actor, key = batch[index], items[index].key
+            if self.dirty.get(key) is actor:
+                del self.dirty[key]
+            self._keeper.conflict(actor, reason)
 
     def _on_failure(
         self, exc: Exception, waiters: list[asyncio.Future[None]], attempt: int

@@ -3,13 +3,16 @@
 A miss creates the key's actor in LOADING state and queues it here; every
 miss in the same event-loop iteration rides in one ``load_many`` call.
 Concurrent misses of one key find the same LOADING actor, so they share one
-load (rule 9).
+load (rule 9). In shared ownership mode a load also takes the key's lease; a
+key owned by another process stays LOADING while the lease keeper waits for
+it, then comes back here for another try.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from actorsess._actor import SessionActor, Status
 from actorsess._clock import Clock
@@ -19,7 +22,10 @@ from actorsess._record import decode_record
 from actorsess._registry import Registry
 from actorsess._stats import Counters
 from actorsess.exceptions import CorruptSessionError, StorageError
-from actorsess.storage.base import BadValue, LoadResult, Storage
+from actorsess.storage.base import BadValue, LoadResult, Owned, Storage
+
+if TYPE_CHECKING:
+    from actorsess._leases import LeaseKeeper
 
 
 class Loader:
@@ -28,6 +34,7 @@ class Loader:
         "_codec",
         "_config",
         "_counters",
+        "_keeper",
         "_log",
         "_pending",
         "_registry",
@@ -44,8 +51,10 @@ class Loader:
         counters: Counters,
         clock: Clock,
         log: Any,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         self._storage = storage
+        self._keeper = keeper
         self._codec = codec
         self._config = config
         self._registry = registry
@@ -62,6 +71,14 @@ class Loader:
             loop.call_soon(self._dispatch)
         self._pending.append(actor)
 
+    def retry(self, actor: SessionActor[Any]) -> None:
+        """Load ``actor`` again with the next batch (its waiters keep their future)."""
+        if actor.status is not Status.LOADING or actor.load_future is None:
+            return
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._dispatch)
+        self._pending.append(actor)
+
     def _dispatch(self) -> None:
         pending, self._pending = self._pending, []
         step = self._config.max_batch
@@ -75,7 +92,7 @@ class Loader:
         self._counters.loads += 1
         try:
             async with asyncio.timeout(self._config.load_timeout):
-                results = await self._storage.load_many([a.storage_key for a in actors])
+                results = await self._fetch(actors)
             if len(results) != len(actors):
                 raise StorageError(
                     f"storage returned {len(results)} records for {len(actors)} keys"
@@ -89,17 +106,26 @@ class Loader:
             for actor in actors:
                 error = StorageError(f"could not load session {actor.key!r}: {reason}")
                 error.__cause__ = exc
-                self._fail(actor, error)
+                self.fail(actor, error)
             if not isinstance(exc, Exception):
                 raise
             return
         for actor, raw in zip(actors, results, strict=True):
-            self._apply(actor, raw)
+            if isinstance(raw, Owned):
+                assert self._keeper is not None
+                self._keeper.wait_for_owner(actor, raw.owner)
+            else:
+                self._apply(actor, raw)
         self._log.debug(
             "session.load",
             keys=len(actors),
             duration_ms=round((self._clock.now() - started) * 1000, 3),
         )
+
+    async def _fetch(self, actors: list[SessionActor[Any]]) -> Sequence[LoadResult | Owned]:
+        if self._keeper is not None:
+            return await self._keeper.acquire(actors)
+        return await self._storage.load_many([a.storage_key for a in actors])
 
     def _apply(self, actor: SessionActor[Any], raw: LoadResult) -> None:
         try:
@@ -125,7 +151,7 @@ class Loader:
         except CorruptSessionError as exc:
             self._counters.errors += 1
             self._log.error("session.corrupt", key=actor.key, error=exc.reason)
-            self._fail(actor, exc)
+            self.fail(actor, exc)
             return
         ttl = self._config.ttl
         actor.expires_at = None if ttl is None else self._clock.now() + ttl
@@ -134,7 +160,7 @@ class Loader:
         if actor.parked:  # loaded for get_many() while pushed out of the LRU
             self._registry.settle(actor)
 
-    def _fail(self, actor: SessionActor[Any], error: BaseException) -> None:
+    def fail(self, actor: SessionActor[Any], error: BaseException) -> None:
         actor.status = Status.FAILED
         actor.error = error
         self._registry.discard(actor)

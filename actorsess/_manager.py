@@ -20,6 +20,7 @@ from actorsess._clock import Clock, MonotonicClock
 from actorsess._codec import Codec
 from actorsess._config import SessionConfig
 from actorsess._flusher import Flusher
+from actorsess._leases import LeaseKeeper
 from actorsess._loader import Loader
 from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
@@ -32,7 +33,7 @@ from actorsess.exceptions import (
     SessionEncodeError,
     SessionTooLargeError,
 )
-from actorsess.storage.base import Storage
+from actorsess.storage.base import LeaseStorage, Storage
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -91,11 +92,11 @@ class SessionManager(Generic[T]):
         config = SessionConfig() if config is None else config
         if not isinstance(config, SessionConfig):
             raise TypeError(f"config must be a SessionConfig, got {type(config).__name__}")
-        if config.ownership == "shared":
+        if config.ownership == "shared" and not isinstance(storage, LeaseStorage):
             raise ConfigError(
                 "ownership",
-                "'shared' (several processes on one Redis, with leases and fencing) is not "
-                "available in this release; use 'local' with one process per key space",
+                "'shared' (several processes on one Redis, with leases and fencing) needs a "
+                f"storage with leases, such as RedisStorage; got {type(storage).__name__}",
             )
         self._storage = storage
         _use_storage(storage)
@@ -110,11 +111,29 @@ class SessionManager(Generic[T]):
         self._max_dirty = config.max_dirty
         self._max_bytes = config.max_session_bytes
         self._counters = Counters()
-        self._registry = Registry(config.max_cached, self._on_evict)
-        #: The LRU's index lookup, bound once for the hot path in SessionTurn.
+        backoff = Backoff(config.retry_base_delay, config.retry_max_delay, rng)
+        self._keeper: LeaseKeeper | None = None
+        #: Takes a free cached turn with no await (SessionTurn's fast path), or None.
+        self._enter_now: Callable[[str], SessionActor[T] | None] = self._enter_now_local
+        if isinstance(storage, LeaseStorage) and config.ownership == "shared":
+            self._registry = Registry(config.max_cached, self._on_evict, self._release_lease)
+            self._keeper = LeaseKeeper(
+                storage, config, self._registry, self._counters, self._clock, backoff, self._log
+            )
+            self._enter_now = self._enter_now_shared
+        else:
+            self._registry = Registry(config.max_cached, self._on_evict)
+        #: The LRU's index lookup, bound once for the hot path.
         self._lookup = self._registry.lookup
         self._loader = Loader(
-            storage, self._codec, config, self._registry, self._counters, self._clock, self._log
+            storage,
+            self._codec,
+            config,
+            self._registry,
+            self._counters,
+            self._clock,
+            self._log,
+            self._keeper,
         )
         self._flusher = Flusher(
             storage,
@@ -122,9 +141,13 @@ class SessionManager(Generic[T]):
             self._registry,
             self._counters,
             self._clock,
-            Backoff(config.retry_base_delay, config.retry_max_delay, rng),
+            backoff,
             self._log,
+            self._keeper,
         )
+        if self._keeper is not None:
+            self._keeper.loader = self._loader
+            self._keeper.flusher = self._flusher
         self._state = _State.NEW
         #: Mirrors of ``_state``, as plain bools for the hot path; set only by _set_state.
         self._running = False
@@ -152,6 +175,8 @@ class SessionManager(Generic[T]):
         """Start the background flusher. Idempotent; the first session block starts it too."""
         if self._state is _State.NEW:
             self._flusher.start()
+            if self._keeper is not None:
+                self._keeper.start()
             self._set_state(_State.RUNNING)
         elif self._state is not _State.RUNNING:
             raise ManagerClosedError("this SessionManager was closed and cannot be restarted")
@@ -181,6 +206,8 @@ class SessionManager(Generic[T]):
             remaining = max(0.1, deadline - self._clock.now())
             unwritten = await self._flusher.stop(remaining)
         await self._loader.aclose()
+        if self._keeper is not None and was_running:
+            await self._keeper.stop()
         if unwritten:
             self._log.error(
                 "session.unflushed",
@@ -247,7 +274,12 @@ class SessionManager(Generic[T]):
         """A copy of ``key``'s last committed value (loading it if needed)."""
         self._check_open()
         actor = self._registry.peek(key)
-        if actor is not None and actor.status is Status.READY and not self._expired(actor):
+        if (
+            actor is not None
+            and actor.status is Status.READY
+            and not self._expired(actor)
+            and actor.lease_until > self._clock.now()  # always, unless shared ownership
+        ):
             return self._codec.decode(actor.blob)
         self._check_key(key)
         actor = await self._enter(key)
@@ -269,6 +301,13 @@ class SessionManager(Generic[T]):
         if self._state is not _State.RUNNING:
             self._check_open()
             await self.start()
+        if self._keeper is not None:
+            # Each key needs its lease; get() takes it, and concurrent loads still batch.
+            values = await asyncio.gather(*(self.get(k) for k in wanted), return_exceptions=True)
+            for value in values:
+                if isinstance(value, BaseException):
+                    raise value
+            return dict(zip(wanted, values, strict=True))  # type: ignore[arg-type]
         actors: list[SessionActor[T]] = []
         pending: list[asyncio.Future[None]] = []
         for key in wanted:
@@ -340,6 +379,8 @@ class SessionManager(Generic[T]):
             errors=c.errors,
             parked=len(self._registry.parked),
             active=self._active,
+            conflicts=c.conflicts,
+            handovers=c.handovers,
         )
 
     # -- the turn -----------------------------------------------------------
@@ -347,7 +388,7 @@ class SessionManager(Generic[T]):
     def _has_room(self) -> bool:
         return len(self._flusher.dirty) < self._max_dirty
 
-    def _enter_now(self, key: str) -> SessionActor[T] | None:
+    def _enter_now_local(self, key: str) -> SessionActor[T] | None:
         """Take a free, loaded, unexpired cached session's turn with no await; else None."""
         if not self._running:
             return None
@@ -365,7 +406,32 @@ class SessionManager(Generic[T]):
         self._active += 1
         return actor
 
+    def _enter_now_shared(self, key: str) -> SessionActor[T] | None:
+        """``_enter_now_local`` that also needs the lease to be good for a while yet."""
+        actor = self._lookup(key)
+        if actor is not None and actor.lease_until <= self._clock.now():
+            return None
+        return self._enter_now_local(key)
+
     async def _enter(self, key: str) -> SessionActor[T]:
+        if self._keeper is None:
+            return await self._take_turn(key)
+        # Shared ownership: a turn runs only on an actor whose lease holds. One being
+        # handed over (or whose lease lapsed) is left to finish and be forgotten; then
+        # a new actor takes the lease again.
+        keeper = self._keeper
+        deadline = self._clock.now() + self._config.lease_wait_timeout
+        while True:
+            actor = self._registry.peek(key)
+            if actor is None or actor.status is not Status.READY or keeper.is_ready(actor):
+                actor = await self._take_turn(key)
+                if actor.status is not Status.READY or keeper.is_ready(actor):
+                    return actor
+                self._leave(actor)
+            keeper.retire(actor)
+            await keeper.gone(actor, deadline)
+
+    async def _take_turn(self, key: str) -> SessionActor[T]:
         if self._state is not _State.RUNNING:
             self._check_open()
             await self.start()
@@ -515,6 +581,10 @@ class SessionManager(Generic[T]):
             raise TypeError(
                 f"a session value must be a {expected.__name__}, got {type(value).__name__}"
             )
+
+    def _release_lease(self, actor: SessionActor[Any]) -> None:
+        if self._keeper is not None:
+            self._keeper.forgotten(actor)
 
     def _on_evict(self, actor: SessionActor[Any]) -> None:
         self._counters.evictions += 1

@@ -25,6 +25,10 @@ from actorsess._actor import SessionActor
 EvictHook = Callable[[SessionActor[Any]], None]
 
 
+def _nothing(actor: SessionActor[Any]) -> None:
+    pass
+
+
 class _ActorLRU(cachetools.LRUCache[str, SessionActor[Any]]):
     def __init__(self, maxsize: int, on_evict: EvictHook) -> None:
         super().__init__(maxsize)
@@ -45,10 +49,14 @@ class _ActorLRU(cachetools.LRUCache[str, SessionActor[Any]]):
 class Registry:
     """Finds the one live actor of a key, creating none itself."""
 
-    __slots__ = ("_cache", "_index", "_on_drop", "parked")
+    __slots__ = ("_cache", "_forget", "_index", "_on_drop", "parked")
 
-    def __init__(self, max_cached: int, on_evict: EvictHook) -> None:
+    def __init__(
+        self, max_cached: int, on_evict: EvictHook, on_forget: EvictHook = _nothing
+    ) -> None:
         self._on_drop = on_evict
+        #: Called once for every actor that leaves the registry for good.
+        self._forget = on_forget
         self._cache = _ActorLRU(max_cached, self._leave_lru)
         #: Same members as the LRU, for lookups at dict speed.
         self._index: dict[str, SessionActor[Any]] = {}
@@ -83,20 +91,40 @@ class Registry:
         self._cache[actor.key] = actor
         self._index[actor.key] = actor
 
+    def actors(self) -> list[SessionActor[Any]]:
+        """Every registered actor, cached or parked."""
+        return [*self._index.values(), *self.parked.values()]
+
     def discard(self, actor: SessionActor[Any]) -> None:
         """Forget ``actor`` if it is the registered one for its key (failed loads)."""
+        registered = False
         if self._index.get(actor.key) is actor:
             del self._index[actor.key]
             self._cache.pop(actor.key, None)
+            registered = True
         if self.parked.get(actor.key) is actor:
             del self.parked[actor.key]
+            registered = True
         actor.parked = False
+        if registered:
+            self._forget(actor)
+
+    def park(self, actor: SessionActor[Any]) -> None:
+        """Take ``actor`` out of the LRU so that cached lookups miss it; forget it as soon
+        as it is idle and clean (now, if it already is)."""
+        if self._index.get(actor.key) is actor:
+            del self._index[actor.key]
+            self._cache.pop(actor.key, None)
+            actor.parked = True
+            self.parked[actor.key] = actor
+        self.settle(actor)
 
     def settle(self, actor: SessionActor[Any]) -> None:
         """Drop a parked actor once it is idle and clean."""
         if actor.parked and actor.droppable and self.parked.get(actor.key) is actor:
             del self.parked[actor.key]
             actor.parked = False
+            self._forget(actor)
 
     def _leave_lru(self, actor: SessionActor[Any]) -> None:
         del self._index[actor.key]
@@ -104,3 +132,5 @@ class Registry:
             actor.parked = True
             self.parked[actor.key] = actor
         self._on_drop(actor)
+        if not actor.parked:
+            self._forget(actor)

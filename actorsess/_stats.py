@@ -12,6 +12,8 @@ class Counters:
     written: int = 0
     evictions: int = 0
     errors: int = 0
+    conflicts: int = 0
+    handovers: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -36,3 +38,7 @@ class SessionStats:
     parked: int = 0
     #: Session blocks currently inside or waiting for their turn.
     active: int = 0
+    #: Shared ownership: writes refused because another process owned the key.
+    conflicts: int = 0
+    #: Shared ownership: sessions handed over to another process that asked for them.
+    handovers: int = 0

@@ -76,3 +76,27 @@ class BackpressureTimeoutError(ActorSessError, TimeoutError):
             f"{dirty} sessions are waiting to be written (max_dirty={limit}); "
             f"gave up after {waited:g}s: is the storage reachable?"
         )
+
+
+class SessionConflictError(ActorSessError):
+    """Storage refused a session's write in shared ownership mode: another process
+    owns the key now (this one was paused or cut off past its lease) or wrote a
+    newer version. The refused changes are dropped; the next turn reloads."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"session {key!r} was not written: {reason}; it will be reloaded")
+
+
+class LeaseTimeoutError(ActorSessError, TimeoutError):
+    """Shared ownership: the process owning a session did not let go of it in time."""
+
+    def __init__(self, key: str, waited: float, owner: str | None) -> None:
+        self.key = key
+        self.owner = owner
+        holder = f" (lease held by {owner!r})" if owner else ""
+        super().__init__(
+            f"session {key!r}: gave up waiting {waited:g}s for its lease{holder}; "
+            "is the owning process stalled? (SessionConfig.lease_wait_timeout)"
+        )

@@ -20,6 +20,8 @@ from actorsess import ConfigError, MemoryStorage, SessionConfig, SessionManager
         ("ttl", 0),
         ("write_timeout", 0),
         ("ownership", "everyone"),
+        ("lease_time", 0),
+        ("lease_wait_timeout", -1),
         ("key_prefix", 3),
     ],
 )
@@ -66,7 +68,7 @@ def test_from_env_bad_value_names_the_variable() -> None:
         SessionConfig.from_env({}, nonsense=1)
 
 
-def test_shared_ownership_is_refused_until_available() -> None:
-    """Asking for multi-process ownership fails at construction, naming the field."""
-    with pytest.raises(ConfigError, match="SessionConfig.ownership"):
+def test_shared_ownership_needs_a_storage_with_leases() -> None:
+    """Multi-process ownership on a storage without leases fails at construction."""
+    with pytest.raises(ConfigError, match="SessionConfig.ownership.*MemoryStorage"):
         SessionManager(MemoryStorage(), initial=dict, config=SessionConfig(ownership="shared"))

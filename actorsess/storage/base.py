@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 
@@ -19,6 +19,8 @@ class WriteItem(NamedTuple):
     blob: bytes | None
     version: int
     fenced: bool = True
+    #: Shared ownership: the lease token the write must still hold (see LeaseStorage).
+    lease: str | None = None
 
 
 class BadValue(NamedTuple):
@@ -57,4 +59,59 @@ class Storage(Protocol):
 
     async def close(self) -> None:
         """Release connections or files this storage opened itself. Safe to call twice."""
+        ...
+
+
+class Owned(NamedTuple):
+    """``acquire_many``'s answer for a key whose lease another manager holds."""
+
+    owner: str
+
+
+class Conflict(NamedTuple):
+    """A write ``write_leased`` refused: its ``position`` in the items, and why."""
+
+    position: int
+    reason: str
+
+
+@runtime_checkable
+class LeaseStorage(Storage, Protocol):
+    """A storage several processes can share: per-key ownership leases and fenced writes.
+
+    Lease tokens read ``<manager id>:<acquisition number>``. Handover notices
+    (see ``listen``) are plain strings: ``w <requester id> <key>`` asks the
+    owner to let go of ``key``; ``f <key>`` says it was let go.
+    """
+
+    async def acquire_many(
+        self, keys: Sequence[str], tokens: Sequence[str], manager_id: str, lease_ms: int
+    ) -> list[LoadResult | Owned]:
+        """Take each key's lease (free, or left by ``manager_id`` itself) and load its
+        record; for a key owned elsewhere, ask the owner to hand it over."""
+        ...
+
+    async def renew_many(
+        self, keys: Sequence[str], tokens: Sequence[str], lease_ms: int
+    ) -> list[bool]:
+        """Extend the leases still held with ``tokens``; False where one was lost."""
+        ...
+
+    async def release_many(
+        self, keys: Sequence[str], tokens: Sequence[str], waiters: Sequence[Sequence[str]]
+    ) -> None:
+        """Drop the leases held with ``tokens``, then tell each key's waiters it is free."""
+        ...
+
+    async def write_leased(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        """Write items whose lease is still held with ``item.lease`` and whose stored
+        version is older; a stored equal version counts as already written."""
+        ...
+
+    async def listen(self, manager_id: str, on_notice: Callable[[str], None]) -> None:
+        """Deliver the handover notices sent to ``manager_id`` until cancelled.
+
+        ``on_notice`` is called with no arguments beyond the notice; it is also called
+        with ``""`` after every (re)subscription, when notices may have been missed.
+        """
         ...

@@ -10,17 +10,21 @@ absent one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as redis_asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from actorsess._redact import redact_url
+from actorsess.storage import _redis_lease as lease_scripts
 from actorsess.storage._redis_cluster import Arg, ArgsFor, ClusterBatchScript
+from actorsess.storage._redis_lease import CHANNEL_PREFIX, CONFLICT_REASONS, lease_key
 from actorsess.storage._redis_script import BatchScript
-from actorsess.storage.base import BadValue, LoadResult, WriteItem
+from actorsess.storage.base import BadValue, Conflict, LoadResult, Owned, WriteItem
 
 _WRONG_TYPE = b"\x00actorsess:wrongtype"
 
@@ -103,15 +107,18 @@ class RedisStorage:
         self._client = client
         self._owns_client = owns_client
         self._label = redact_url(url) if url else _describe(kwargs)
-        self._load: BatchCall
-        self._write: BatchCall
-        if isinstance(client, RedisCluster):
-            self._load = ClusterBatchScript(client, _LOAD_LUA)
-            self._write = ClusterBatchScript(client, _WRITE_LUA)
-        else:
-            self._load = _WholeBatch(BatchScript(client, _LOAD_LUA))
-            self._write = _WholeBatch(BatchScript(client, _WRITE_LUA))
+        self._load = self._script(_LOAD_LUA)
+        self._write = self._script(_WRITE_LUA)
+        self._acquire = self._script(lease_scripts.ACQUIRE_LUA)
+        self._renew = self._script(lease_scripts.RENEW_LUA)
+        self._release = self._script(lease_scripts.RELEASE_LUA)
+        self._write_leased = self._script(lease_scripts.WRITE_LEASED_LUA)
         self._closed = False
+
+    def _script(self, source: str) -> BatchCall:
+        if isinstance(self._client, RedisCluster):
+            return ClusterBatchScript(self._client, source)
+        return _WholeBatch(BatchScript(self._client, source))
 
     @classmethod
     def from_url(
@@ -152,11 +159,7 @@ class RedisStorage:
         results: list[LoadResult] = [None] * len(keys)
         for positions, values in await self._load(keys, _no_args):
             for position, value in zip(positions, values, strict=True):
-                results[position] = (
-                    BadValue("the Redis key holds a non-string type")
-                    if value == _WRONG_TYPE
-                    else value
-                )
+                results[position] = _loaded(value)
         return results
 
     async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
@@ -175,6 +178,106 @@ class RedisStorage:
             return [ttl, fences, *(b"" if i.blob is None else i.blob for i in part)]
 
         await self._write([item.key for item in items], args_for)
+
+    # -- shared ownership (LeaseStorage) ------------------------------------
+    #
+    # Scripts that need the record and its lease take KEYS as (record, lease)
+    # pairs; both hash to one slot, so a slot group's positions come in pairs
+    # and ``positions[0::2]`` are the records, at twice their item index.
+
+    async def acquire_many(
+        self, keys: Sequence[str], tokens: Sequence[str], manager_id: str, lease_ms: int
+    ) -> list[LoadResult | Owned]:
+        results: list[LoadResult | Owned] = [None] * len(keys)
+
+        def args_for(positions: list[int]) -> list[Arg]:
+            return [lease_ms, manager_id, CHANNEL_PREFIX, *(tokens[p // 2] for p in positions[::2])]
+
+        for positions, reply in await self._acquire(_with_leases(keys), args_for):
+            for j, position in enumerate(positions[::2]):
+                taken, value = reply[2 * j], reply[2 * j + 1]
+                results[position // 2] = _loaded(value) if taken else Owned(value.decode())
+        return results
+
+    async def renew_many(
+        self, keys: Sequence[str], tokens: Sequence[str], lease_ms: int
+    ) -> list[bool]:
+        results = [False] * len(keys)
+
+        def args_for(positions: list[int]) -> list[Arg]:
+            return [lease_ms, *(tokens[p] for p in positions)]
+
+        for positions, reply in await self._renew([lease_key(k) for k in keys], args_for):
+            for position, renewed in zip(positions, reply, strict=True):
+                results[position] = renewed == 1
+        return results
+
+    async def release_many(
+        self, keys: Sequence[str], tokens: Sequence[str], waiters: Sequence[Sequence[str]]
+    ) -> None:
+        def args_for(positions: list[int]) -> list[Arg]:
+            args: list[Arg] = [CHANNEL_PREFIX]
+            for p in positions[::2]:
+                args += (tokens[p // 2], " ".join(waiters[p // 2]))
+            return args
+
+        if keys:
+            await self._release(_with_leases(keys), args_for)
+
+    async def write_leased(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        ttl = str(ttl_ms or 0)
+
+        def args_for(positions: list[int]) -> list[Arg]:
+            args: list[Arg] = [ttl]
+            for p in positions[::2]:
+                item = items[p // 2]
+                args += (item.lease or "", item.version, b"" if item.blob is None else item.blob)
+            return args
+
+        conflicts: list[Conflict] = []
+        if not items:
+            return conflicts
+        for positions, reply in await self._write_leased(
+            _with_leases([i.key for i in items]), args_for
+        ):
+            for j in range(0, len(reply), 2):
+                index = positions[2 * (reply[j] - 1)] // 2
+                conflicts.append(Conflict(index, CONFLICT_REASONS.get(reply[j + 1], "refused")))
+        return conflicts
+
+    async def listen(self, manager_id: str, on_notice: Callable[[str], None]) -> None:
+        subscriber = await self._subscriber_client()
+        try:
+            while True:
+                pubsub = subscriber.pubsub()
+                try:
+                    await pubsub.subscribe(CHANNEL_PREFIX + manager_id)
+                    on_notice("")
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            on_notice(message["data"].decode())
+                except (ConnectionError, OSError, RedisError):
+                    await asyncio.sleep(0.1)  # the server restarts or fails over; resubscribe
+                finally:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        finally:
+            await subscriber.aclose()
+
+    async def _subscriber_client(self) -> Redis:
+        """A client for pub/sub: the storage's own, or one to a cluster node (a message
+        published on any cluster node reaches subscribers on every node)."""
+        client = self._client
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+            kwargs = client.get_connection_kwargs()
+            node = client.get_random_node()
+            return Redis(
+                host=node.host,
+                port=int(node.port),
+                username=kwargs.get("username"),
+                password=kwargs.get("password"),
+            )
+        return Redis(connection_pool=client.connection_pool)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         if keys:
@@ -212,6 +315,18 @@ class _WholeBatch:
 
 def _no_args(positions: list[int]) -> list[Arg]:
     return []
+
+
+def _loaded(value: bytes | None) -> LoadResult:
+    return BadValue("the Redis key holds a non-string type") if value == _WRONG_TYPE else value
+
+
+def _with_leases(keys: Sequence[str]) -> list[str]:
+    """``[k1, lease(k1), k2, lease(k2), ...]``: the KEYS of the pairwise scripts."""
+    pairs: list[str] = []
+    for key in keys:
+        pairs += (key, lease_key(key))
+    return pairs
 
 
 def _describe(kwargs: dict[str, Any]) -> str:

@@ -1,0 +1,370 @@
+"""Shared ownership: per-key leases in Redis, so several processes can serve one key space.
+
+A manager owns a key while it caches it. The lease is taken together with the
+load (one script per batch), renewed for every cached key in batches every
+third of ``lease_time``, and released, with a batch of others, once the actor
+is forgotten: after its final write, on eviction, handover or shutdown.
+
+Handover: a manager that finds a key owned elsewhere asks the owner over
+pub/sub (inside the same acquire script) and waits. The owner *retires* its
+actor: no new turn starts on it, the current holder finishes, the flusher
+writes it at once, and when it is idle and clean the registry forgets it and
+the lease is released with a "free" notice to the waiters, which retry. A
+notice lost on the way costs a retry after a short, growing delay; a dead
+owner's lease simply expires. Every write is still fenced by the lease token
+and the version (``write_leased``), so a stale owner (a paused process, an
+expired lease) is refused, reports ``session.conflict`` and reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import secrets
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from actorsess._actor import SessionActor, Status
+from actorsess._backoff import Backoff
+from actorsess._clock import Clock
+from actorsess._config import SessionConfig
+from actorsess._registry import Registry
+from actorsess._stats import Counters
+from actorsess.exceptions import LeaseTimeoutError, SessionConflictError, StorageError
+from actorsess.storage.base import Conflict, LeaseStorage, LoadResult, Owned, WriteItem
+
+if TYPE_CHECKING:
+    from actorsess._flusher import Flusher
+    from actorsess._loader import Loader
+
+#: ``lease_until`` of an actor being handed over or whose lease was lost: never valid.
+RETIRING = -math.inf
+# First delay before asking an owner again when no "free" notice came; doubles.
+_FIRST_RETRY = 0.02
+_MAX_RETRY = 0.5
+
+
+class _Waiting(NamedTuple):
+    actor: SessionActor[Any]
+    deadline: float
+    attempt: int
+    timer: asyncio.TimerHandle | None
+
+
+class LeaseKeeper:
+    __slots__ = (
+        "_clock",
+        "_config",
+        "_counters",
+        "_gone",
+        "_log",
+        "_prefix",
+        "_registry",
+        "_releases",
+        "_requesters",
+        "_retry_backoff",
+        "_storage",
+        "_tasks",
+        "_tokens",
+        "_waiting",
+        "flusher",
+        "loader",
+        "manager_id",
+    )
+
+    def __init__(
+        self,
+        storage: LeaseStorage,
+        config: SessionConfig,
+        registry: Registry,
+        counters: Counters,
+        clock: Clock,
+        backoff: Backoff,
+        log: Any,
+    ) -> None:
+        self._storage = storage
+        self._config = config
+        self._registry = registry
+        self._counters = counters
+        self._clock = clock
+        self._retry_backoff = backoff
+        self._log = log
+        self._prefix = config.key_prefix
+        #: Random per manager: lease tokens are ``<manager_id>:<n>``.
+        self.manager_id = secrets.token_hex(8)
+        self._tokens = itertools.count(1)
+        #: Actors waiting for another manager to let go of their key, by storage key.
+        self._waiting: dict[str, _Waiting] = {}
+        #: Managers that asked for a key we own, told when it is released.
+        self._requesters: dict[str, set[str]] = {}
+        #: Futures resolved when a retiring actor is forgotten, by storage key.
+        self._gone: dict[str, tuple[SessionActor[Any], asyncio.Future[None]]] = {}
+        #: Leases to release in the next batch: (storage key, token, waiters).
+        self._releases: list[tuple[str, str, list[str]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.loader: Loader | None = None
+        self.flusher: Flusher | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._spawn(self._listen_forever())
+        self._spawn(self._renew_forever())
+
+    async def stop(self) -> None:
+        """Release every lease still held (after the final flush) and stop the tasks."""
+        for actor in self._registry.actors():
+            self.forgotten(actor)
+        for waiting in self._waiting.values():
+            if waiting.timer is not None:
+                waiting.timer.cancel()
+        self._waiting.clear()
+        releases, self._releases = self._releases, []
+        try:
+            await self._release(releases)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _listen_forever(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._storage.listen(self.manager_id, self._on_notice)
+            except Exception as exc:
+                # Without notices handovers still happen, only slower (retries, expiry).
+                failures += 1
+                self._log.warning(
+                    "session.lease_listen_failed", error=f"{type(exc).__name__}: {exc}"
+                )
+                await asyncio.sleep(self._retry_backoff.delay(failures))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- taking leases (the loader's fetch in shared mode) ---------------------
+
+    async def acquire(self, actors: Sequence[SessionActor[Any]]) -> list[LoadResult | Owned]:
+        """Take the leases of ``actors`` and load their records, in one storage call."""
+        tokens = [f"{self.manager_id}:{next(self._tokens)}" for _ in actors]
+        sent = self._clock.now()
+        results = await self._storage.acquire_many(
+            [a.storage_key for a in actors], tokens, self.manager_id, self._config.lease_ms
+        )
+        for actor, token, result in zip(actors, tokens, results, strict=True):
+            if not isinstance(result, Owned):
+                actor.lease_token = token
+                actor.lease_until = sent + self._config.lease_time
+                self._stop_waiting(actor)
+        return results
+
+    def wait_for_owner(self, actor: SessionActor[Any], owner: str) -> None:
+        """``actor``'s key is owned elsewhere: retry when told it is free, or after a delay."""
+        key = actor.storage_key
+        previous = self._waiting.get(key)
+        if previous is not None and previous.actor is actor:
+            deadline, attempt = previous.deadline, previous.attempt + 1
+        else:
+            deadline, attempt = self._clock.now() + self._config.lease_wait_timeout, 1
+        remaining = deadline - self._clock.now()
+        if remaining <= 0:
+            self._waiting.pop(key, None)
+            error = LeaseTimeoutError(actor.key, self._config.lease_wait_timeout, owner)
+            self._log.warning("session.lease_timeout", key=actor.key, owner=owner)
+            assert self.loader is not None
+            self.loader.fail(actor, error)
+            return
+        delay = min(_MAX_RETRY, _FIRST_RETRY * 2 ** (attempt - 1), remaining)
+        timer = asyncio.get_running_loop().call_later(delay, self._retry, key)
+        self._waiting[key] = _Waiting(actor, deadline, attempt, timer)
+
+    def _retry(self, key: str) -> None:
+        waiting = self._waiting.get(key)
+        if waiting is None or waiting.timer is None:
+            # Not waiting, or a retry is already on its way: a second acquire in
+            # flight for one actor would take the lease twice and load it twice.
+            return
+        waiting.timer.cancel()
+        self._waiting[key] = waiting._replace(timer=None)
+        assert self.loader is not None
+        self.loader.retry(waiting.actor)
+
+    def _stop_waiting(self, actor: SessionActor[Any]) -> None:
+        waiting = self._waiting.get(actor.storage_key)
+        if waiting is not None and waiting.actor is actor:
+            del self._waiting[actor.storage_key]
+            if waiting.timer is not None:
+                waiting.timer.cancel()
+
+    # -- notices from other managers ----------------------------------------
+
+    def _on_notice(self, notice: str) -> None:
+        kind, _, rest = notice.partition(" ")
+        if kind == "w":
+            requester, _, key = rest.partition(" ")
+            self._handover(key, requester)
+        elif kind == "f":
+            self._retry(rest)
+        elif not notice:
+            # (Re)subscribed: "free" notices may have been missed meanwhile.
+            for key in list(self._waiting):
+                self._retry(key)
+
+    def _handover(self, storage_key: str, requester: str) -> None:
+        actor = (
+            self._registry.peek(storage_key[len(self._prefix) :])
+            if storage_key.startswith(self._prefix)
+            else None
+        )
+        if actor is None or actor.lease_token is None:
+            # Nothing of ours holds it (a lease left by a forgotten actor is being
+            # released, or is about to expire): let the requester try again now.
+            self._queue_release(storage_key, "", [requester])
+            return
+        self._requesters.setdefault(storage_key, set()).add(requester)
+        if actor.lease_until != RETIRING:
+            self._counters.handovers += 1
+            self._log.debug("session.handover", key=actor.key, to=requester)
+        self.retire(actor)
+
+    # -- letting go -----------------------------------------------------------
+
+    def retire(self, actor: SessionActor[Any]) -> None:
+        """Stop new turns on ``actor``, write it now, and forget it once idle and clean."""
+        if actor.lease_until == RETIRING:
+            return
+        actor.lease_until = RETIRING
+        self._registry.park(actor)
+        if actor.dirty and self._registry.peek(actor.key) is actor:
+            self._spawn(self._write_out(actor))
+
+    async def _write_out(self, actor: SessionActor[Any]) -> None:
+        flusher = self.flusher
+        assert flusher is not None
+        failures = 0
+        while actor.dirty and self._registry.peek(actor.key) is actor:
+            try:
+                await flusher.wait_persisted(actor, actor.version)
+            except SessionConflictError:
+                return
+            except StorageError:
+                # The flusher retries on its own schedule; look again after a pause.
+                failures += 1
+                await asyncio.sleep(self._retry_backoff.delay(failures))
+
+    async def gone(self, actor: SessionActor[Any], deadline: float) -> None:
+        """Wait until the retiring ``actor`` is forgotten, or raise LeaseTimeoutError."""
+        if self._registry.peek(actor.key) is not actor:
+            return
+        entry = self._gone.get(actor.storage_key)
+        if entry is None or entry[0] is not actor:
+            entry = (actor, asyncio.get_running_loop().create_future())
+            self._gone[actor.storage_key] = entry
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._clock.now())):
+                await asyncio.shield(entry[1])
+        except TimeoutError:
+            raise LeaseTimeoutError(actor.key, self._config.lease_wait_timeout, None) from None
+
+    def forgotten(self, actor: SessionActor[Any]) -> None:
+        """The registry's hook: ``actor`` left it for good, so its lease goes too."""
+        key = actor.storage_key
+        self._stop_waiting(actor)
+        token, actor.lease_token = actor.lease_token, None
+        actor.lease_until = RETIRING
+        if token is not None:
+            waiters = self._requesters.pop(key, set())
+            self._queue_release(key, token, sorted(waiters))
+        entry = self._gone.get(key)
+        if entry is not None and entry[0] is actor:
+            del self._gone[key]
+            if not entry[1].done():
+                entry[1].set_result(None)
+
+    def _queue_release(self, key: str, token: str, waiters: list[str]) -> None:
+        if not self._releases:
+            asyncio.get_running_loop().call_soon(self._dispatch_releases)
+        self._releases.append((key, token, waiters))
+
+    def _dispatch_releases(self) -> None:
+        releases, self._releases = self._releases, []
+        if releases:
+            self._spawn(self._release(releases))
+
+    async def _release(self, releases: list[tuple[str, str, list[str]]]) -> None:
+        step = self._config.max_batch
+        for start in range(0, len(releases), step):
+            part = releases[start : start + step]
+            try:
+                async with asyncio.timeout(self._config.write_timeout):
+                    await self._storage.release_many(
+                        [r[0] for r in part], [r[1] for r in part], [r[2] for r in part]
+                    )
+            except Exception as exc:
+                # The leases expire on their own; others wait at most lease_time.
+                self._log.warning(
+                    "session.lease_release_failed",
+                    keys=len(part),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+
+    # -- fenced writes (the flusher's write in shared mode) -------------------
+
+    async def write(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        return await self._storage.write_leased(items, ttl_ms)
+
+    def conflict(self, actor: SessionActor[Any], reason: str) -> None:
+        """The flusher's hook: storage refused ``actor``'s write. Its changes since the
+        last good write are dropped; the next turn reloads the stored state."""
+        self._counters.conflicts += 1
+        self._log.warning("session.conflict", key=actor.key, version=actor.version, reason=reason)
+        actor.error = SessionConflictError(actor.key, reason)
+        actor.persisted_version = actor.version  # nothing more of it can be written
+        actor.lease_until = RETIRING
+        self._registry.park(actor)
+
+    # -- renewal ----------------------------------------------------------------
+
+    async def _renew_forever(self) -> None:
+        period = self._config.lease_time / 3
+        while True:
+            await asyncio.sleep(period)
+            held = [
+                a
+                for a in self._registry.actors()
+                if a.lease_token is not None and a.lease_until != RETIRING
+            ]
+            step = self._config.max_batch
+            for start in range(0, len(held), step):
+                await self._renew(held[start : start + step])
+
+    async def _renew(self, actors: list[SessionActor[Any]]) -> None:
+        tokens = [a.lease_token or "" for a in actors]
+        sent = self._clock.now()
+        try:
+            async with asyncio.timeout(self._config.write_timeout):
+                renewed = await self._storage.renew_many(
+                    [a.storage_key for a in actors], tokens, self._config.lease_ms
+                )
+        except Exception as exc:
+            # Turns keep running until the old expiry; then they wait for a new lease.
+            self._log.warning(
+                "session.lease_renew_failed", keys=len(actors), error=f"{type(exc).__name__}: {exc}"
+            )
+            return
+        for actor, token, ok in zip(actors, tokens, renewed, strict=True):
+            if actor.lease_token != token or actor.lease_until == RETIRING:
+                continue
+            if ok:
+                actor.lease_until = sent + self._config.lease_time
+            else:
+                self._log.warning("session.lease_lost", key=actor.key)
+                self.retire(actor)
+
+    def is_ready(self, actor: SessionActor[Any]) -> bool:
+        """A loaded actor whose lease this manager can still rely on."""
+        return actor.status is Status.READY and actor.lease_until > self._clock.now()

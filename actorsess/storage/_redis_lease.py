@@ -1,0 +1,142 @@
+"""Lua scripts of the shared ownership mode: leases, fenced writes, handover notices.
+
+Every session key ``K`` has a lease key holding the token of the manager that
+owns it (``<manager id>:<acquisition number>``), with a PX expiry. The lease
+key always hashes to ``K``'s cluster slot, so each script touches one slot
+per key pair and a batch splits by slot like the plain scripts.
+
+Handover notices travel over pub/sub, one channel per manager
+(``CHANNEL_PREFIX + manager id``): ``w <requester id> <key>`` asks the owner
+to write ``K`` and let go of it, ``f <key>`` tells a requester it was let go.
+Notices only speed things up; a lost one costs a retry after a delay.
+"""
+
+from __future__ import annotations
+
+from redis.crc import key_slot
+
+from actorsess.exceptions import InvalidKeyError
+
+CHANNEL_PREFIX = "actorsess:lease:"
+LEASE_SUFFIX = ":lease"
+
+# KEYS: (record, lease) pairs. ARGV: lease ms, manager id, channel prefix, then one
+# token per pair. A lease that is free, or left by an earlier acquisition of this
+# same manager, is taken and the record returned: {1, record}. Otherwise the
+# owner is asked over pub/sub to hand the key over: {0, owner token}.
+ACQUIRE_LUA = """
+local ms, me, chan = ARGV[1], ARGV[2], ARGV[3]
+local mine = me .. ':'
+local out = {}
+for i = 1, #KEYS / 2 do
+  local key, lease = KEYS[2 * i - 1], KEYS[2 * i]
+  local owner = redis.call('GET', lease)
+  if (not owner) or string.sub(owner, 1, #mine) == mine then
+    redis.call('SET', lease, ARGV[3 + i], 'PX', ms)
+    local value = redis.pcall('GET', key)
+    if type(value) == 'table' and value.err then
+      value = '\\0actorsess:wrongtype'
+    end
+    out[2 * i - 1] = 1
+    out[2 * i] = value
+  else
+    local owner_id = string.match(owner, '^(.*):%d+$') or owner
+    redis.call('PUBLISH', chan .. owner_id, 'w ' .. me .. ' ' .. key)
+    out[2 * i - 1] = 0
+    out[2 * i] = owner
+  end
+end
+return out
+"""
+
+# KEYS: leases. ARGV: lease ms, then one token per lease. Extends the leases
+# still held with the given tokens; returns 1 (renewed) or 0 (lost) per lease.
+RENEW_LUA = """
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+# KEYS: (record, lease) pairs. ARGV: channel prefix, then per pair the token and
+# the space-separated ids of managers waiting for the key. Deletes each lease
+# still held with its token, then tells every waiter the key is free.
+RELEASE_LUA = """
+local chan = ARGV[1]
+for i = 1, #KEYS / 2 do
+  local key, lease = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('GET', lease) == ARGV[2 * i] then
+    redis.call('DEL', lease)
+  end
+  for waiter in string.gmatch(ARGV[2 * i + 1], '%S+') do
+    redis.call('PUBLISH', chan .. waiter, 'f ' .. key)
+  end
+end
+return 0
+"""
+
+# KEYS: (record, lease) pairs. ARGV: TTL in ms ("0": none), then per pair the
+# token, the version and the record ("" deletes). Compare-and-set: a record is
+# written only while its lease holds that token and the stored version is
+# older. The same version already stored is a replay of a write whose outcome
+# was unknown: applied, nothing to do. Returns {position, reason} pairs of the
+# refused writes: 1 the lease is not ours, 2 storage holds a newer version.
+WRITE_LEASED_LUA = """
+local ttl = ARGV[1]
+local out = {}
+for i = 1, #KEYS / 2 do
+  local key, lease = KEYS[2 * i - 1], KEYS[2 * i]
+  local token, version, value = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), ARGV[3 * i + 1]
+  if redis.call('GET', lease) ~= token then
+    out[#out + 1] = i
+    out[#out + 1] = 1
+  else
+    local stored = redis.pcall('GET', key)
+    local stored_version = -1
+    if type(stored) == 'string' then
+      stored_version = tonumber(string.match(stored, '^as1:(%d+):')) or -1
+    end
+    if stored_version > version then
+      out[#out + 1] = i
+      out[#out + 1] = 2
+    elseif stored_version < version then
+      if value == '' then
+        redis.call('DEL', key)
+      elseif ttl ~= '0' then
+        redis.call('SET', key, value, 'PX', ttl)
+      else
+        redis.call('SET', key, value)
+      end
+    end
+  end
+end
+return out
+"""
+
+CONFLICT_REASONS = {1: "the lease is held by another process", 2: "storage holds a newer version"}
+
+
+def lease_key(key: str) -> str:
+    """The lease key of record ``key``, in the same cluster slot.
+
+    A key with a hash tag keeps it (``a{t}b`` -> ``a{t}b:lease``); any other key
+    becomes the tag itself (``k`` -> ``{k}:lease``), which hashes like ``k``.
+    """
+    lease = key + LEASE_SUFFIX if _has_hash_tag(key) else "{" + key + "}" + LEASE_SUFFIX
+    if key_slot(lease.encode()) != key_slot(key.encode()):
+        raise InvalidKeyError(
+            f"session key {key!r} has unbalanced braces, so no lease key can share its "
+            "cluster slot; use keys without '{' and '}' or with a complete hash tag"
+        )
+    return lease
+
+
+def _has_hash_tag(key: str) -> bool:
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1

@@ -1,0 +1,220 @@
+"""Shared ownership in one process: several managers on one Redis stand for processes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as redis_asyncio
+
+from actorsess import (
+    LeaseTimeoutError,
+    RedisStorage,
+    SessionConfig,
+    SessionConflictError,
+    SessionManager,
+)
+from actorsess.storage._redis_lease import lease_key
+from actorsess.storage.base import Conflict, Owned, WriteItem
+from actorsess.testing import LocalRedisCluster
+from tests.conftest import Events
+from tests.helpers import counter, racy_increment
+
+Counter = dict[str, int]
+MakeManager = Callable[..., Awaitable[SessionManager[Counter]]]
+
+
+def shared(**overrides: object) -> SessionConfig:
+    values: dict[str, object] = {"ownership": "shared", "flush_interval": 0.05, "lease_time": 2.0}
+    values.update(overrides)
+    return SessionConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def make_manager(
+    redis_client: redis_asyncio.Redis, redis_url: str
+) -> AsyncIterator[MakeManager]:
+    """Starts managers that each stand for one bot process (own storage, own id)."""
+    made: list[SessionManager[Counter]] = []
+
+    async def make(
+        config: SessionConfig | None = None, logger: object = None, url: str = redis_url
+    ) -> SessionManager[Counter]:
+        cluster = url != redis_url
+        manager = SessionManager(
+            RedisStorage.from_url(url, cluster=cluster),
+            initial=counter,
+            config=config or shared(),
+            logger=logger,
+        )
+        await manager.start()
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        await manager.close()
+
+
+async def stored_counts(url: str, keys: list[str], *, cluster: bool = False) -> list[int]:
+    reader = SessionManager(RedisStorage.from_url(url, cluster=cluster), initial=counter)
+    async with reader:
+        values = await reader.get_many(keys)
+    return [values[k]["n"] for k in keys]
+
+
+async def test_random_routing_over_three_managers_loses_nothing(
+    make_manager: MakeManager, redis_url: str
+) -> None:
+    """Each update goes to a random 'process'; every handler awaits between read and write."""
+    managers = [await make_manager() for _ in range(3)]
+    keys = [f"chat{i}" for i in range(40)]
+    rng = random.Random(7)
+    jobs = [racy_increment(rng.choice(managers), key) for key in keys for _ in range(30)]
+    rng.shuffle(jobs)
+    await asyncio.gather(*jobs)
+    for manager in managers:
+        await manager.flush()
+    assert await stored_counts(redis_url, keys) == [30] * len(keys)
+    assert sum(m.stats().handovers for m in managers) > 0
+    assert sum(m.stats().conflicts for m in managers) == 0
+
+
+async def test_random_routing_on_a_cluster_loses_nothing(
+    make_manager: MakeManager, redis_cluster: LocalRedisCluster
+) -> None:
+    """The same on a 3-node Redis Cluster: leases share their record's slot."""
+    managers = [await make_manager(url=redis_cluster.url) for _ in range(2)]
+    keys = [f"cluster-chat{i}" for i in range(20)]
+    rng = random.Random(3)
+    await asyncio.gather(*(racy_increment(rng.choice(managers), k) for k in keys * 20))
+    for manager in managers:
+        await manager.flush()
+    assert await stored_counts(redis_cluster.url, keys, cluster=True) == [20] * len(keys)
+
+
+async def test_owner_hands_over_within_milliseconds(make_manager: MakeManager) -> None:
+    """An update for a key owned elsewhere does not wait for the owner's idle eviction."""
+    first, second = await make_manager(), await make_manager()
+    await racy_increment(first, "k")  # first owns k, dirty, flush_interval far away
+    started = asyncio.get_running_loop().time()
+    async with second.session("k") as session:
+        assert session["n"] == 1  # the owner wrote it before letting go
+    assert asyncio.get_running_loop().time() - started < 0.5
+    assert first.stats().handovers == 1
+
+
+async def test_stale_owner_is_refused_and_reloads(
+    make_manager: MakeManager, redis_url: str, redis_client: redis_asyncio.Redis, events: Events
+) -> None:
+    """A writer whose lease was taken (as after a long pause) cannot overwrite newer data."""
+    stale = await make_manager(shared(flush_interval=30), logger=events.logger)
+    await racy_increment(stale, "k")
+    await stale.persist("k")
+    # The stale process is cut off: its lease vanishes and another process moves on.
+    await redis_client.delete(lease_key("actorsess:k"))
+    other = await make_manager()
+    for _ in range(5):
+        await racy_increment(other, "k")
+    await other.persist("k")
+    await racy_increment(stale, "k")  # still believes it owns k: counts 2
+    with pytest.raises(SessionConflictError, match="'k'"):
+        await stale.persist("k")
+    assert await stored_counts(redis_url, ["k"]) == [6]
+    assert events.named("session.conflict")[0]["key"] == "k"
+    assert stale.stats().conflicts == 1
+    await redis_client.delete(lease_key("actorsess:k"))  # let the stale one back in
+    async with stale.session("k") as session:
+        assert session["n"] == 6  # reloaded, not its own stale 2
+
+
+async def test_waiting_for_a_stuck_owner_is_bounded(
+    make_manager: MakeManager, redis_client: redis_asyncio.Redis
+) -> None:
+    """A lease held by a process that never answers ends in LeaseTimeoutError."""
+    await redis_client.set(lease_key("actorsess:k"), "deadbeef:1", px=60_000)
+    manager = await make_manager(shared(lease_wait_timeout=0.3))
+    with pytest.raises(LeaseTimeoutError, match="'k'.*deadbeef"):
+        async with manager.session("k"):
+            pass
+
+
+async def test_expired_lease_of_a_dead_owner_is_taken_over(
+    make_manager: MakeManager, redis_client: redis_asyncio.Redis
+) -> None:
+    """A lease nobody renews expires; the waiting process then takes the key."""
+    await redis_client.set(lease_key("actorsess:k"), "deadbeef:1", px=300)
+    manager = await make_manager()
+    await racy_increment(manager, "k")
+    assert await redis_client.get(lease_key("actorsess:k")) != b"deadbeef:1"
+
+
+async def test_leases_are_renewed_and_released(
+    make_manager: MakeManager, redis_client: redis_asyncio.Redis
+) -> None:
+    """An idle cached key keeps its lease past lease_time; close() releases it."""
+    manager = await make_manager(shared(lease_time=0.3))
+    await racy_increment(manager, "k")
+    await asyncio.sleep(0.6)
+    assert await redis_client.exists(lease_key("actorsess:k"))
+    await racy_increment(manager, "k")  # still owned: no reload, no wait
+    await manager.close()
+    assert not await redis_client.exists(lease_key("actorsess:k"))
+    assert await redis_client.get("actorsess:k") == b'as1:2:{"n":2}'
+
+
+async def test_eviction_releases_the_lease(
+    make_manager: MakeManager, redis_client: redis_asyncio.Redis
+) -> None:
+    """A session pushed out of the LRU is written, then its lease is let go."""
+    manager = await make_manager(shared(max_cached=1))
+    await racy_increment(manager, "a")
+    await racy_increment(manager, "b")  # evicts a (parked until written)
+    await manager.flush()
+    for _ in range(50):
+        if not await redis_client.exists(lease_key("actorsess:a")):
+            break
+        await asyncio.sleep(0.01)
+    assert not await redis_client.exists(lease_key("actorsess:a"))
+    assert await redis_client.exists(lease_key("actorsess:b"))
+
+
+async def test_write_through_reports_a_conflict_to_the_block(
+    make_manager: MakeManager, redis_client: redis_asyncio.Redis
+) -> None:
+    """With flush_interval=0 the block itself raises when its write is refused."""
+    manager = await make_manager(shared(flush_interval=0))
+    await racy_increment(manager, "k")
+    await redis_client.set(lease_key("actorsess:k"), "deadbeef:1", px=60_000)
+    with pytest.raises(SessionConflictError):
+        await racy_increment(manager, "k")
+
+
+async def test_leased_write_replay_counts_as_applied(redis_storage: RedisStorage) -> None:
+    """Sending the same fenced write twice (unknown outcome) is not a conflict."""
+    [loaded] = await redis_storage.acquire_many(["actorsess:k"], ["me:1"], "me", 10_000)
+    assert loaded is None
+    item = WriteItem("actorsess:k", b'as1:1:{"n":1}', 1, True, "me:1")
+    assert await redis_storage.write_leased([item], None) == []
+    assert await redis_storage.write_leased([item], None) == []
+    older = WriteItem("actorsess:k", b'as1:0:{"n":0}', 0, True, "me:1")
+    assert await redis_storage.write_leased([older], None) == [
+        Conflict(0, "storage holds a newer version")
+    ]
+    thief = WriteItem("actorsess:k", b'as1:2:{"n":9}', 2, True, "other:1")
+    assert await redis_storage.write_leased([thief], None) == [
+        Conflict(0, "the lease is held by another process")
+    ]
+    [owned] = await redis_storage.acquire_many(["actorsess:k"], ["other:1"], "other", 10_000)
+    assert owned == Owned("me:1")
+
+
+def test_lease_keys_share_the_record_slot() -> None:
+    """Tagged and untagged keys get a lease key in their own cluster slot."""
+    from redis.crc import key_slot
+
+    for key in ("actorsess:session:1:2:3", "app{user7}:k", "{t}x"):
+        assert key_slot(lease_key(key).encode()) == key_slot(key.encode())
+    assert lease_key("app{user7}:k") == "app{user7}:k:lease"
