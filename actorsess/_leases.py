@@ -49,7 +49,10 @@ class _Waiting(NamedTuple):
     actor: SessionActor[Any]
     deadline: float
     attempt: int
+    #: The retry timer; None while an attempt is in flight.
     timer: asyncio.TimerHandle | None
+    #: A "free" notice arrived while an attempt was in flight.
+    freed: bool
 
 
 class LeaseKeeper:
@@ -68,6 +71,7 @@ class LeaseKeeper:
         "_tasks",
         "_tokens",
         "_waiting",
+        "_writing_out",
         "flusher",
         "loader",
         "manager_id",
@@ -103,6 +107,8 @@ class LeaseKeeper:
         #: Leases to release in the next batch: (storage key, token, waiters).
         self._releases: list[tuple[str, str, list[str]]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Storage keys of retiring actors being written out now.
+        self._writing_out: set[str] = set()
         self.loader: Loader | None = None
         self.flusher: Flusher | None = None
 
@@ -166,27 +172,32 @@ class LeaseKeeper:
         """``actor``'s key is owned elsewhere: retry when told it is free, or after a delay."""
         key = actor.storage_key
         previous = self._waiting.get(key)
+        now = self._clock.now()
         if previous is not None and previous.actor is actor:
-            deadline, attempt = previous.deadline, previous.attempt + 1
+            deadline, attempt, freed = previous.deadline, previous.attempt + 1, previous.freed
         else:
-            deadline, attempt = self._clock.now() + self._config.lease_wait_timeout, 1
-        remaining = deadline - self._clock.now()
-        if remaining <= 0:
+            deadline, attempt, freed = now + self._config.lease_wait_timeout, 1, False
+        if now >= deadline:
             self._waiting.pop(key, None)
             error = LeaseTimeoutError(actor.key, self._config.lease_wait_timeout, owner)
             self._log.warning("session.lease_timeout", key=actor.key, owner=owner)
             assert self.loader is not None
             self.loader.fail(actor, error)
             return
-        delay = min(_MAX_RETRY, _FIRST_RETRY * 2 ** (attempt - 1), remaining)
-        timer = asyncio.get_running_loop().call_later(delay, self._retry, key)
-        self._waiting[key] = _Waiting(actor, deadline, attempt, timer)
+        # A "free" notice that came while this attempt was in flight means the owner
+        # let go meanwhile (and someone else may have been quicker): go again now.
+        delay = 0.0 if freed else min(_MAX_RETRY, _FIRST_RETRY * 2 ** (attempt - 1))
+        timer = asyncio.get_running_loop().call_later(min(delay, deadline - now), self._retry, key)
+        self._waiting[key] = _Waiting(actor, deadline, attempt, timer, False)
 
     def _retry(self, key: str) -> None:
         waiting = self._waiting.get(key)
-        if waiting is None or waiting.timer is None:
-            # Not waiting, or a retry is already on its way: a second acquire in
-            # flight for one actor would take the lease twice and load it twice.
+        if waiting is None:
+            return
+        if waiting.timer is None:
+            # An attempt is in flight; a second acquire for one actor would take the
+            # lease twice. Note the notice so the next attempt starts at once.
+            self._waiting[key] = waiting._replace(freed=True)
             return
         waiting.timer.cancel()
         self._waiting[key] = waiting._replace(timer=None)
@@ -239,22 +250,37 @@ class LeaseKeeper:
             return
         actor.lease_until = RETIRING
         self._registry.park(actor)
-        if actor.dirty and self._registry.peek(actor.key) is actor:
+        self.hurry(actor)
+
+    def hurry(self, actor: SessionActor[Any]) -> None:
+        """Write a retiring ``actor`` now rather than at the next flush interval (called at
+        retirement, and when its last turn commits a change after that)."""
+        key = actor.storage_key
+        if (
+            actor.lease_until == RETIRING
+            and actor.dirty
+            and key not in self._writing_out
+            and self._registry.peek(actor.key) is actor
+        ):
+            self._writing_out.add(key)
             self._spawn(self._write_out(actor))
 
     async def _write_out(self, actor: SessionActor[Any]) -> None:
         flusher = self.flusher
         assert flusher is not None
         failures = 0
-        while actor.dirty and self._registry.peek(actor.key) is actor:
-            try:
-                await flusher.wait_persisted(actor, actor.version)
-            except SessionConflictError:
-                return
-            except StorageError:
-                # The flusher retries on its own schedule; look again after a pause.
-                failures += 1
-                await asyncio.sleep(self._retry_backoff.delay(failures))
+        try:
+            while actor.dirty and self._registry.peek(actor.key) is actor:
+                try:
+                    await flusher.wait_persisted(actor, actor.version)
+                except SessionConflictError:
+                    return
+                except StorageError:
+                    # The flusher retries on its own schedule; look again after a pause.
+                    failures += 1
+                    await asyncio.sleep(self._retry_backoff.delay(failures))
+        finally:
+            self._writing_out.discard(actor.storage_key)
 
     async def gone(self, actor: SessionActor[Any], deadline: float) -> None:
         """Wait until the retiring ``actor`` is forgotten, or raise LeaseTimeoutError."""

@@ -548,6 +548,8 @@ class SessionManager(Generic[T]):
         # once clean); only a newly dirty one, or write-through, needs telling it.
         if not was_dirty or self._write_through:
             self._flusher.mark_dirty(actor)
+            if actor.parked and self._keeper is not None:
+                self._keeper.hurry(actor)  # a session being handed over is written at once
 
     def _leave(self, actor: SessionActor[T]) -> None:
         if actor.waiters or actor.parked:

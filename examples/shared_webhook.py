@@ -1,0 +1,106 @@
+"""One webhook worker of several behind a load balancer, all on one Redis (shared ownership).
+
+Start as many as you like, each on its own port, and point the balancer at them:
+
+    ACTORSESS_REDIS_URL=redis://127.0.0.1:6379/0 BOT_TOKEN=... \\
+        python -m examples.shared_webhook --port 8081
+
+One chat's updates may reach any worker, even several at once. Each session
+is owned by one worker at a time (a lease in Redis); a worker that gets an
+update for a session another owns asks for it, and the owner writes it and
+hands it over within milliseconds. Writes are fenced by the lease and the
+version, so a worker stalled past its lease cannot overwrite newer data.
+
+Replies go back in the webhook response (no outgoing Bot API call), and the
+response is sent once the handler is done, so a 200 means "handled".
+The worker prints ``READY <port>`` once it serves, and on SIGTERM or SIGINT
+writes every session and releases its leases before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+import structlog
+from aiogram import Bot, Dispatcher, F
+from aiogram.methods import SendMessage
+from aiogram.types import Message
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiohttp import web
+
+from actorsess import RedisStorage, SessionConfig, SessionManager
+from actorsess.aiogram import SessionMiddleware
+
+WEBHOOK_PATH = "/webhook"
+#: A syntactically valid token for running without Telegram (tests, benchmarks).
+OFFLINE_TOKEN = "123456789:LOCAL-actorsess-demo-token"
+
+Apples = dict[str, int]
+
+
+def new_session() -> Apples:
+    return {"apple": 0}
+
+
+def build_dispatcher(sessions: SessionManager[Apples]) -> Dispatcher:
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+
+    @dp.message(F.text)
+    async def on_message(message: Message, session: Apples) -> SendMessage:
+        apples = session["apple"]
+        await asyncio.sleep(0)  # stands for the database or API call a real handler awaits
+        session["apple"] = apples + 1
+        return message.answer(f"🍏 apples: {apples + 1}")
+
+    return dp
+
+
+def build_app(redis_url: str, token: str) -> web.Application:
+    config = SessionConfig.from_env(ownership="shared")
+    sessions = SessionManager(RedisStorage.from_url(redis_url), initial=new_session, config=config)
+    dp = build_dispatcher(sessions)
+    app = web.Application()
+    SimpleRequestHandler(dispatcher=dp, bot=Bot(token), handle_in_background=False).register(
+        app, WEBHOOK_PATH
+    )
+    setup_application(app, dp)
+    return app
+
+
+async def serve(redis_url: str, token: str, host: str, port: int) -> None:
+    runner = web.AppRunner(build_app(redis_url, token), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bound = runner.addresses[0][1]
+    print(f"READY {bound}", flush=True)
+    await stop.wait()
+    await runner.cleanup()  # dispatcher shutdown: final flush, leases released
+    print("STOPPED", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    args = parser.parse_args()
+    level = os.environ.get("LOG_LEVEL", "WARNING").upper()
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level))
+    )
+    redis_url = os.environ.get("ACTORSESS_REDIS_URL", "redis://127.0.0.1:6379/0")
+    token = os.environ.get("BOT_TOKEN", OFFLINE_TOKEN)
+    asyncio.run(serve(redis_url, token, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Several real webhook worker processes on one Redis, fed real updates over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import redis
+
+from tests.workers import Feed, stop, stored_apples, workers
+
+
+async def test_updates_routed_at_random_to_three_workers_lose_nothing(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """One chat's updates reach any of 3 workers, 64 in flight: every one is counted."""
+    redis.Redis.from_url(redis_url).flushdb()
+    chats, per_chat = list(range(1, 31)), 20
+    rng = random.Random(11)
+    plan = [chat for chat in chats for _ in range(per_chat)]
+    rng.shuffle(plan)
+    feed = Feed()
+    with workers(redis_url, tmp_path, 3, flush_interval=0.2) as started:
+        gate = asyncio.Semaphore(64)
+
+        async def send(http: aiohttp.ClientSession, chat: int) -> None:
+            async with gate:
+                assert await feed.post(http, rng.choice(started).url, chat)
+
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(send(http, chat) for chat in plan))
+        for worker in started:
+            stop(worker)
+    assert await stored_apples(redis_url, chats) == dict.fromkeys(chats, per_chat)
+    assert not redis.Redis.from_url(redis_url).keys("*:lease"), "leases left behind"
+
+
+async def test_worker_paused_past_its_lease_cannot_overwrite_newer_data(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGSTOP a worker holding unwritten changes; another takes the chat over after the
+    lease expires; on SIGCONT the stale worker's write is refused (session.conflict)."""
+    redis.Redis.from_url(redis_url).flushdb()
+    with (
+        workers(redis_url, tmp_path / "a", 1, flush_interval=30, lease_time=1) as [stale],
+        workers(redis_url, tmp_path / "b", 1, flush_interval=0.05, lease_time=1) as [fresh],
+    ):
+        feed = Feed()
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                assert await feed.post(http, stale.url, 1)  # 3 apples, not yet written
+            stale.process.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                for _ in range(5):
+                    assert await feed.post(http, fresh.url, 1)
+                took_over_after = time.monotonic() - started
+                await asyncio.sleep(0.3)  # fresh writes its 5 apples
+                assert await stored_apples(redis_url, [1]) == {1: 5}
+            finally:
+                stale.process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(1.0)  # the stale worker renews (lost) and tries to write
+            assert await stored_apples(redis_url, [1]) == {1: 5}
+            assert await feed.post(http, stale.url, 1)  # handed back: reloads 5, counts 6
+        stop(stale)
+        stop(fresh)
+    assert await stored_apples(redis_url, [1]) == {1: 6}
+    assert 0.5 < took_over_after < 5, took_over_after
+    assert "session.conflict" in stale.output() or "session.lease_lost" in stale.output()
+
+
+async def test_killed_worker_keys_are_taken_over_without_losing_flushed_updates(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL one of two write-through workers mid-run: the other takes its chats over once
+    the leases expire, and every acknowledged (hence written) update is in storage."""
+    redis.Redis.from_url(redis_url).flushdb()
+    chats = list(range(1, 11))
+    feed = Feed()
+    with workers(redis_url, tmp_path, 2, flush_interval=0, lease_time=1) as [victim, survivor]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+            rng = random.Random(5)
+
+            async def traffic(rounds: int, targets: list[str]) -> None:
+                for _ in range(rounds):
+                    await asyncio.gather(
+                        *(feed.post(http, rng.choice(targets), chat) for chat in chats)
+                    )
+
+            both = [victim.url, survivor.url]
+            killer = asyncio.get_running_loop().call_later(0.5, victim.process.kill)
+            await traffic(30, both)  # the victim dies somewhere in here
+            killer.cancel()
+            victim.process.kill()
+            await traffic(5, [survivor.url])
+        stop(survivor)
+    stored = await stored_apples(redis_url, chats)
+    for chat in chats:
+        assert feed.acked.get(chat, 0) <= stored[chat] <= feed.sent[chat], chat
+    # The survivor served every chat after the kill, the victim's ones included.
+    assert sum(feed.acked.values()) >= 5 * len(chats)
