@@ -122,6 +122,27 @@ class Flusher:
         if self._write_through:
             self._wake.set()
 
+    # -- shared ownership: sessions written outside the rounds --------------
+
+    def in_flight(self, storage_key: str) -> bool:
+        """A round (or a lease release) is writing this session now."""
+        return storage_key in self._in_flight
+
+    def hold(self, storage_key: str) -> None:
+        """Keep rounds off a session whose write rides on a lease release."""
+        self._in_flight.add(storage_key)
+
+    def unhold(self, storage_key: str) -> None:
+        self._in_flight.discard(storage_key)
+        self._wake.set()
+
+    def drop(self, actor: SessionActor[Any]) -> None:
+        """Take ``actor`` out of the dirty set if its current version is written."""
+        if actor.version <= actor.persisted_version and self.dirty.get(actor.storage_key) is actor:
+            del self.dirty[actor.storage_key]
+        if len(self.dirty) < self._config.max_dirty:
+            self._room.set()
+
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> None:
@@ -288,13 +309,14 @@ class Flusher:
                 written = item.version
                 if written > actor.persisted_version:
                     actor.persisted_version = written
-                if actor.version == written:  # unchanged since the snapshot: clean
-                    if dirty.get(item.key) is actor:
-                        del dirty[item.key]
-                    if actor.parked:
-                        self._registry.settle(actor)
+                if actor.version == written and dirty.get(item.key) is actor:
+                    del dirty[item.key]  # unchanged since the snapshot: clean
         finally:
             self._in_flight.difference_update([item.key for item in items])
+        settle = self._registry.settle if self._keeper is None else self._keeper.settle
+        for actor in batch:
+            if actor.parked:
+                settle(actor)
         self._counters.flushes += 1
         self._counters.written += len(items)
         self._log.info(

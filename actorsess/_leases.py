@@ -7,11 +7,13 @@ is forgotten: after its final write, on eviction, handover or shutdown.
 
 Handover: a manager that finds a key owned elsewhere asks the owner over
 pub/sub (inside the same acquire script) and waits. The owner *retires* its
-actor: no new turn starts on it, the current holder finishes, the flusher
-writes it at once, and when it is idle and clean the registry forgets it and
-the lease is released with a "free" notice to the waiters, which retry. A
-notice lost on the way costs a retry after a short, growing delay; a dead
-owner's lease simply expires. Every write is still fenced by the lease token
+actor: no new turn starts on it, the turns already queued finish, the flusher
+writes it at once, and when it is idle and clean the registry forgets it. The
+release passes the lease straight to the first requester (a reservation) and
+sends it the record, so it takes over with no round trip of its own; other
+requesters are told to retry. A notice lost on the way costs a retry after a
+short, growing delay (which takes the reservation); a dead owner's lease
+simply expires. Every write is still fenced by the lease token
 and the version (``write_leased``), so a stale owner (a paused process, an
 expired lease) is refused, reports ``session.conflict`` and reloads.
 """
@@ -29,17 +31,18 @@ from actorsess._actor import SessionActor, Status
 from actorsess._backoff import Backoff
 from actorsess._clock import Clock
 from actorsess._config import SessionConfig
+from actorsess._record import encode_record
 from actorsess._registry import Registry
 from actorsess._stats import Counters
 from actorsess.exceptions import LeaseTimeoutError, SessionConflictError, StorageError
-from actorsess.storage.base import Conflict, LeaseStorage, LoadResult, Owned, WriteItem
+from actorsess.storage.base import Conflict, LeaseStorage, LoadResult, Owned, Release, WriteItem
 
 if TYPE_CHECKING:
     from actorsess._flusher import Flusher
     from actorsess._loader import Loader
 
-#: ``lease_until`` of an actor being handed over or whose lease was lost: never valid.
-RETIRING = -math.inf
+#: ``lease_until`` of an actor whose lease was lost or released: never valid.
+LOST = -math.inf
 # First delay before asking an owner again when no "free" notice came; doubles.
 _FIRST_RETRY = 0.02
 _MAX_RETRY = 0.5
@@ -47,6 +50,8 @@ _MAX_RETRY = 0.5
 
 class _Waiting(NamedTuple):
     actor: SessionActor[Any]
+    #: The token of every acquire attempt of this wait.
+    token: str
     deadline: float
     attempt: int
     #: The retry timer; None while an attempt is in flight.
@@ -60,7 +65,9 @@ class LeaseKeeper:
         "_clock",
         "_config",
         "_counters",
+        "_finishing",
         "_gone",
+        "_leaving",
         "_log",
         "_prefix",
         "_registry",
@@ -104,11 +111,15 @@ class LeaseKeeper:
         self._requesters: dict[str, set[str]] = {}
         #: Futures resolved when a retiring actor is forgotten, by storage key.
         self._gone: dict[str, tuple[SessionActor[Any], asyncio.Future[None]]] = {}
-        #: Leases to release in the next batch: (storage key, token, waiters).
-        self._releases: list[tuple[str, str, list[str]]] = []
+        #: Leases to release in the next batch.
+        self._releases: list[Release] = []
+        #: Leaving actors whose last write rides on a release now in flight.
+        self._finishing: dict[str, SessionActor[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Storage keys of retiring actors being written out now.
         self._writing_out: set[str] = set()
+        #: Storage keys of actors being let go of (handover, lost lease, conflict).
+        self._leaving: set[str] = set()
         self.loader: Loader | None = None
         self.flusher: Flusher | None = None
 
@@ -155,20 +166,37 @@ class LeaseKeeper:
     # -- taking leases (the loader's fetch in shared mode) ---------------------
 
     async def acquire(self, actors: Sequence[SessionActor[Any]]) -> list[LoadResult | Owned]:
-        """Take the leases of ``actors`` and load their records, in one storage call."""
-        tokens = [f"{self.manager_id}:{next(self._tokens)}" for _ in actors]
+        """Take the leases of ``actors`` and load their records, in one storage call.
+
+        An actor keeps one token through all its attempts: it is what an owner
+        reserves the lease for when handing the key over, so a late handover notice
+        meant for an earlier wait can be told apart and ignored."""
+        tokens = []
+        for actor in actors:
+            waiting = self._waiting.get(actor.storage_key)
+            if waiting is not None and waiting.actor is actor:
+                tokens.append(waiting.token)
+            else:
+                tokens.append(f"{self.manager_id}:{next(self._tokens)}")
         sent = self._clock.now()
         results = await self._storage.acquire_many(
             [a.storage_key for a in actors], tokens, self.manager_id, self._config.lease_ms
         )
+        loop = asyncio.get_running_loop()
         for actor, token, result in zip(actors, tokens, results, strict=True):
-            if not isinstance(result, Owned):
-                actor.lease_token = token
-                actor.lease_until = sent + self._config.lease_time
-                self._stop_waiting(actor)
+            if isinstance(result, Owned):
+                self._wait_for_owner(actor, result.owner, token)
+                continue
+            actor.lease_token = token
+            actor.lease_until = sent + self._config.lease_time
+            self._stop_waiting(actor)
+            if actor.storage_key in self._requesters:
+                # Asked for while loading: serve the turns already waiting, then
+                # hand over. Runs after the loader has made the actor ready.
+                loop.call_soon(self.retire, actor)
         return results
 
-    def wait_for_owner(self, actor: SessionActor[Any], owner: str) -> None:
+    def _wait_for_owner(self, actor: SessionActor[Any], owner: str, token: str) -> None:
         """``actor``'s key is owned elsewhere: retry when told it is free, or after a delay."""
         key = actor.storage_key
         previous = self._waiting.get(key)
@@ -188,7 +216,7 @@ class LeaseKeeper:
         # let go meanwhile (and someone else may have been quicker): go again now.
         delay = 0.0 if freed else min(_MAX_RETRY, _FIRST_RETRY * 2 ** (attempt - 1))
         timer = asyncio.get_running_loop().call_later(min(delay, deadline - now), self._retry, key)
-        self._waiting[key] = _Waiting(actor, deadline, attempt, timer, False)
+        self._waiting[key] = _Waiting(actor, token, deadline, attempt, timer, False)
 
     def _retry(self, key: str) -> None:
         waiting = self._waiting.get(key)
@@ -213,55 +241,120 @@ class LeaseKeeper:
 
     # -- notices from other managers ----------------------------------------
 
-    def _on_notice(self, notice: str) -> None:
-        kind, _, rest = notice.partition(" ")
-        if kind == "w":
-            requester, _, key = rest.partition(" ")
+    def _on_notice(self, notice: bytes) -> None:
+        kind, rest = notice[:2], notice[2:]
+        if kind == b"w ":
+            requester, _, key = rest.decode().partition(" ")
             self._handover(key, requester)
-        elif kind == "f":
-            self._retry(rest)
+        elif kind == b"g ":
+            head, _, record = rest.partition(b"\n")
+            token, _, key = head.decode().partition(" ")
+            self._given(token, key, record or None)
+        elif kind == b"f ":
+            self._retry(rest.decode())
         elif not notice:
             # (Re)subscribed: "free" notices may have been missed meanwhile.
             for key in list(self._waiting):
                 self._retry(key)
 
+    def _given(self, token: str, key: str, record: bytes | None) -> None:
+        """The owner handed ``key`` over: the lease is reserved for ``token``, the record
+        attached."""
+        waiting = self._waiting.get(key)
+        if waiting is None or waiting.token != token:
+            # Late, for a wait that has ended: let the reservation go, unless an actor
+            # of ours already holds the lease under that token.
+            actor = self._registry.peek(key[len(self._prefix) :])
+            if actor is None or actor.lease_token != token:
+                self._queue_release(Release(key, token))
+            return
+        if waiting.timer is None:
+            # An acquire with this token is in flight; it takes the reservation itself.
+            self._waiting[key] = waiting._replace(freed=True)
+            return
+        waiting.timer.cancel()
+        del self._waiting[key]
+        actor = waiting.actor
+        actor.lease_token = token
+        # The reservation's expiry started when the owner let go, a little before
+        # this notice arrived; count on half of it until the next renewal.
+        actor.lease_until = self._clock.now() + self._config.lease_time / 2
+        if key in self._requesters:
+            asyncio.get_running_loop().call_soon(self.retire, actor)
+        assert self.loader is not None
+        self.loader.deliver(actor, record)
+
     def _handover(self, storage_key: str, requester: str) -> None:
+        """Another manager asks for ``storage_key`` (``requester`` is its attempt's token)."""
         actor = (
             self._registry.peek(storage_key[len(self._prefix) :])
             if storage_key.startswith(self._prefix)
             else None
         )
-        if actor is None or actor.lease_token is None:
-            # Nothing of ours holds it (a lease left by a forgotten actor is being
-            # released, or is about to expire): let the requester try again now.
-            self._queue_release(storage_key, "", [requester])
+        if actor is None:
+            # Nothing of ours holds it (a lease of a forgotten actor is on its way out,
+            # or about to expire): let the requester ask again now.
+            self._queue_release(Release(storage_key, "", [requester]))
             return
         self._requesters.setdefault(storage_key, set()).add(requester)
-        if actor.lease_until != RETIRING:
-            self._counters.handovers += 1
-            self._log.debug("session.handover", key=actor.key, to=requester)
-        self.retire(actor)
+        if actor.lease_token is not None:
+            self.retire(actor)
+        # Still loading: the lease is about to be ours; the actor is retired right
+        # after it takes it (see acquire).
 
     # -- letting go -----------------------------------------------------------
 
     def retire(self, actor: SessionActor[Any]) -> None:
-        """Stop new turns on ``actor``, write it now, and forget it once idle and clean."""
-        if actor.lease_until == RETIRING:
+        """Let go of ``actor``: no new turns start on it (those already queued still run
+        while the lease holds); once it is idle it is written and released in one
+        step, and forgotten."""
+        key = actor.storage_key
+        if key in self._leaving or self._registry.peek(actor.key) is not actor:
             return
-        actor.lease_until = RETIRING
+        self._leaving.add(key)
+        if key in self._requesters:
+            self._counters.handovers += 1
+            self._log.debug("session.handover", key=actor.key, to=sorted(self._requesters[key]))
         self._registry.park(actor)
-        self.hurry(actor)
+        self.settle(actor)
+
+    def leaving(self, actor: SessionActor[Any]) -> bool:
+        """``actor`` is being let go of: new turns wait for it to be forgotten."""
+        return actor.storage_key in self._leaving
+
+    def settle(self, actor: SessionActor[Any]) -> None:
+        """A parked ``actor`` may have become idle or clean. One being let go of is
+        released with its last write (when idle and not being written); any other
+        is dropped once idle and clean, as the registry does."""
+        key = actor.storage_key
+        flusher = self.flusher
+        assert flusher is not None
+        if (
+            key not in self._leaving
+            or not actor.dirty
+            or actor.lease_token is None
+            or actor.held
+            or actor.waiters
+            or key in self._finishing
+            or flusher.in_flight(key)
+            or self._registry.peek(actor.key) is not actor
+        ):
+            self._registry.settle(actor)
+            return
+        version = actor.version
+        final = WriteItem(
+            key, None if actor.deleted else encode_record(version, actor.blob), version
+        )
+        flusher.hold(key)  # no flush round may write it meanwhile
+        self._finishing[key] = actor
+        waiters = sorted(self._requesters.get(key, ()))
+        self._queue_release(Release(key, actor.lease_token, waiters, final))
 
     def hurry(self, actor: SessionActor[Any]) -> None:
-        """Write a retiring ``actor`` now rather than at the next flush interval (called at
-        retirement, and when its last turn commits a change after that)."""
+        """Write a leaving ``actor`` through the flusher (after its release with a final
+        write failed); once clean it is forgotten and released as usual."""
         key = actor.storage_key
-        if (
-            actor.lease_until == RETIRING
-            and actor.dirty
-            and key not in self._writing_out
-            and self._registry.peek(actor.key) is actor
-        ):
+        if actor.dirty and key not in self._writing_out:
             self._writing_out.add(key)
             self._spawn(self._write_out(actor))
 
@@ -300,43 +393,72 @@ class LeaseKeeper:
         """The registry's hook: ``actor`` left it for good, so its lease goes too."""
         key = actor.storage_key
         self._stop_waiting(actor)
+        self._leaving.discard(key)
         token, actor.lease_token = actor.lease_token, None
-        actor.lease_until = RETIRING
+        actor.lease_until = LOST
         if token is not None:
-            waiters = self._requesters.pop(key, set())
-            self._queue_release(key, token, sorted(waiters))
+            waiters = sorted(self._requesters.pop(key, ()))
+            self._queue_release(Release(key, token, waiters))
         entry = self._gone.get(key)
         if entry is not None and entry[0] is actor:
             del self._gone[key]
             if not entry[1].done():
                 entry[1].set_result(None)
 
-    def _queue_release(self, key: str, token: str, waiters: list[str]) -> None:
+    def _queue_release(self, release: Release) -> None:
         if not self._releases:
             asyncio.get_running_loop().call_soon(self._dispatch_releases)
-        self._releases.append((key, token, waiters))
+        self._releases.append(release)
 
     def _dispatch_releases(self) -> None:
         releases, self._releases = self._releases, []
         if releases:
             self._spawn(self._release(releases))
 
-    async def _release(self, releases: list[tuple[str, str, list[str]]]) -> None:
+    async def _release(self, releases: list[Release]) -> None:
         step = self._config.max_batch
         for start in range(0, len(releases), step):
             part = releases[start : start + step]
             try:
                 async with asyncio.timeout(self._config.write_timeout):
-                    await self._storage.release_many(
-                        [r[0] for r in part], [r[1] for r in part], [r[2] for r in part]
+                    conflicts = await self._storage.release_many(
+                        part, self._config.lease_ms, self._config.ttl_ms
                     )
             except Exception as exc:
-                # The leases expire on their own; others wait at most lease_time.
+                # Plain leases expire on their own (others wait at most lease_time);
+                # sessions whose last write rode along are written the usual way.
                 self._log.warning(
                     "session.lease_release_failed",
                     keys=len(part),
                     error=f"{type(exc).__name__}: {exc}",
                 )
+                self._finished(part, {}, failed=True)
+            else:
+                self._finished(part, {c.position: c.reason for c in conflicts}, failed=False)
+
+    def _finished(self, releases: list[Release], refused: dict[int, str], failed: bool) -> None:
+        """Settle the sessions whose last write rode on ``releases``."""
+        flusher = self.flusher
+        assert flusher is not None
+        for position, release in enumerate(releases):
+            final = release.final
+            actor = self._finishing.pop(release.key, None) if final is not None else None
+            if final is None or actor is None:
+                continue
+            flusher.unhold(release.key)
+            if failed:
+                self.hurry(actor)
+            elif position in refused:
+                self.conflict(actor, refused[position])
+                self._registry.settle(actor)
+            else:
+                if final.version > actor.persisted_version:
+                    actor.persisted_version = final.version
+                flusher.drop(actor)
+                for requester in release.waiters:
+                    self._requesters.get(release.key, set()).discard(requester)
+                actor.lease_token = None  # released: forgetting it must not release again
+                self._registry.settle(actor)
 
     # -- fenced writes (the flusher's write in shared mode) -------------------
 
@@ -350,8 +472,11 @@ class LeaseKeeper:
         self._log.warning("session.conflict", key=actor.key, version=actor.version, reason=reason)
         actor.error = SessionConflictError(actor.key, reason)
         actor.persisted_version = actor.version  # nothing more of it can be written
-        actor.lease_until = RETIRING
-        self._registry.park(actor)
+        actor.lease_until = LOST
+        assert self.flusher is not None
+        # Out of the dirty set now: a later actor of this key must be able to enter it.
+        self.flusher.drop(actor)
+        self.retire(actor)
 
     # -- renewal ----------------------------------------------------------------
 
@@ -362,7 +487,7 @@ class LeaseKeeper:
             held = [
                 a
                 for a in self._registry.actors()
-                if a.lease_token is not None and a.lease_until != RETIRING
+                if a.lease_token is not None and a.lease_until != LOST
             ]
             step = self._config.max_batch
             for start in range(0, len(held), step):
@@ -383,12 +508,13 @@ class LeaseKeeper:
             )
             return
         for actor, token, ok in zip(actors, tokens, renewed, strict=True):
-            if actor.lease_token != token or actor.lease_until == RETIRING:
+            if actor.lease_token != token or actor.lease_until == LOST:
                 continue
             if ok:
                 actor.lease_until = sent + self._config.lease_time
             else:
                 self._log.warning("session.lease_lost", key=actor.key)
+                actor.lease_until = LOST
                 self.retire(actor)
 
     def is_ready(self, actor: SessionActor[Any]) -> bool:

@@ -111,16 +111,18 @@ class Loader:
                 raise
             return
         for actor, raw in zip(actors, results, strict=True):
-            if isinstance(raw, Owned):
-                assert self._keeper is not None
-                self._keeper.wait_for_owner(actor, raw.owner)
-            else:
+            if not isinstance(raw, Owned):  # an owned key waits in the lease keeper
                 self._apply(actor, raw)
         self._log.debug(
             "session.load",
             keys=len(actors),
             duration_ms=round((self._clock.now() - started) * 1000, 3),
         )
+
+    def deliver(self, actor: SessionActor[Any], raw: LoadResult) -> None:
+        """Finish loading ``actor`` with a record obtained elsewhere (a handover notice)."""
+        if actor.status is Status.LOADING:
+            self._apply(actor, raw)
 
     async def _fetch(self, actors: list[SessionActor[Any]]) -> Sequence[LoadResult | Owned]:
         if self._keeper is not None:

@@ -423,9 +423,14 @@ class SessionManager(Generic[T]):
         deadline = self._clock.now() + self._config.lease_wait_timeout
         while True:
             actor = self._registry.peek(key)
-            if actor is None or actor.status is not Status.READY or keeper.is_ready(actor):
+            if (
+                actor is None
+                or actor.status is not Status.READY
+                or not (keeper.leaving(actor) or not keeper.is_ready(actor))
+            ):
                 actor = await self._take_turn(key)
-                if actor.status is not Status.READY or keeper.is_ready(actor):
+                # Turns queued before a handover began still run while the lease holds.
+                if keeper.is_ready(actor):
                     return actor
                 self._leave(actor)
             keeper.retire(actor)
@@ -548,8 +553,6 @@ class SessionManager(Generic[T]):
         # once clean); only a newly dirty one, or write-through, needs telling it.
         if not was_dirty or self._write_through:
             self._flusher.mark_dirty(actor)
-            if actor.parked and self._keeper is not None:
-                self._keeper.hurry(actor)  # a session being handed over is written at once
 
     def _leave(self, actor: SessionActor[T]) -> None:
         if actor.waiters or actor.parked:
@@ -565,7 +568,10 @@ class SessionManager(Generic[T]):
 
     def _release(self, actor: SessionActor[T]) -> None:
         if actor.release() and actor.parked:
-            self._registry.settle(actor)
+            if self._keeper is not None:
+                self._keeper.settle(actor)  # may hand it over now
+            else:
+                self._registry.settle(actor)
 
     def _expired(self, actor: SessionActor[T]) -> bool:
         expires_at = actor.expires_at

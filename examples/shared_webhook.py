@@ -61,7 +61,7 @@ def build_dispatcher(sessions: SessionManager[Apples]) -> Dispatcher:
 
 
 def build_app(redis_url: str, token: str) -> web.Application:
-    config = SessionConfig.from_env(ownership="shared")
+    config = SessionConfig.from_env()
     sessions = SessionManager(RedisStorage.from_url(redis_url), initial=new_session, config=config)
     dp = build_dispatcher(sessions)
     app = web.Application()
@@ -97,6 +97,7 @@ def main() -> None:
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level))
     )
+    os.environ.setdefault("ACTORSESS_OWNERSHIP", "shared")  # what this example is about
     redis_url = os.environ.get("ACTORSESS_REDIS_URL", "redis://127.0.0.1:6379/0")
     token = os.environ.get("BOT_TOKEN", OFFLINE_TOKEN)
     asyncio.run(serve(redis_url, token, args.host, args.port))

@@ -53,7 +53,7 @@ async def test_worker_paused_past_its_lease_cannot_overwrite_newer_data(
         async with aiohttp.ClientSession() as http:
             for _ in range(3):
                 assert await feed.post(http, stale.url, 1)  # 3 apples, not yet written
-            stale.process.send_signal(signal.SIGSTOP)
+            stale.signal(signal.SIGSTOP)
             try:
                 started = time.monotonic()
                 for _ in range(5):
@@ -62,7 +62,7 @@ async def test_worker_paused_past_its_lease_cannot_overwrite_newer_data(
                 await asyncio.sleep(0.3)  # fresh writes its 5 apples
                 assert await stored_apples(redis_url, [1]) == {1: 5}
             finally:
-                stale.process.send_signal(signal.SIGCONT)
+                stale.signal(signal.SIGCONT)
             await asyncio.sleep(1.0)  # the stale worker renews (lost) and tries to write
             assert await stored_apples(redis_url, [1]) == {1: 5}
             assert await feed.post(http, stale.url, 1)  # handed back: reloads 5, counts 6
@@ -92,10 +92,10 @@ async def test_killed_worker_keys_are_taken_over_without_losing_flushed_updates(
                     )
 
             both = [victim.url, survivor.url]
-            killer = asyncio.get_running_loop().call_later(0.5, victim.process.kill)
+            killer = asyncio.get_running_loop().call_later(0.5, victim.kill)
             await traffic(30, both)  # the victim dies somewhere in here
             killer.cancel()
-            victim.process.kill()
+            victim.kill()
             await traffic(5, [survivor.url])
         stop(survivor)
     stored = await stored_apples(redis_url, chats)

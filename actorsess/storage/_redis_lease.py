@@ -6,9 +6,11 @@ key always hashes to ``K``'s cluster slot, so each script touches one slot
 per key pair and a batch splits by slot like the plain scripts.
 
 Handover notices travel over pub/sub, one channel per manager
-(``CHANNEL_PREFIX + manager id``): ``w <requester id> <key>`` asks the owner
-to write ``K`` and let go of it, ``f <key>`` tells a requester it was let go.
-Notices only speed things up; a lost one costs a retry after a delay.
+(``CHANNEL_PREFIX + manager id``): ``w <requester token> <key>`` asks the
+owner to write ``K`` and let go of it; ``g <token> <key>\n<record>`` gives
+``K`` to the first requester (lease set to its token, record attached);
+``f <key>`` tells a requester to ask again. Notices only speed things up; a lost one costs
+a retry after a delay.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ LEASE_SUFFIX = ":lease"
 
 # KEYS: (record, lease) pairs. ARGV: lease ms, manager id, channel prefix, then one
 # token per pair. A lease that is free, or left by an earlier acquisition of this
-# same manager, is taken and the record returned: {1, record}. Otherwise the
-# owner is asked over pub/sub to hand the key over: {0, owner token}.
+# same manager (including one reserved for it), is taken and the record
+# returned: {1, record}. Otherwise the owner is asked over pub/sub to hand the
+# key over ("w <token> <key>"): {0, owner token}.
 ACQUIRE_LUA = """
 local ms, me, chan = ARGV[1], ARGV[2], ARGV[3]
 local mine = me .. ':'
@@ -41,7 +44,7 @@ for i = 1, #KEYS / 2 do
     out[2 * i] = value
   else
     local owner_id = string.match(owner, '^(.*):%d+$') or owner
-    redis.call('PUBLISH', chan .. owner_id, 'w ' .. me .. ' ' .. key)
+    redis.call('PUBLISH', chan .. owner_id, 'w ' .. ARGV[3 + i] .. ' ' .. key)
     out[2 * i - 1] = 0
     out[2 * i] = owner
   end
@@ -64,21 +67,72 @@ end
 return out
 """
 
-# KEYS: (record, lease) pairs. ARGV: channel prefix, then per pair the token and
-# the space-separated ids of managers waiting for the key. Deletes each lease
-# still held with its token, then tells every waiter the key is free.
+# KEYS: (record, lease) pairs. ARGV: channel prefix, lease ms, TTL ms ("0":
+# none), then four per pair: token, the space-separated tokens of the
+# acquire attempts waiting for the key, and an optional final write: version
+# ("" for none) and record ("" deletes). While the lease still holds the token,
+# the final write is made (compare-and-set on the version as in
+# WRITE_LEASED_LUA, so a handover costs one call, not a write and a release)
+# and the lease passes to the first waiter: it is set to that waiter's token
+# (a reservation its retry takes too), or deleted when nobody waits. Then the
+# waiter that got it is sent the record ("g <its token> <key>\n<record>"), so
+# it takes over with no round trip of its own, and the other waiters' requests
+# are passed on to it ("w ..."), so they need not ask again; without a
+# handover (the lease had moved on) every waiter is told "f <key>" and asks
+# again. Returns {position, reason} pairs of refused final writes, as
+# WRITE_LEASED_LUA does.
 RELEASE_LUA = """
-local chan = ARGV[1]
+local chan, ms, ttl = ARGV[1], ARGV[2], ARGV[3]
+local function manager(token) return string.match(token, '^(.*):%d+$') or token end
+local out = {}
 for i = 1, #KEYS / 2 do
   local key, lease = KEYS[2 * i - 1], KEYS[2 * i]
-  if redis.call('GET', lease) == ARGV[2 * i] then
-    redis.call('DEL', lease)
+  local token, waiters = ARGV[4 * i], ARGV[4 * i + 1]
+  local version, value = tonumber(ARGV[4 * i + 2]), ARGV[4 * i + 3]
+  local first = string.match(waiters, '%S+')
+  local given = nil
+  if redis.call('GET', lease) == token then
+    if version then
+      local stored = redis.pcall('GET', key)
+      local stored_version = -1
+      if type(stored) == 'string' then
+        stored_version = tonumber(string.match(stored, '^as1:(%d+):')) or -1
+      end
+      if stored_version > version then
+        out[#out + 1] = i
+        out[#out + 1] = 2
+      elseif stored_version < version then
+        if value == '' then
+          redis.call('DEL', key)
+        elseif ttl ~= '0' then
+          redis.call('SET', key, value, 'PX', ttl)
+        else
+          redis.call('SET', key, value)
+        end
+      end
+    end
+    if first then
+      redis.call('SET', lease, first, 'PX', ms)
+      given = first
+    else
+      redis.call('DEL', lease)
+    end
+  elseif version then
+    out[#out + 1] = i
+    out[#out + 1] = 1
   end
-  for waiter in string.gmatch(ARGV[2 * i + 1], '%S+') do
-    redis.call('PUBLISH', chan .. waiter, 'f ' .. key)
+  for waiter in string.gmatch(waiters, '%S+') do
+    if waiter == given then
+      local notice = 'g ' .. waiter .. ' ' .. key .. '\\n' .. (redis.call('GET', key) or '')
+      redis.call('PUBLISH', chan .. manager(waiter), notice)
+    elseif given then
+      redis.call('PUBLISH', chan .. manager(given), 'w ' .. waiter .. ' ' .. key)
+    else
+      redis.call('PUBLISH', chan .. manager(waiter), 'f ' .. key)
+    end
   end
 end
-return 0
+return out
 """
 
 # KEYS: (record, lease) pairs. ARGV: TTL in ms ("0": none), then per pair the

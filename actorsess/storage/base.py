@@ -62,6 +62,17 @@ class Storage(Protocol):
         ...
 
 
+class Release(NamedTuple):
+    """One lease to let go of (see ``LeaseStorage.release_many``)."""
+
+    key: str
+    token: str
+    #: Tokens of the acquire attempts that asked for the key; the first is handed it.
+    waiters: Sequence[str] = ()
+    #: The session's last write, made in the same step (``lease`` is ignored).
+    final: WriteItem | None = None
+
+
 class Owned(NamedTuple):
     """``acquire_many``'s answer for a key whose lease another manager holds."""
 
@@ -79,16 +90,19 @@ class Conflict(NamedTuple):
 class LeaseStorage(Storage, Protocol):
     """A storage several processes can share: per-key ownership leases and fenced writes.
 
-    Lease tokens read ``<manager id>:<acquisition number>``. Handover notices
-    (see ``listen``) are plain strings: ``w <requester id> <key>`` asks the
-    owner to let go of ``key``; ``f <key>`` says it was let go.
+    Lease tokens read ``<manager id>:<number>``. Handover notices (see
+    ``listen``) are bytes: ``w <requester token> <key>`` asks the owner to let
+    go of ``key``; ``g <token> <key>\n<record>`` hands ``key`` over, its lease
+    already set to ``token`` and its stored record ("" when absent) attached;
+    ``f <key>`` says to ask again.
     """
 
     async def acquire_many(
         self, keys: Sequence[str], tokens: Sequence[str], manager_id: str, lease_ms: int
     ) -> list[LoadResult | Owned]:
-        """Take each key's lease (free, or left by ``manager_id`` itself) and load its
-        record; for a key owned elsewhere, ask the owner to hand it over."""
+        """Take each key's lease (free, or held under a token of ``manager_id`` itself)
+        and load its record; for a key owned elsewhere, ask the owner to hand it over
+        (``w <token> <key>``)."""
         ...
 
     async def renew_many(
@@ -98,9 +112,13 @@ class LeaseStorage(Storage, Protocol):
         ...
 
     async def release_many(
-        self, keys: Sequence[str], tokens: Sequence[str], waiters: Sequence[Sequence[str]]
-    ) -> None:
-        """Drop the leases held with ``tokens``, then tell each key's waiters it is free."""
+        self, releases: Sequence[Release], lease_ms: int, ttl_ms: int | None
+    ) -> list[Conflict]:
+        """Let go of each lease still held with its token, first making its ``final``
+        write (fenced like ``write_leased``; refusals are returned). A key with
+        waiters passes to the first of them (its lease set to that waiter's token for
+        ``lease_ms``), which is sent the record (``g``); the others' requests are
+        passed on to it."""
         ...
 
     async def write_leased(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
@@ -108,10 +126,10 @@ class LeaseStorage(Storage, Protocol):
         version is older; a stored equal version counts as already written."""
         ...
 
-    async def listen(self, manager_id: str, on_notice: Callable[[str], None]) -> None:
+    async def listen(self, manager_id: str, on_notice: Callable[[bytes], None]) -> None:
         """Deliver the handover notices sent to ``manager_id`` until cancelled.
 
-        ``on_notice`` is called with no arguments beyond the notice; it is also called
-        with ``""`` after every (re)subscription, when notices may have been missed.
+        ``on_notice`` gets each notice; it is also called with ``b""`` after every
+        (re)subscription, when notices may have been missed.
         """
         ...

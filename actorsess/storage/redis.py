@@ -24,7 +24,7 @@ from actorsess.storage import _redis_lease as lease_scripts
 from actorsess.storage._redis_cluster import Arg, ArgsFor, ClusterBatchScript
 from actorsess.storage._redis_lease import CHANNEL_PREFIX, CONFLICT_REASONS, lease_key
 from actorsess.storage._redis_script import BatchScript
-from actorsess.storage.base import BadValue, Conflict, LoadResult, Owned, WriteItem
+from actorsess.storage.base import BadValue, Conflict, LoadResult, Owned, Release, WriteItem
 
 _WRONG_TYPE = b"\x00actorsess:wrongtype"
 
@@ -213,16 +213,24 @@ class RedisStorage:
         return results
 
     async def release_many(
-        self, keys: Sequence[str], tokens: Sequence[str], waiters: Sequence[Sequence[str]]
-    ) -> None:
+        self, releases: Sequence[Release], lease_ms: int, ttl_ms: int | None
+    ) -> list[Conflict]:
         def args_for(positions: list[int]) -> list[Arg]:
-            args: list[Arg] = [CHANNEL_PREFIX]
+            args: list[Arg] = [CHANNEL_PREFIX, lease_ms, ttl_ms or 0]
             for p in positions[::2]:
-                args += (tokens[p // 2], " ".join(waiters[p // 2]))
+                release = releases[p // 2]
+                final = release.final
+                args += (release.token, " ".join(release.waiters))
+                if final is None:
+                    args += ("", "")
+                else:
+                    args += (final.version, b"" if final.blob is None else final.blob)
             return args
 
-        if keys:
-            await self._release(_with_leases(keys), args_for)
+        if not releases:
+            return []
+        replies = await self._release(_with_leases([r.key for r in releases]), args_for)
+        return _conflicts(replies)
 
     async def write_leased(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
         ttl = str(ttl_ms or 0)
@@ -234,28 +242,21 @@ class RedisStorage:
                 args += (item.lease or "", item.version, b"" if item.blob is None else item.blob)
             return args
 
-        conflicts: list[Conflict] = []
         if not items:
-            return conflicts
-        for positions, reply in await self._write_leased(
-            _with_leases([i.key for i in items]), args_for
-        ):
-            for j in range(0, len(reply), 2):
-                index = positions[2 * (reply[j] - 1)] // 2
-                conflicts.append(Conflict(index, CONFLICT_REASONS.get(reply[j + 1], "refused")))
-        return conflicts
+            return []
+        return _conflicts(await self._write_leased(_with_leases([i.key for i in items]), args_for))
 
-    async def listen(self, manager_id: str, on_notice: Callable[[str], None]) -> None:
+    async def listen(self, manager_id: str, on_notice: Callable[[bytes], None]) -> None:
         subscriber = await self._subscriber_client()
         try:
             while True:
                 pubsub = subscriber.pubsub()
                 try:
                     await pubsub.subscribe(CHANNEL_PREFIX + manager_id)
-                    on_notice("")
+                    on_notice(b"")
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            on_notice(message["data"].decode())
+                            on_notice(message["data"])
                 except (ConnectionError, OSError, RedisError):
                     await asyncio.sleep(0.1)  # the server restarts or fails over; resubscribe
                 finally:
@@ -319,6 +320,17 @@ def _no_args(positions: list[int]) -> list[Arg]:
 
 def _loaded(value: bytes | None) -> LoadResult:
     return BadValue("the Redis key holds a non-string type") if value == _WRONG_TYPE else value
+
+
+def _conflicts(replies: list[tuple[list[int], Any]]) -> list[Conflict]:
+    """The ``{position, reason}`` pairs of the pairwise write scripts, as Conflicts
+    indexed into the whole batch."""
+    conflicts: list[Conflict] = []
+    for positions, reply in replies:
+        for j in range(0, len(reply), 2):
+            index = positions[2 * (reply[j] - 1)] // 2
+            conflicts.append(Conflict(index, CONFLICT_REASONS.get(reply[j + 1], "refused")))
+    return conflicts
 
 
 def _with_leases(keys: Sequence[str]) -> list[str]:

@@ -1,0 +1,104 @@
+"""WebhookWorker: a webhook bot process on a free port, for multi-process tests.
+
+The worker is any ``python -m <module> --port 0`` that prints ``READY <port>``
+once it serves and exits cleanly on SIGTERM (see ``examples.shared_webhook``).
+Its output goes to a log file, so a chatty worker can never block on a full pipe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_update_ids = itertools.count(1)
+
+
+class WebhookWorker:
+    """One worker process: start it, post to ``url``, pause, kill or stop it."""
+
+    def __init__(
+        self,
+        module: str,
+        log: Path,
+        *,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        path: str = "/webhook",
+    ) -> None:
+        self.log = log
+        self._command = [sys.executable, "-m", module, "--port", "0", *(args or [])]
+        self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._cwd = cwd
+        self._path = path
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> WebhookWorker:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                self._command, cwd=self._cwd, stdout=out, stderr=subprocess.STDOUT, env=self._env
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.output().splitlines():
+                if line.startswith("READY "):
+                    self.port = int(line.split()[1])
+                    return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.output()}")
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"worker did not print READY within {timeout:g}s:\n{self.output()}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self._path}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "worker not started"
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None, "worker not started"
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        assert self.process is not None, "worker not started"
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused worker cannot exit
+            self.process.terminate()
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def message_update(chat_id: int, text: str = "hi", *, user_id: int | None = None) -> dict[str, Any]:
+    """A Bot API update payload (JSON-ready): a private text message, as Telegram posts it."""
+    n = next(_update_ids)
+    sender = chat_id if user_id is None else user_id
+    return {
+        "update_id": n,
+        "message": {
+            "message_id": n,
+            "date": int(time.time()),
+            "chat": {"id": chat_id, "type": "private"},
+            "from": {"id": sender, "is_bot": False, "first_name": f"user{sender}"},
+            "text": text,
+        },
+    }

@@ -1,0 +1,81 @@
+"""A webhook worker with aiogram's own RedisStorage, the peer in benchmarks/multi_process.py.
+
+    python -m benchmarks._aiogram_worker --port 0 --isolation none|simple|redis
+
+The same handler as examples.shared_webhook (read the counter, await once,
+write it + 1, reply in the webhook response), on aiogram's FSM data instead of
+an actorsess session. Prints ``READY <port>``; exits cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+
+from aiogram import Bot, Dispatcher, F
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.storage.base import BaseEventIsolation
+from aiogram.fsm.storage.memory import SimpleEventIsolation
+from aiogram.methods import SendMessage
+from aiogram.types import Message
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiohttp import web
+
+from benchmarks._common import quiet_logs
+from benchmarks.e2e_aiogram import peer_redis
+from examples.shared_webhook import OFFLINE_TOKEN, WEBHOOK_PATH
+
+
+def build_app(redis_url: str, isolation_kind: str) -> web.Application:
+    storage = peer_redis(redis_url)
+    isolation: BaseEventIsolation | None = {
+        "none": None,
+        "simple": SimpleEventIsolation(),
+        "redis": storage.create_isolation(),
+    }[isolation_kind]
+    dp = (
+        Dispatcher(storage=storage, events_isolation=isolation)
+        if isolation
+        else Dispatcher(storage=storage)
+    )
+
+    @dp.message(F.text)
+    async def on_message(message: Message, state: FSMContext) -> SendMessage:
+        apples = (await state.get_data()).get("apple", 0)
+        await asyncio.sleep(0)
+        await state.update_data(apple=apples + 1)
+        return message.answer(f"🍏 apples: {apples + 1}")
+
+    app = web.Application()
+    SimpleRequestHandler(
+        dispatcher=dp, bot=Bot(OFFLINE_TOKEN), handle_in_background=False
+    ).register(app, WEBHOOK_PATH)
+    setup_application(app, dp)
+    return app
+
+
+async def serve(redis_url: str, isolation: str, port: int) -> None:
+    runner = web.AppRunner(build_app(redis_url, isolation), handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    print(f"READY {runner.addresses[0][1]}", flush=True)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--isolation", choices=["none", "simple", "redis"], default="redis")
+    args = parser.parse_args()
+    quiet_logs()
+    asyncio.run(serve(os.environ["ACTORSESS_REDIS_URL"], args.isolation, args.port))
+
+
+if __name__ == "__main__":
+    main()

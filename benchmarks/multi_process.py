@@ -1,0 +1,213 @@
+"""Several webhook worker processes on one Redis: actorsess shared mode vs aiogram's storages.
+
+Worker processes (default 3) serve the same bot; the driver posts every update
+(real Bot API JSON, over HTTP) to a worker picked at random, as a load
+balancer without sticky sessions would, so one chat's updates reach several
+processes at once. Each handler reads a counter, awaits once, writes it + 1
+and replies in the webhook response; a 200 means handled. Lost increments are
+read back from Redis after the workers have stopped (SIGTERM); Redis commands
+come from INFO commandstats (commands inside Lua scripts included) over the
+whole run, shutdown flush included.
+
+    .venv/bin/python -m benchmarks.multi_process [--workers 3] [--chats 200]
+        [--messages 20] [--in-flight 128] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+import actorsess
+from actorsess.testing import RedisServer, WebhookWorker, message_update
+from benchmarks._common import flush_redis, machine, median, percentile, redis_commands, table
+from benchmarks._http import Pool
+
+ROOT = Path(__file__).resolve().parent.parent
+BOT_ID = 123456789  # examples.shared_webhook.OFFLINE_TOKEN
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    module: str
+    args: tuple[str, ...] = ()
+    ownership: str = "shared"
+
+    @property
+    def actorsess(self) -> bool:
+        return self.module == "examples.shared_webhook"
+
+
+ROWS = [
+    Row(
+        "aiogram RedisStorage (default isolation)",
+        "benchmarks._aiogram_worker",
+        ("--isolation", "none"),
+    ),
+    Row(
+        "aiogram RedisStorage + SimpleEventIsolation",
+        "benchmarks._aiogram_worker",
+        ("--isolation", "simple"),
+    ),
+    Row(
+        "aiogram RedisStorage + RedisEventIsolation",
+        "benchmarks._aiogram_worker",
+        ("--isolation", "redis"),
+    ),
+    Row(
+        "actorsess ownership=local (one process only!)",
+        "examples.shared_webhook",
+        ownership="local",
+    ),
+    Row("actorsess ownership=shared", "examples.shared_webhook"),
+]
+BASELINE = ROWS[2].name
+
+
+@dataclass
+class Result:
+    rate: float
+    lost: int
+    commands_per_update: float
+    cpu_ms_per_update: float
+    p50_ms: float
+    p99_ms: float
+
+
+async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Result:
+    flush_redis(url)
+    env = {"ACTORSESS_REDIS_URL": url, "ACTORSESS_OWNERSHIP": row.ownership}
+    workers = [
+        WebhookWorker(row.module, logs / f"{i}.log", args=list(row.args), env=env, cwd=ROOT)
+        for i in range(args.workers)
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        chats = list(range(1, args.chats + 1))
+        plan = [chat for chat in chats for _ in range(args.messages)]
+        rng = random.Random(1)
+        rng.shuffle(plan)
+        latencies: list[float] = []
+        failed = 0
+        gate = asyncio.Semaphore(args.in_flight)
+        pools = [Pool("127.0.0.1", w.port, "/webhook") for w in workers]
+        requests = [(rng.choice(pools), chat) for chat in plan]
+        prepared = [(pool, pool.request(message_update(chat, "apple"))) for pool, chat in requests]
+
+        async def send(pool: Pool, request: bytes) -> None:
+            nonlocal failed
+            async with gate:
+                started = time.perf_counter()
+                failed += await pool.post(request) != 200
+                latencies.append(time.perf_counter() - started)
+
+        before = redis_commands(url)
+        cpu_before = sum(cpu_seconds(w.pid) for w in workers)
+        started = time.perf_counter()
+        await asyncio.gather(*(send(pool, request) for pool, request in prepared))
+        elapsed = time.perf_counter() - started
+        cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_before
+        for pool in pools:
+            pool.close()
+        for worker in workers:
+            if worker.stop() != 0:
+                raise RuntimeError(f"{row.name}: worker failed:\n{worker.output()}")
+        after = redis_commands(url)
+    finally:
+        for worker in workers:
+            worker.kill()
+    stored = await (stored_actorsess if row.actorsess else stored_aiogram)(url, chats)
+    lost = len(plan) - sum(stored) + failed
+    return Result(
+        len(plan) / elapsed,
+        lost,
+        (after - before - 1) / len(plan),
+        cpu / len(plan) * 1000,
+        percentile(latencies, 0.5) * 1000,
+        percentile(latencies, 0.99) * 1000,
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def stored_actorsess(url: str, chats: list[int]) -> list[int]:
+    reader = actorsess.SessionManager(
+        actorsess.RedisStorage.from_url(url), initial=lambda: {"apple": 0}
+    )
+    async with reader:
+        keys = [f"session:{BOT_ID}:{c}:{c}" for c in chats]
+        values = await reader.get_many(keys)
+    return [values[k]["apple"] for k in keys]
+
+
+async def stored_aiogram(url: str, chats: list[int]) -> list[int]:
+    client = redis.Redis.from_url(url)
+    raw = client.mget([f"fsm:{c}:{c}:data" for c in chats])  # DefaultKeyBuilder
+    client.close()
+    return [json.loads(v).get("apple", 0) if v else 0 for v in raw]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--chats", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=20)
+    parser.add_argument("--in-flight", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per row; the median is shown")
+    args = parser.parse_args()
+    results: dict[str, list[Result]] = {}
+    with RedisServer() as server, tempfile.TemporaryDirectory() as logs:
+        for round_ in range(args.rounds):
+            for row in ROWS:  # interleaved, so drift hits every row alike
+                result = await run(row, server.url, args, Path(logs) / f"{round_}-{row.module}")
+                results.setdefault(row.name, []).append(result)
+    baseline = median([r.rate for r in results[BASELINE]])
+    out = []
+    for name, runs in results.items():
+        rate = median([r.rate for r in runs])
+        out.append(
+            [
+                name,
+                rate,
+                f"{rate / baseline:.2f}x",
+                max(r.lost for r in runs),
+                f"{median([r.commands_per_update for r in runs]):.2f}",
+                f"{median([r.cpu_ms_per_update for r in runs]):.2f}",
+                median([r.p50_ms for r in runs]),
+                median([r.p99_ms for r in runs]),
+            ]
+        )
+    print(
+        f"\n{args.workers} webhook workers, {args.chats} chats x {args.messages} messages "
+        f"routed at random, {args.in_flight} in flight, median of {args.rounds} runs; "
+        f"{machine()}\n"
+    )
+    headers = [
+        "row",
+        "updates/s",
+        "vs RedisEventIsolation",
+        "lost (max)",
+        "Redis cmds/update",
+        "worker CPU ms/update",
+    ]
+    print(table([*headers, "p50 ms", "p99 ms"], out))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
