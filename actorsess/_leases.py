@@ -107,8 +107,9 @@ class LeaseKeeper:
         self._tokens = itertools.count(1)
         #: Actors waiting for another manager to let go of their key, by storage key.
         self._waiting: dict[str, _Waiting] = {}
-        #: Managers that asked for a key we own, told when it is released.
-        self._requesters: dict[str, set[str]] = {}
+        #: Who asked for a key we own, in order of asking: manager id -> the token of
+        #: its latest acquire attempt. The first is handed the key on release.
+        self._requesters: dict[str, dict[str, str]] = {}
         #: Futures resolved when a retiring actor is forgotten, by storage key.
         self._gone: dict[str, tuple[SessionActor[Any], asyncio.Future[None]]] = {}
         #: Leases to release in the next batch.
@@ -172,16 +173,26 @@ class LeaseKeeper:
         reserves the lease for when handing the key over, so a late handover notice
         meant for an earlier wait can be told apart and ignored."""
         tokens = []
+        sent = self._clock.now()
         for actor in actors:
             waiting = self._waiting.get(actor.storage_key)
-            if waiting is not None and waiting.actor is actor:
-                tokens.append(waiting.token)
-            else:
-                tokens.append(f"{self.manager_id}:{next(self._tokens)}")
-        sent = self._clock.now()
-        results = await self._storage.acquire_many(
-            [a.storage_key for a in actors], tokens, self.manager_id, self._config.lease_ms
-        )
+            if waiting is None or waiting.actor is not actor:
+                # Registered before the first attempt, so that a handover notice
+                # outrunning this call's reply is recognised as meant for it.
+                token = f"{self.manager_id}:{next(self._tokens)}"
+                deadline = sent + self._config.lease_wait_timeout
+                waiting = _Waiting(actor, token, deadline, 0, None, False)
+                self._waiting[actor.storage_key] = waiting
+            tokens.append(waiting.token)
+        try:
+            results = await self._storage.acquire_many(
+                [a.storage_key for a in actors], tokens, self.manager_id, self._config.lease_ms
+            )
+        except BaseException:
+            # Outcome unknown: some leases may be ours now, with nobody to use them.
+            for actor, token in zip(actors, tokens, strict=True):
+                self._queue_release(Release(actor.storage_key, token))
+            raise
         loop = asyncio.get_running_loop()
         for actor, token, result in zip(actors, tokens, results, strict=True):
             if isinstance(result, Owned):
@@ -201,10 +212,9 @@ class LeaseKeeper:
         key = actor.storage_key
         previous = self._waiting.get(key)
         now = self._clock.now()
-        if previous is not None and previous.actor is actor:
-            deadline, attempt, freed = previous.deadline, previous.attempt + 1, previous.freed
-        else:
-            deadline, attempt, freed = now + self._config.lease_wait_timeout, 1, False
+        if previous is None or previous.actor is not actor:
+            return  # the wait ended meanwhile (the actor failed or was forgotten)
+        deadline, attempt, freed = previous.deadline, previous.attempt + 1, previous.freed
         if now >= deadline:
             self._waiting.pop(key, None)
             error = LeaseTimeoutError(actor.key, self._config.lease_wait_timeout, owner)
@@ -212,15 +222,21 @@ class LeaseKeeper:
             assert self.loader is not None
             self.loader.fail(actor, error)
             return
-        # A "free" notice that came while this attempt was in flight means the owner
-        # let go meanwhile (and someone else may have been quicker): go again now.
-        delay = 0.0 if freed else min(_MAX_RETRY, _FIRST_RETRY * 2 ** (attempt - 1))
+        # A notice that came while this attempt was in flight means the owner let go
+        # meanwhile: go again now. Not over and over, though: a lease left behind by
+        # a process that no longer wants it only goes when it expires.
+        backoff = min(_MAX_RETRY, _FIRST_RETRY * 2.0 ** min(attempt - 1, 16))
+        delay = 0.0 if freed and attempt <= 3 else backoff
         timer = asyncio.get_running_loop().call_later(min(delay, deadline - now), self._retry, key)
         self._waiting[key] = _Waiting(actor, token, deadline, attempt, timer, False)
 
-    def _retry(self, key: str) -> None:
+    def _retry(self, key: str, notice: bool = False) -> None:
         waiting = self._waiting.get(key)
         if waiting is None:
+            return
+        if notice and waiting.timer is not None and waiting.attempt > 3:
+            # Told to ask again, again: the lease is likely left behind and goes only
+            # when it expires. Keep to the growing delay rather than a storm of asks.
             return
         if waiting.timer is None:
             # An attempt is in flight; a second acquire for one actor would take the
@@ -230,7 +246,8 @@ class LeaseKeeper:
         waiting.timer.cancel()
         self._waiting[key] = waiting._replace(timer=None)
         assert self.loader is not None
-        self.loader.retry(waiting.actor)
+        if not self.loader.retry(waiting.actor):
+            del self._waiting[key]  # no longer loading: nothing to wait for
 
     def _stop_waiting(self, actor: SessionActor[Any]) -> None:
         waiting = self._waiting.get(actor.storage_key)
@@ -251,11 +268,11 @@ class LeaseKeeper:
             token, _, key = head.decode().partition(" ")
             self._given(token, key, record or None)
         elif kind == b"f ":
-            self._retry(rest.decode())
+            self._retry(rest.decode(), notice=True)
         elif not notice:
             # (Re)subscribed: "free" notices may have been missed meanwhile.
             for key in list(self._waiting):
-                self._retry(key)
+                self._retry(key, notice=True)
 
     def _given(self, token: str, key: str, record: bytes | None) -> None:
         """The owner handed ``key`` over: the lease is reserved for ``token``, the record
@@ -286,6 +303,8 @@ class LeaseKeeper:
 
     def _handover(self, storage_key: str, requester: str) -> None:
         """Another manager asks for ``storage_key`` (``requester`` is its attempt's token)."""
+        if requester.rpartition(":")[0] == self.manager_id:
+            return  # our own earlier request, passed back to us by a release
         actor = (
             self._registry.peek(storage_key[len(self._prefix) :])
             if storage_key.startswith(self._prefix)
@@ -296,11 +315,21 @@ class LeaseKeeper:
             # or about to expire): let the requester ask again now.
             self._queue_release(Release(storage_key, "", [requester]))
             return
-        self._requesters.setdefault(storage_key, set()).add(requester)
+        self._note_requester(storage_key, requester)
         if actor.lease_token is not None:
             self.retire(actor)
         # Still loading: the lease is about to be ours; the actor is retired right
         # after it takes it (see acquire).
+
+    def _note_requester(self, storage_key: str, token: str) -> None:
+        manager, _, number = token.rpartition(":")
+        if manager == self.manager_id or not number.isdigit():
+            return  # our own request passed back to us, or not a token at all
+        asking = self._requesters.setdefault(storage_key, {})
+        known = asking.get(manager)
+        # One entry per manager: only its latest attempt can still be waiting.
+        if known is None or int(known.rpartition(":")[2]) < int(number):
+            asking[manager] = token
 
     # -- letting go -----------------------------------------------------------
 
@@ -314,7 +343,8 @@ class LeaseKeeper:
         self._leaving.add(key)
         if key in self._requesters:
             self._counters.handovers += 1
-            self._log.debug("session.handover", key=actor.key, to=sorted(self._requesters[key]))
+            to = list(self._requesters[key].values())
+            self._log.debug("session.handover", key=actor.key, to=to)
         self._registry.park(actor)
         self.settle(actor)
 
@@ -347,7 +377,7 @@ class LeaseKeeper:
         )
         flusher.hold(key)  # no flush round may write it meanwhile
         self._finishing[key] = actor
-        waiters = sorted(self._requesters.get(key, ()))
+        waiters = list(self._requesters.get(key, {}).values())
         self._queue_release(Release(key, actor.lease_token, waiters, final))
 
     def hurry(self, actor: SessionActor[Any]) -> None:
@@ -397,7 +427,7 @@ class LeaseKeeper:
         token, actor.lease_token = actor.lease_token, None
         actor.lease_until = LOST
         if token is not None:
-            waiters = sorted(self._requesters.pop(key, ()))
+            waiters = list(self._requesters.pop(key, {}).values())
             self._queue_release(Release(key, token, waiters))
         entry = self._gone.get(key)
         if entry is not None and entry[0] is actor:
@@ -455,8 +485,10 @@ class LeaseKeeper:
                 if final.version > actor.persisted_version:
                     actor.persisted_version = final.version
                 flusher.drop(actor)
-                for requester in release.waiters:
-                    self._requesters.get(release.key, set()).discard(requester)
+                asking = self._requesters.get(release.key, {})
+                for manager, token in list(asking.items()):
+                    if token in release.waiters:
+                        del asking[manager]
                 actor.lease_token = None  # released: forgetting it must not release again
                 self._registry.settle(actor)
 

@@ -71,13 +71,15 @@ class Loader:
             loop.call_soon(self._dispatch)
         self._pending.append(actor)
 
-    def retry(self, actor: SessionActor[Any]) -> None:
-        """Load ``actor`` again with the next batch (its waiters keep their future)."""
+    def retry(self, actor: SessionActor[Any]) -> bool:
+        """Load ``actor`` again with the next batch (its waiters keep their future);
+        False if it is not loading any more."""
         if actor.status is not Status.LOADING or actor.load_future is None:
-            return
+            return False
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._dispatch)
         self._pending.append(actor)
+        return True
 
     def _dispatch(self) -> None:
         pending, self._pending = self._pending, []

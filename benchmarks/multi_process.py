@@ -9,8 +9,11 @@ read back from Redis after the workers have stopped (SIGTERM); Redis commands
 come from INFO commandstats (commands inside Lua scripts included) over the
 whole run, shutdown flush included.
 
-    .venv/bin/python -m benchmarks.multi_process [--workers 3] [--chats 200]
-        [--messages 20] [--in-flight 128] [--rounds 3]
+Two workloads: "hot chats" (20 chats x 100 messages: several updates of one
+chat in flight at once, the case isolation exists for) and "spread" (200
+chats x 20 messages: most updates meet no other of their chat).
+
+    .venv/bin/python -m benchmarks.multi_process [--workers 3] [--in-flight 128] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -163,20 +166,33 @@ async def stored_aiogram(url: str, chats: list[int]) -> list[int]:
     return [json.loads(v).get("apple", 0) if v else 0 for v in raw]
 
 
+#: (name, chats, messages per chat): a few busy group chats, and many quieter ones.
+WORKLOADS = [("hot chats", 20, 100), ("spread", 200, 20)]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--chats", type=int, default=200)
-    parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--in-flight", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="runs per row; the median is shown")
     args = parser.parse_args()
-    results: dict[str, list[Result]] = {}
+    print(f"{args.workers} webhook workers, {args.in_flight} in flight; {machine()}")
     with RedisServer() as server, tempfile.TemporaryDirectory() as logs:
-        for round_ in range(args.rounds):
-            for row in ROWS:  # interleaved, so drift hits every row alike
-                result = await run(row, server.url, args, Path(logs) / f"{round_}-{row.module}")
-                results.setdefault(row.name, []).append(result)
+        for workload, chats, messages in WORKLOADS:
+            args.chats, args.messages = chats, messages
+            results: dict[str, list[Result]] = {}
+            for round_ in range(args.rounds):
+                for row in ROWS:  # interleaved, so drift hits every row alike
+                    where = Path(logs) / f"{workload}-{round_}-{row.module}"
+                    results.setdefault(row.name, []).append(await run(row, server.url, args, where))
+            print(
+                f"\n{workload}: {chats} chats x {messages} messages routed at random, "
+                f"median of {args.rounds} runs\n"
+            )
+            print(summary(results))
+
+
+def summary(results: dict[str, list[Result]]) -> str:
     baseline = median([r.rate for r in results[BASELINE]])
     out = []
     for name, runs in results.items():
@@ -193,11 +209,6 @@ async def main() -> None:
                 median([r.p99_ms for r in runs]),
             ]
         )
-    print(
-        f"\n{args.workers} webhook workers, {args.chats} chats x {args.messages} messages "
-        f"routed at random, {args.in_flight} in flight, median of {args.rounds} runs; "
-        f"{machine()}\n"
-    )
     headers = [
         "row",
         "updates/s",
@@ -206,7 +217,7 @@ async def main() -> None:
         "Redis cmds/update",
         "worker CPU ms/update",
     ]
-    print(table([*headers, "p50 ms", "p99 ms"], out))
+    return table([*headers, "p50 ms", "p99 ms"], out)
 
 
 if __name__ == "__main__":
