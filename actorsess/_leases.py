@@ -489,6 +489,8 @@ class LeaseKeeper:
                 for manager, token in list(asking.items()):
                     if token in release.waiters:
                         del asking[manager]
+                if not asking:
+                    self._requesters.pop(release.key, None)
                 actor.lease_token = None  # released: forgetting it must not release again
                 self._registry.settle(actor)
 
