@@ -9,6 +9,7 @@ tags, keys spread over the cluster and a batch costs about one call per key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -16,7 +17,9 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int
 #: Builds the script arguments for the given positions of the batch.
@@ -50,6 +53,13 @@ class ClusterBatchScript:
             # A node restarted or failed over has an empty script cache.
             await self._client.script_load(self._source)
             replies = await self._run(keys, groups, args_for)
+        except (RedisConnectionError, RedisTimeoutError):
+            # redis-py's cluster pipeline does not refresh the slot map after a node
+            # failure, so without this every retry would go to the dead primary even
+            # after its replica has taken over. The caller retries later.
+            with contextlib.suppress(Exception):
+                await self._client.nodes_manager.initialize()
+            raise
         return list(zip(groups, replies, strict=True))
 
     async def _run(

@@ -31,11 +31,13 @@ def _free_cluster_port() -> int:
 
 
 class LocalRedisCluster:
-    """``primaries`` nodes, each owning a share of the 16384 slots, no replicas."""
+    """``primaries`` nodes, each owning a share of the 16384 slots, each with
+    ``replicas`` replicas (which take over when their primary fails)."""
 
-    def __init__(self, primaries: int = 3) -> None:
+    def __init__(self, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
         if primaries < 3:
             raise ValueError("Redis Cluster needs at least 3 primaries")
+        self.replicas = replicas
         self.nodes = [
             RedisServer(
                 port=_free_cluster_port(),
@@ -46,10 +48,13 @@ class LocalRedisCluster:
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "2000",
+                    str(node_timeout_ms),
+                    # Replicas sync at once rather than after the default 5 s delay.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ],
             )
-            for _ in range(primaries)
+            for _ in range(primaries * (1 + replicas))
         ]
 
     @property
@@ -65,18 +70,52 @@ class LocalRedisCluster:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
-            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            [
+                cli,
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
             check=True,
             capture_output=True,
             timeout=timeout,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(self._state_ok(cli, node.port) for node in self.nodes):
+            if all(self._state_ok(cli, node.port) for node in self.nodes) and all(
+                self._replica_synced(cli, node.port) for node in self.nodes
+            ):
                 return self
             time.sleep(0.1)
         self.close()
         raise RuntimeError(f"the cluster did not reach cluster_state:ok in {timeout}s")
+
+    def primary_ports(self) -> list[int]:
+        """Ports of the nodes that are primaries now (this changes after a failover)."""
+        cli = shutil.which("redis-cli") or "redis-cli"
+        ports = []
+        for node in self.nodes:
+            role = subprocess.run(
+                [cli, "-p", str(node.port), "role"], capture_output=True, text=True, check=False
+            ).stdout.split("\n", 1)[0]
+            if role.strip() == "master":
+                ports.append(node.port)
+        return ports
+
+    @staticmethod
+    def _replica_synced(cli: str, port: int) -> bool:
+        """True for a primary, and for a replica whose link to its primary is up (a
+        replica that never synced cannot be promoted)."""
+        info = subprocess.run(
+            [cli, "-p", str(port), "info", "replication"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return "role:master" in info or "master_link_status:up" in info
 
     @staticmethod
     def _state_ok(cli: str, port: int) -> bool:
