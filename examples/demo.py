@@ -8,7 +8,12 @@ read back from storage with a fresh manager and checked against what was sent.
 Running it again continues the counts. With ``BOT_TOKEN`` set, the same bot
 runs against real Telegram instead.
 
+Then part two (``examples.shared_demo``): three webhook worker processes on
+a private Redis with ``ownership="shared"``, each update sent to a random one
+of them, and the same check (skip it with ``--processes 0``).
+
     python -m examples.demo [--users 200] [--messages 25] [--db data/demo.sqlite3]
+        [--processes 3]
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import structlog
 from actorsess import SessionConfig, SessionManager, Storage
 from actorsess.testing import LocalBotAPI
 from examples.apple_counter import build_dispatcher, make_storage, new_session
+from examples.shared_demo import run_shared_demo
 
 SHOWN_PER_EVENT = {"session.evict": 4, "session.load": 2}
 
@@ -170,13 +176,19 @@ def main() -> None:
     parser.add_argument("--flush-interval", type=float, default=0.5)
     parser.add_argument("--max-cached", type=int, default=150)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--processes", type=int, default=3, help="worker processes in part two; 0 skips it"
+    )
     args = parser.parse_args()
     if os.environ.get("BOT_TOKEN"):
         from examples.apple_counter import main as real_main
 
         asyncio.run(real_main())
         return
-    sys.exit(asyncio.run(run_demo(args)))
+    status = asyncio.run(run_demo(args))
+    if args.processes and status == 0:
+        status = asyncio.run(run_shared_demo(args.processes, users=100, messages=10))
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from aiohttp import web
 from actorsess import MemoryStorage, SessionManager, SqliteStorage
 from actorsess.aiogram import ActorFSMStorage
 from actorsess.testing import LocalBotAPI, free_port
-from examples import apple_counter, demo, fsm_bot, typed_session, webhook_bot
+from examples import apple_counter, demo, fsm_bot, shared_demo, typed_session, webhook_bot
 
 from .aiogram_helpers import message_update
 
@@ -88,3 +88,9 @@ async def test_webhook_bot_serves_updates_over_http() -> None:
         await runner.cleanup()
         assert [m["text"] for m in api.sent] == [f"🍏 apples: {n}" for n in (2, 3, 4)]
         assert sessions.stats().dirty == 0
+
+
+async def test_shared_demo_runs_and_nothing_is_lost(capsys: Any) -> None:
+    """Part two of the demo: 2 worker processes, updates at random, every apple counted."""
+    assert await shared_demo.run_shared_demo(2, users=20, messages=5) == 0
+    assert "RESULT: nothing lost" in capsys.readouterr().out

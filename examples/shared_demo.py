@@ -1,0 +1,101 @@
+"""The demo, part two: several bot processes on one Redis, updates routed at random.
+
+Starts a private redis-server and ``--processes`` webhook workers
+(``examples.shared_webhook``, ``ownership="shared"``), then posts every
+simulated user's messages, as real Bot API update JSON, to a worker picked at
+random, as a load balancer without sticky sessions would. One chat's updates
+reach several processes at once; the counts read back from Redis must still
+match what was sent.
+
+    python -m examples.shared_demo [--processes 3] [--users 100] [--messages 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from actorsess import RedisStorage, SessionManager
+from actorsess.testing import RedisServer, WebhookWorker, message_update
+from examples.shared_webhook import OFFLINE_TOKEN, new_session
+
+ROOT = Path(__file__).resolve().parent.parent
+BOT_ID = int(OFFLINE_TOKEN.split(":", 1)[0])
+
+
+async def run_shared_demo(processes: int, users: int, messages: int, in_flight: int = 64) -> int:
+    total = users * messages
+    print(
+        f"\nactorsess demo, part two: {processes} webhook worker processes on one Redis, "
+        f"ownership='shared'; {users} users x {messages} messages = {total} updates, "
+        f"each sent to a random process\n",
+        flush=True,
+    )
+    with RedisServer() as redis_server, tempfile.TemporaryDirectory() as logs:
+        env = {"ACTORSESS_REDIS_URL": redis_server.url, "ACTORSESS_FLUSH_INTERVAL": "0.5"}
+        workers = [
+            WebhookWorker("examples.shared_webhook", Path(logs) / f"{i}.log", env=env, cwd=ROOT)
+            for i in range(processes)
+        ]
+        try:
+            for worker in workers:
+                worker.start()
+                print(f"  worker pid {worker.pid} serving {worker.url}", flush=True)
+            chats = [2_000_000 + i for i in range(users)]
+            schedule = [chat for chat in chats for _ in range(messages)]
+            random.shuffle(schedule)
+            gate = asyncio.Semaphore(in_flight)
+            failed = 0
+            started = time.monotonic()
+            async with aiohttp.ClientSession() as http:
+
+                async def send(chat: int) -> None:
+                    nonlocal failed
+                    async with gate:
+                        url = random.choice(workers).url
+                        async with http.post(url, json=message_update(chat, "apple")) as reply:
+                            await reply.read()
+                            failed += reply.status != 200
+
+                await asyncio.gather(*(send(chat) for chat in schedule))
+            elapsed = time.monotonic() - started
+            for worker in workers:
+                worker.stop()  # SIGTERM: each writes what it owns and lets go of its leases
+        finally:
+            for worker in workers:
+                worker.kill()
+        reader = SessionManager(RedisStorage.from_url(redis_server.url), initial=new_session)
+        async with reader:
+            keys = [f"session:{BOT_ID}:{chat}:{chat}" for chat in chats]
+            stored = await reader.get_many(keys)
+    counted = sum(value["apple"] for value in stored.values())
+    wrong = [key for key in keys if stored[key]["apple"] != messages]
+    print(
+        f"\n  updates handled   {total - failed} in {elapsed:.2f}s ({total / elapsed:.0f}/s), "
+        f"failed {failed}\n"
+        f"  apples counted    {counted} (messages sent: {total}) read back from Redis\n"
+        f"  users checked     {len(keys)}; wrong counters: {len(wrong)}"
+    )
+    ok = counted == total and not wrong and not failed
+    print("\nRESULT: " + ("nothing lost" if ok else f"MISMATCH in {wrong[:5]}"), flush=True)
+    return 0 if ok else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--messages", type=int, default=10, help="messages per user")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(run_shared_demo(args.processes, args.users, args.messages)))
+
+
+if __name__ == "__main__":
+    main()
