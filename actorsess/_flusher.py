@@ -261,7 +261,11 @@ class Flusher:
             batch.append(actor)
             version = actor.version
             record = None if actor.deleted else encode_record(version, actor.blob)
-            items.append(WriteItem(key, record, version, actor.fenced, actor.lease_token))
+            items.append(
+                WriteItem(
+                    key, record, version, actor.fenced, actor.lease_token, actor.persisted_version
+                )
+            )
             if len(batch) == batch_size:
                 break
         leftovers = len(self.dirty) > len(in_flight)

@@ -372,9 +372,8 @@ class LeaseKeeper:
             self._registry.settle(actor)
             return
         version = actor.version
-        final = WriteItem(
-            key, None if actor.deleted else encode_record(version, actor.blob), version
-        )
+        record = None if actor.deleted else encode_record(version, actor.blob)
+        final = WriteItem(key, record, version, expected=actor.persisted_version)
         flusher.hold(key)  # no flush round may write it meanwhile
         self._finishing[key] = actor
         waiters = list(self._requesters.get(key, {}).values())
@@ -497,7 +496,7 @@ class LeaseKeeper:
     # -- fenced writes (the flusher's write in shared mode) -------------------
 
     async def write(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
-        return await self._storage.write_leased(items, ttl_ms)
+        return await self._storage.write_leased(items, ttl_ms, self._config.lease_ms)
 
     def conflict(self, actor: SessionActor[Any], reason: str) -> None:
         """The flusher's hook: storage refused ``actor``'s write. Its changes since the
@@ -533,7 +532,10 @@ class LeaseKeeper:
         try:
             async with asyncio.timeout(self._config.write_timeout):
                 renewed = await self._storage.renew_many(
-                    [a.storage_key for a in actors], tokens, self._config.lease_ms
+                    [a.storage_key for a in actors],
+                    tokens,
+                    self._config.lease_ms,
+                    [a.persisted_version for a in actors],
                 )
         except Exception as exc:
             # Turns keep running until the old expiry; then they wait for a new lease.

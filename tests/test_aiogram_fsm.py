@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,7 +31,7 @@ class Form(StatesGroup):
     age = State()
 
 
-@pytest.fixture(params=["aiogram-memory", "aiogram-redis", "actorsess"])
+@pytest.fixture(params=["aiogram-memory", "aiogram-redis", "actorsess", "actorsess-shared"])
 async def fsm_storage(
     request: pytest.FixtureRequest, redis_client: Any, redis_url: str
 ) -> AsyncIterator[BaseStorage]:
@@ -41,8 +42,10 @@ async def fsm_storage(
         storage = AiogramRedisStorage.from_url(
             redis_url, key_builder=DefaultKeyBuilder(with_destiny=True)
         )
-    else:
+    elif request.param == "actorsess":
         storage = ActorFSMStorage(RedisStorage.from_url(redis_url))
+    else:
+        storage = ActorFSMStorage.from_url(redis_url, config=SessionConfig(ownership="shared"))
     yield storage
     await storage.close()
 
@@ -175,6 +178,27 @@ async def test_isolation_serializes_concurrent_updates(redis_client: Any, redis_
     await bot.session.close()
     reader = ActorFSMStorage(RedisStorage.from_url(redis_url))
     assert await reader.get_data(StorageKey(bot_id=42, chat_id=7, user_id=7)) == {"n": 300}
+    await reader.close()
+
+
+async def test_two_processes_share_fsm_storage_in_shared_mode(
+    redis_client: Any, redis_url: str
+) -> None:
+    """Two dispatchers on shared-mode ActorFSMStorage (two processes' worth), one chat's
+    updates split between them at random: no increment is lost."""
+    config = SessionConfig(ownership="shared", flush_interval=0.01)
+    dispatchers = [form_dispatcher(ActorFSMStorage.from_url(redis_url, config=config))[0]]
+    dispatchers.append(form_dispatcher(ActorFSMStorage.from_url(redis_url, config=config))[0])
+    bot = Bot("42:TEST")
+    rng = random.Random(3)
+    await asyncio.gather(
+        *(rng.choice(dispatchers).feed_update(bot, message_update(7, "/count")) for _ in range(200))
+    )
+    for dp in dispatchers:
+        await dp.emit_shutdown()
+    await bot.session.close()
+    reader = ActorFSMStorage(RedisStorage.from_url(redis_url))
+    assert await reader.get_data(StorageKey(bot_id=42, chat_id=7, user_id=7)) == {"n": 200}
     await reader.close()
 
 

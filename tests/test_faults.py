@@ -13,6 +13,7 @@ import redis.asyncio as redis_asyncio
 
 from actorsess import (
     BackpressureTimeoutError,
+    LeaseTimeoutError,
     RedisStorage,
     SessionConfig,
     SessionManager,
@@ -256,3 +257,55 @@ async def test_cluster_primary_killed_fails_over_without_losing_replicated_write
         async with reader:
             values = await reader.get_many(keys)
     assert [v["n"] for v in values.values()] == [6] * len(keys)
+
+
+async def test_shared_mode_redis_paused_past_the_lease_then_resumed(
+    private_redis: RedisServer, events: Events
+) -> None:
+    """Shared ownership with Redis SIGSTOPped for longer than a lease: once a lease can no
+    longer be renewed, turns on it wait (boundedly) instead of running on an ownership
+    that may be gone; after the resume everything that succeeded is stored exactly."""
+    config = SessionConfig(
+        ownership="shared",
+        flush_interval=0.05,
+        lease_time=0.6,
+        lease_wait_timeout=0.5,
+        write_timeout=0.3,
+        load_timeout=0.3,
+        retry_base_delay=0.05,
+        retry_max_delay=0.2,
+    )
+    keys = [f"paused-shared:{i}" for i in range(10)]
+    done = dict.fromkeys(keys, 0)
+    storage = RedisStorage.from_url(private_redis.url)
+    async with SessionManager(storage, initial=counter, config=config, logger=events.logger) as m:
+
+        async def bump(key: str) -> None:
+            try:
+                await m.update(key, lambda s: s.update(n=s["n"] + 1))
+            except (LeaseTimeoutError, StorageError):
+                return
+            done[key] += 1
+
+        for _ in range(3):
+            await asyncio.gather(*(bump(k) for k in keys))
+        private_redis.pause()
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 1.5:
+                await asyncio.gather(*(bump(k) for k in keys))
+                await asyncio.sleep(0.05)
+        finally:
+            private_redis.resume()
+        for _ in range(40):  # leases come back (released, reacquired); turns run again
+            await asyncio.gather(*(bump(k) for k in keys))
+            if m.stats().dirty == 0 and all(done[k] >= 6 for k in keys):
+                break
+            await asyncio.sleep(0.1)
+        await m.flush()
+    reader = SessionManager(RedisStorage.from_url(private_redis.url), initial=counter)
+    async with reader:
+        values = await reader.get_many(keys)
+    assert not events.named("session.conflict")
+    assert {k: v["n"] for k, v in values.items()} == done
+    assert all(done[k] >= 6 for k in keys)

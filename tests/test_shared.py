@@ -204,18 +204,39 @@ async def test_leased_write_replay_counts_as_applied(redis_storage: RedisStorage
     [loaded] = await redis_storage.acquire_many(["actorsess:k"], ["me:1"], "me", 10_000)
     assert loaded is None
     item = WriteItem("actorsess:k", b'as1:1:{"n":1}', 1, True, "me:1")
-    assert await redis_storage.write_leased([item], None) == []
-    assert await redis_storage.write_leased([item], None) == []
+    assert await redis_storage.write_leased([item], None, 10_000) == []
+    assert await redis_storage.write_leased([item], None, 10_000) == []
     older = WriteItem("actorsess:k", b'as1:0:{"n":0}', 0, True, "me:1")
-    assert await redis_storage.write_leased([older], None) == [
+    assert await redis_storage.write_leased([older], None, 10_000) == [
         Conflict(0, "storage holds a newer version")
     ]
     thief = WriteItem("actorsess:k", b'as1:2:{"n":9}', 2, True, "other:1")
-    assert await redis_storage.write_leased([thief], None) == [
+    assert await redis_storage.write_leased([thief], None, 10_000) == [
         Conflict(0, "the lease is held by another process")
     ]
     [owned] = await redis_storage.acquire_many(["actorsess:k"], ["other:1"], "other", 10_000)
     assert owned == Owned("me:1")
+
+
+async def test_a_lapsed_lease_is_taken_back_only_if_nobody_wrote(
+    redis_storage: RedisStorage, redis_client: redis_asyncio.Redis
+) -> None:
+    """A lease that expired while Redis was unreachable is taken back by its holder's
+    next write or renewal when the record is still at the version it last knew."""
+    await redis_storage.acquire_many(["actorsess:k"], ["me:1"], "me", 10_000)
+    item = WriteItem("actorsess:k", b'as1:1:{"n":1}', 1, True, "me:1", 0)
+    assert await redis_storage.write_leased([item], None, 10_000) == []
+    await redis_client.delete(lease_key("actorsess:k"))  # the lease lapsed
+    assert await redis_storage.renew_many(["actorsess:k"], ["me:1"], 10_000, [1]) == [True]
+    assert await redis_client.get(lease_key("actorsess:k")) == b"me:1"
+    await redis_client.delete(lease_key("actorsess:k"))
+    await redis_client.set("actorsess:k", b'as1:2:{"n":7}')  # someone wrote meanwhile
+    later = WriteItem("actorsess:k", b'as1:2:{"n":2}', 2, True, "me:1", 1)
+    assert await redis_storage.write_leased([later], None, 10_000) == [
+        Conflict(0, "the lease is held by another process")
+    ]
+    assert await redis_storage.renew_many(["actorsess:k"], ["me:1"], 10_000, [1]) == [False]
+    assert await redis_client.get("actorsess:k") == b'as1:2:{"n":7}'
 
 
 def test_lease_keys_share_the_record_slot() -> None:

@@ -22,6 +22,30 @@ from actorsess.exceptions import InvalidKeyError
 CHANNEL_PREFIX = "actorsess:lease:"
 LEASE_SUFFIX = ":lease"
 
+# Shared by the scripts below. A lease is held by ``token`` when it holds that
+# token, or when it lapsed (no lease key at all: it expired while Redis was
+# paused or unreachable, or was lost in a restart) and the record is still at
+# ``expected``, the version the holder last wrote or loaded: then no other
+# process can have written it meanwhile, so the lease is taken back. An absent
+# record counts as version 0.
+_HOLDS_LUA = """
+local function stored_version(key)
+  local stored = redis.pcall('GET', key)
+  if type(stored) == 'string' then
+    return tonumber(string.match(stored, '^as1:(%d+):')) or -1
+  end
+  if stored then return -1 end
+  return 0
+end
+local function holds(key, lease, token, expected, ms)
+  local owner = redis.call('GET', lease)
+  if owner == token then return true end
+  if owner or not expected or stored_version(key) ~= expected then return false end
+  redis.call('SET', lease, token, 'PX', ms)
+  return true
+end
+"""
+
 # KEYS: (record, lease) pairs. ARGV: lease ms, manager id, channel prefix, then one
 # token per pair. A lease that is free, or left by an earlier acquisition of this
 # same manager (including one reserved for it), is taken and the record
@@ -52,13 +76,18 @@ end
 return out
 """
 
-# KEYS: leases. ARGV: lease ms, then one token per lease. Extends the leases
-# still held with the given tokens; returns 1 (renewed) or 0 (lost) per lease.
-RENEW_LUA = """
+# KEYS: (record, lease) pairs. ARGV: lease ms, then per pair the token and the
+# expected version. Extends each lease still held (see holds); returns 1
+# (renewed) or 0 (lost) per pair.
+RENEW_LUA = (
+    _HOLDS_LUA
+    + """
+local ms = ARGV[1]
 local out = {}
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+for i = 1, #KEYS / 2 do
+  local key, lease, token = KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i]
+  if holds(key, lease, token, tonumber(ARGV[2 * i + 1]), ms) then
+    redis.call('PEXPIRE', lease, ms)
     out[i] = 1
   else
     out[i] = 0
@@ -66,11 +95,13 @@ for i = 1, #KEYS do
 end
 return out
 """
+)
 
 # KEYS: (record, lease) pairs. ARGV: channel prefix, lease ms, TTL ms ("0":
-# none), then four per pair: token, the space-separated tokens of the
+# none), then five per pair: token, the space-separated tokens of the
 # acquire attempts waiting for the key, and an optional final write: version
-# ("" for none) and record ("" deletes). While the lease still holds the token,
+# ("" for none), expected version and record ("" deletes). While the lease is
+# held (see holds),
 # the final write is made (compare-and-set on the version as in
 # WRITE_LEASED_LUA, so a handover costs one call, not a write and a release)
 # and the lease passes to the first waiter: it is set to that waiter's token
@@ -81,27 +112,26 @@ return out
 # handover (the lease had moved on) every waiter is told "f <key>" and asks
 # again. Returns {position, reason} pairs of refused final writes, as
 # WRITE_LEASED_LUA does.
-RELEASE_LUA = """
+RELEASE_LUA = (
+    _HOLDS_LUA
+    + """
 local chan, ms, ttl = ARGV[1], ARGV[2], ARGV[3]
 local function manager(token) return string.match(token, '^(.*):%d+$') or token end
 local out = {}
 for i = 1, #KEYS / 2 do
   local key, lease = KEYS[2 * i - 1], KEYS[2 * i]
-  local token, waiters = ARGV[4 * i], ARGV[4 * i + 1]
-  local version, value = tonumber(ARGV[4 * i + 2]), ARGV[4 * i + 3]
+  local token, waiters = ARGV[5 * i - 1], ARGV[5 * i]
+  local version, expected = tonumber(ARGV[5 * i + 1]), tonumber(ARGV[5 * i + 2])
+  local value = ARGV[5 * i + 3]
   local first = string.match(waiters, '%S+')
   local given = nil
-  if redis.call('GET', lease) == token then
+  if holds(key, lease, token, expected, ms) then
     if version then
-      local stored = redis.pcall('GET', key)
-      local stored_version = -1
-      if type(stored) == 'string' then
-        stored_version = tonumber(string.match(stored, '^as1:(%d+):')) or -1
-      end
-      if stored_version > version then
+      local stored = stored_version(key)
+      if stored > version then
         out[#out + 1] = i
         out[#out + 1] = 2
-      elseif stored_version < version then
+      elseif stored < version then
         if value == '' then
           redis.call('DEL', key)
         elseif ttl ~= '0' then
@@ -134,32 +164,33 @@ for i = 1, #KEYS / 2 do
 end
 return out
 """
+)
 
-# KEYS: (record, lease) pairs. ARGV: TTL in ms ("0": none), then per pair the
-# token, the version and the record ("" deletes). Compare-and-set: a record is
-# written only while its lease holds that token and the stored version is
-# older. The same version already stored is a replay of a write whose outcome
-# was unknown: applied, nothing to do. Returns {position, reason} pairs of the
-# refused writes: 1 the lease is not ours, 2 storage holds a newer version.
-WRITE_LEASED_LUA = """
-local ttl = ARGV[1]
+# KEYS: (record, lease) pairs. ARGV: TTL in ms ("0": none), lease ms, then per
+# pair the token, the version, the expected version ("" for none) and the
+# record ("" deletes). Compare-and-set: a record is written only while its
+# lease is held (see holds) and the stored version is older. The same version
+# already stored is a replay of a write whose outcome was unknown: applied,
+# nothing to do. Returns {position, reason} pairs of the refused writes: 1 the
+# lease is not ours, 2 storage holds a newer version.
+WRITE_LEASED_LUA = (
+    _HOLDS_LUA
+    + """
+local ttl, ms = ARGV[1], ARGV[2]
 local out = {}
 for i = 1, #KEYS / 2 do
   local key, lease = KEYS[2 * i - 1], KEYS[2 * i]
-  local token, version, value = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), ARGV[3 * i + 1]
-  if redis.call('GET', lease) ~= token then
+  local token, version = ARGV[4 * i - 1], tonumber(ARGV[4 * i])
+  local expected, value = tonumber(ARGV[4 * i + 1]), ARGV[4 * i + 2]
+  if not holds(key, lease, token, expected, ms) then
     out[#out + 1] = i
     out[#out + 1] = 1
   else
-    local stored = redis.pcall('GET', key)
-    local stored_version = -1
-    if type(stored) == 'string' then
-      stored_version = tonumber(string.match(stored, '^as1:(%d+):')) or -1
-    end
-    if stored_version > version then
+    local stored = stored_version(key)
+    if stored > version then
       out[#out + 1] = i
       out[#out + 1] = 2
-    elseif stored_version < version then
+    elseif stored < version then
       if value == '' then
         redis.call('DEL', key)
       elseif ttl ~= '0' then
@@ -172,6 +203,7 @@ for i = 1, #KEYS / 2 do
 end
 return out
 """
+)
 
 CONFLICT_REASONS = {1: "the lease is held by another process", 2: "storage holds a newer version"}
 

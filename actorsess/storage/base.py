@@ -21,6 +21,9 @@ class WriteItem(NamedTuple):
     fenced: bool = True
     #: Shared ownership: the lease token the write must still hold (see LeaseStorage).
     lease: str | None = None
+    #: Shared ownership: the version this writer last wrote or loaded; a lapsed lease
+    #: is taken back only if storage still holds it.
+    expected: int | None = None
 
 
 class BadValue(NamedTuple):
@@ -106,9 +109,15 @@ class LeaseStorage(Storage, Protocol):
         ...
 
     async def renew_many(
-        self, keys: Sequence[str], tokens: Sequence[str], lease_ms: int
+        self,
+        keys: Sequence[str],
+        tokens: Sequence[str],
+        lease_ms: int,
+        expected: Sequence[int] | None = None,
     ) -> list[bool]:
-        """Extend the leases still held with ``tokens``; False where one was lost."""
+        """Extend the leases still held with ``tokens``; False where one was lost. A
+        lease that lapsed (expired while storage was unreachable) is taken back when
+        the record is still at the ``expected`` version: nobody can have written it."""
         ...
 
     async def release_many(
@@ -121,9 +130,12 @@ class LeaseStorage(Storage, Protocol):
         passed on to it."""
         ...
 
-    async def write_leased(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
-        """Write items whose lease is still held with ``item.lease`` and whose stored
-        version is older; a stored equal version counts as already written."""
+    async def write_leased(
+        self, items: Sequence[WriteItem], ttl_ms: int | None, lease_ms: int
+    ) -> list[Conflict]:
+        """Write items whose lease is still held with ``item.lease`` (or lapsed, with the
+        record still at ``item.expected``: then it is taken back for ``lease_ms``) and
+        whose stored version is older; a stored equal version counts as written."""
         ...
 
     async def listen(self, manager_id: str, on_notice: Callable[[bytes], None]) -> None:

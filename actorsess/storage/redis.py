@@ -200,16 +200,23 @@ class RedisStorage:
         return results
 
     async def renew_many(
-        self, keys: Sequence[str], tokens: Sequence[str], lease_ms: int
+        self,
+        keys: Sequence[str],
+        tokens: Sequence[str],
+        lease_ms: int,
+        expected: Sequence[int] | None = None,
     ) -> list[bool]:
         results = [False] * len(keys)
 
         def args_for(positions: list[int]) -> list[Arg]:
-            return [lease_ms, *(tokens[p] for p in positions)]
+            args: list[Arg] = [lease_ms]
+            for p in positions[::2]:
+                args += (tokens[p // 2], "" if expected is None else expected[p // 2])
+            return args
 
-        for positions, reply in await self._renew([lease_key(k) for k in keys], args_for):
-            for position, renewed in zip(positions, reply, strict=True):
-                results[position] = renewed == 1
+        for positions, reply in await self._renew(_with_leases(keys), args_for):
+            for j, position in enumerate(positions[::2]):
+                results[position // 2] = reply[j] == 1
         return results
 
     async def release_many(
@@ -222,9 +229,13 @@ class RedisStorage:
                 final = release.final
                 args += (release.token, " ".join(release.waiters))
                 if final is None:
-                    args += ("", "")
+                    args += ("", "", "")
                 else:
-                    args += (final.version, b"" if final.blob is None else final.blob)
+                    args += (
+                        final.version,
+                        "" if final.expected is None else final.expected,
+                        b"" if final.blob is None else final.blob,
+                    )
             return args
 
         if not releases:
@@ -232,14 +243,18 @@ class RedisStorage:
         replies = await self._release(_with_leases([r.key for r in releases]), args_for)
         return _conflicts(replies)
 
-    async def write_leased(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+    async def write_leased(
+        self, items: Sequence[WriteItem], ttl_ms: int | None, lease_ms: int
+    ) -> list[Conflict]:
         ttl = str(ttl_ms or 0)
 
         def args_for(positions: list[int]) -> list[Arg]:
-            args: list[Arg] = [ttl]
+            args: list[Arg] = [ttl, lease_ms]
             for p in positions[::2]:
                 item = items[p // 2]
-                args += (item.lease or "", item.version, b"" if item.blob is None else item.blob)
+                expected = "" if item.expected is None else item.expected
+                blob = b"" if item.blob is None else item.blob
+                args += (item.lease or "", item.version, expected, blob)
             return args
 
         if not items:
