@@ -27,8 +27,10 @@ LEASE_SUFFIX = ":lease"
 # paused or unreachable, or was lost in a restart) and the record is still at
 # ``expected``, the version the holder last wrote or loaded: then no other
 # process can have written it meanwhile, so the lease is taken back. An absent
-# record counts as version 0.
-_HOLDS_LUA = """
+# record counts as version 0. ``put`` writes a record (or deletes it, for "")
+# unless storage holds that version already (a replay: done) or a newer one
+# (returns false).
+_COMMON_LUA = """
 local function stored_version(key)
   local stored = redis.pcall('GET', key)
   if type(stored) == 'string' then
@@ -36,6 +38,20 @@ local function stored_version(key)
   end
   if stored then return -1 end
   return 0
+end
+local function put(key, version, value, ttl)
+  local stored = stored_version(key)
+  if stored > version then return false end
+  if stored < version then
+    if value == '' then
+      redis.call('DEL', key)
+    elseif ttl ~= '0' then
+      redis.call('SET', key, value, 'PX', ttl)
+    else
+      redis.call('SET', key, value)
+    end
+  end
+  return true
 end
 local function holds(key, lease, token, expected, ms)
   local owner = redis.call('GET', lease)
@@ -80,7 +96,7 @@ return out
 # expected version. Extends each lease still held (see holds); returns 1
 # (renewed) or 0 (lost) per pair.
 RENEW_LUA = (
-    _HOLDS_LUA
+    _COMMON_LUA
     + """
 local ms = ARGV[1]
 local out = {}
@@ -113,7 +129,7 @@ return out
 # again. Returns {position, reason} pairs of refused final writes, as
 # WRITE_LEASED_LUA does.
 RELEASE_LUA = (
-    _HOLDS_LUA
+    _COMMON_LUA
     + """
 local chan, ms, ttl = ARGV[1], ARGV[2], ARGV[3]
 local function manager(token) return string.match(token, '^(.*):%d+$') or token end
@@ -126,20 +142,9 @@ for i = 1, #KEYS / 2 do
   local first = string.match(waiters, '%S+')
   local given = nil
   if holds(key, lease, token, expected, ms) then
-    if version then
-      local stored = stored_version(key)
-      if stored > version then
-        out[#out + 1] = i
-        out[#out + 1] = 2
-      elseif stored < version then
-        if value == '' then
-          redis.call('DEL', key)
-        elseif ttl ~= '0' then
-          redis.call('SET', key, value, 'PX', ttl)
-        else
-          redis.call('SET', key, value)
-        end
-      end
+    if version and not put(key, version, value, ttl) then
+      out[#out + 1] = i
+      out[#out + 1] = 2
     end
     if first then
       redis.call('SET', lease, first, 'PX', ms)
@@ -174,7 +179,7 @@ return out
 # nothing to do. Returns {position, reason} pairs of the refused writes: 1 the
 # lease is not ours, 2 storage holds a newer version.
 WRITE_LEASED_LUA = (
-    _HOLDS_LUA
+    _COMMON_LUA
     + """
 local ttl, ms = ARGV[1], ARGV[2]
 local out = {}
@@ -185,20 +190,9 @@ for i = 1, #KEYS / 2 do
   if not holds(key, lease, token, expected, ms) then
     out[#out + 1] = i
     out[#out + 1] = 1
-  else
-    local stored = stored_version(key)
-    if stored > version then
-      out[#out + 1] = i
-      out[#out + 1] = 2
-    elseif stored < version then
-      if value == '' then
-        redis.call('DEL', key)
-      elseif ttl ~= '0' then
-        redis.call('SET', key, value, 'PX', ttl)
-      else
-        redis.call('SET', key, value)
-      end
-    end
+  elseif not put(key, version, value, ttl) then
+    out[#out + 1] = i
+    out[#out + 1] = 2
   end
 end
 return out
