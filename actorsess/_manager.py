@@ -113,18 +113,18 @@ class SessionManager(Generic[T]):
         self._counters = Counters()
         backoff = Backoff(config.retry_base_delay, config.retry_max_delay, rng)
         self._keeper: LeaseKeeper | None = None
-        #: Takes a free cached turn with no await (SessionTurn's fast path), or None.
-        self._enter_now: Callable[[str], SessionActor[T] | None] = self._enter_now_local
         if isinstance(storage, LeaseStorage) and config.ownership == "shared":
             self._registry = Registry(config.max_cached, self._on_evict, self._release_lease)
             self._keeper = LeaseKeeper(
                 storage, config, self._registry, self._counters, self._clock, backoff, self._log
             )
-            self._enter_now = self._enter_now_shared
         else:
             self._registry = Registry(config.max_cached, self._on_evict)
-        #: The LRU's index lookup, bound once for the hot path.
-        self._lookup = self._registry.lookup
+        #: The cached actor of a key for ``_enter_now``: the LRU index's lookup, bound
+        #: once; in shared mode it also misses actors whose lease is not good now.
+        self._lookup: Callable[[str], SessionActor[T] | None] = (
+            self._registry.lookup if self._keeper is None else self._lookup_owned
+        )
         self._loader = Loader(
             storage,
             self._codec,
@@ -388,7 +388,7 @@ class SessionManager(Generic[T]):
     def _has_room(self) -> bool:
         return len(self._flusher.dirty) < self._max_dirty
 
-    def _enter_now_local(self, key: str) -> SessionActor[T] | None:
+    def _enter_now(self, key: str) -> SessionActor[T] | None:
         """Take a free, loaded, unexpired cached session's turn with no await; else None."""
         if not self._running:
             return None
@@ -406,12 +406,11 @@ class SessionManager(Generic[T]):
         self._active += 1
         return actor
 
-    def _enter_now_shared(self, key: str) -> SessionActor[T] | None:
-        """``_enter_now_local`` that also needs the lease to be good for a while yet."""
-        actor = self._lookup(key)
+    def _lookup_owned(self, key: str) -> SessionActor[T] | None:
+        actor: SessionActor[T] | None = self._registry.lookup(key)
         if actor is not None and actor.lease_until <= self._clock.now():
             return None
-        return self._enter_now_local(key)
+        return actor
 
     async def _enter(self, key: str) -> SessionActor[T]:
         if self._keeper is None:
