@@ -89,6 +89,30 @@ async def test_random_routing_over_three_managers_loses_nothing(
     assert not events.named("session.lease_lost")
 
 
+async def test_random_routing_under_eviction_pressure_loses_nothing(
+    make_manager: MakeManager, redis_url: str
+) -> None:
+    """A cache of 20 sessions for 300 keys: sessions are evicted (written, released) and
+    handed over all the time, and still every increment lands."""
+    managers = [await make_manager(shared(max_cached=20)) for _ in range(3)]
+    keys = [f"evicted{i}" for i in range(300)]
+    rng = random.Random(5)
+    plan = [key for key in keys for _ in range(6)]
+    rng.shuffle(plan)
+    gate = asyncio.Semaphore(128)
+
+    async def one(key: str) -> None:
+        async with gate:
+            await racy_increment(rng.choice(managers), key)
+
+    await asyncio.gather(*(one(key) for key in plan))
+    for manager in managers:
+        await manager.flush()
+    assert await stored_counts(redis_url, keys) == [6] * len(keys)
+    assert sum(m.stats().evictions for m in managers) > 1000
+    assert sum(m.stats().conflicts for m in managers) == 0
+
+
 async def test_random_routing_on_a_cluster_loses_nothing(
     make_manager: MakeManager, redis_cluster: LocalRedisCluster
 ) -> None:
