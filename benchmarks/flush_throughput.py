@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import time
 
 import redis.asyncio as redis_asyncio
@@ -28,8 +29,12 @@ def initial() -> dict[str, str | int]:
     return {"text": "", "n": 0}
 
 
-async def actorsess_write(url: str, n: int, batch: int) -> tuple[float, float]:
-    """Returns (write sessions/s, load sessions/s)."""
+async def actorsess_write(
+    url: str, n: int, batch: int, freeze: bool = False
+) -> tuple[float, float, int]:
+    """Returns (write sessions/s, load sessions/s, full garbage collections during the
+    write). ``freeze`` moves every object alive before the write out of the
+    collector's sight (``gc.freeze()``), as a bot may do after warming up."""
     config = SessionConfig(
         flush_interval=3600, max_batch=batch, max_dirty=n + 1, ttl=TTL_MS / 1000, max_cached=n + 1
     )
@@ -41,9 +46,15 @@ async def actorsess_write(url: str, n: int, batch: int) -> tuple[float, float]:
             async with manager.session(key) as s:
                 s["text"] = PAYLOAD
                 s["n"] = i
+        if freeze:
+            gc.collect()
+            gc.freeze()
+        full_before = gc.get_stats()[2]["collections"]
         started = time.perf_counter()
         await manager.flush()
         write_rate = n / (time.perf_counter() - started)
+        full_collections = gc.get_stats()[2]["collections"] - full_before
+        gc.unfreeze()
     reader = SessionManager(
         RedisStorage.from_url(url),
         initial=initial,
@@ -54,7 +65,7 @@ async def actorsess_write(url: str, n: int, batch: int) -> tuple[float, float]:
         values = await reader.get_many(keys)
         load_rate = n / (time.perf_counter() - started)
     assert all(v["text"] == PAYLOAD for v in values.values())
-    return write_rate, load_rate
+    return write_rate, load_rate, full_collections
 
 
 def records(n: int) -> list[tuple[str, bytes]]:
@@ -115,9 +126,13 @@ async def main() -> None:
         url = server.url
         for _ in range(args.rounds):
             flush_redis(url)
-            ours_write, ours_load = await actorsess_write(url, n, args.batch)
+            ours_write, ours_load, full = await actorsess_write(url, n, args.batch)
             results.setdefault("w-ours", []).append(ours_write)
             results.setdefault("l-ours", []).append(ours_load)
+            results.setdefault("full-gc", []).append(full)
+            flush_redis(url)
+            frozen_write, _, _ = await actorsess_write(url, n, args.batch, freeze=True)
+            results.setdefault("w-frozen", []).append(frozen_write)
             flush_redis(url)
             results.setdefault("w-pipe", []).append(await naive_pipeline_set(url, n))
             flush_redis(url)
@@ -136,6 +151,13 @@ async def main() -> None:
             m["w-ours"],
             "1.00x",
             f"{m['w-ours'] / m['w-pipe']:.1f}x",
+        ],
+        [
+            "write",
+            "actorsess flusher, gc.freeze() after warm-up",
+            m["w-frozen"],
+            f"{m['w-frozen'] / m['w-ours']:.2f}x",
+            f"{m['w-frozen'] / m['w-pipe']:.1f}x",
         ],
         [
             "write",
@@ -178,6 +200,11 @@ async def main() -> None:
         f"{args.rounds}; {machine()}\n"
     )
     print(table(["op", "row", "sessions/s", "vs actorsess", "vs naive"], rows))
+    fulls = results["full-gc"]
+    print(
+        f"\nfull (generation 2) garbage collections during the actorsess write, per run: "
+        f"{fulls}; each scans every live session object"
+    )
 
 
 if __name__ == "__main__":
