@@ -140,11 +140,13 @@ for i = 1, #KEYS / 2 do
   local version, expected = tonumber(ARGV[5 * i + 1]), tonumber(ARGV[5 * i + 2])
   local value = ARGV[5 * i + 3]
   local first = string.match(waiters, '%S+')
-  local given = nil
+  local given, record = nil, nil
   if holds(key, lease, token, expected, ms) then
     if version and not put(key, version, value, ttl) then
       out[#out + 1] = i
       out[#out + 1] = 2
+    elseif version then
+      record = value  -- what storage holds now: no need to read it back
     end
     if first then
       redis.call('SET', lease, first, 'PX', ms)
@@ -158,7 +160,8 @@ for i = 1, #KEYS / 2 do
   end
   for waiter in string.gmatch(waiters, '%S+') do
     if waiter == given then
-      local notice = 'g ' .. waiter .. ' ' .. key .. '\\n' .. (redis.call('GET', key) or '')
+      record = record or redis.call('GET', key) or ''
+      local notice = 'g ' .. waiter .. ' ' .. key .. '\\n' .. record
       redis.call('PUBLISH', chan .. manager(waiter), notice)
     elseif given then
       redis.call('PUBLISH', chan .. manager(given), 'w ' .. waiter .. ' ' .. key)
