@@ -32,7 +32,15 @@ import redis
 
 import actorsess
 from actorsess.testing import RedisServer, WebhookWorker, message_update
-from benchmarks._common import flush_redis, machine, median, percentile, redis_commands, table
+from benchmarks._common import (
+    flush_redis,
+    machine,
+    median,
+    percentile,
+    quiet_logs,
+    redis_commands,
+    table,
+)
 from benchmarks._http import Pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,6 +184,7 @@ async def main() -> None:
     parser.add_argument("--in-flight", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="runs per row; the median is shown")
     args = parser.parse_args()
+    quiet_logs()
     print(f"{args.workers} webhook workers, {args.in_flight} in flight; {machine()}")
     with RedisServer() as server, tempfile.TemporaryDirectory() as logs:
         for workload, chats, messages in WORKLOADS:
