@@ -308,7 +308,11 @@ class Flusher:
                 return
             dirty = self.dirty
             if conflicts:
-                self._refuse(batch, items, conflicts)
+                # The keeper drops each refused session from the dirty set and marks
+                # it written as far as it can be, so the loop below leaves it alone.
+                assert self._keeper is not None
+                for position, reason in conflicts:
+                    self._keeper.conflict(batch[position], reason)
             for actor, item in zip(batch, items, strict=True):
                 written = item.version
                 if written > actor.persisted_version:
@@ -347,18 +351,6 @@ class Flusher:
             return await self._keeper.write(items, self._config.ttl_ms)
         await self._storage.write_many(items, self._config.ttl_ms)
         return []
-
-    def _refuse(
-        self, batch: list[SessionActor[Any]], items: list[WriteItem], conflicts: list[Conflict]
-    ) -> None:
-        """Take refused writes out of the dirty set and hand them to the lease keeper
-        (which marks them written-as-far-as-possible, so the settle loop skips them)."""
-        assert self._keeper is not None
-        for index, reason in conflicts:
-            actor, key = batch[index], items[index].key
-            if self.dirty.get(key) is actor:
-                del self.dirty[key]
-            self._keeper.conflict(actor, reason)
 
     def _on_failure(
         self, exc: Exception, waiters: list[asyncio.Future[None]], attempt: int

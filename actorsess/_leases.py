@@ -7,15 +7,17 @@ is forgotten: after its final write, on eviction, handover or shutdown.
 
 Handover: a manager that finds a key owned elsewhere asks the owner over
 pub/sub (inside the same acquire script) and waits. The owner *retires* its
-actor: no new turn starts on it, the turns already queued finish, the flusher
-writes it at once, and when it is idle and clean the registry forgets it. The
-release passes the lease straight to the first requester (a reservation) and
-sends it the record, so it takes over with no round trip of its own; other
-requesters are told to retry. A notice lost on the way costs a retry after a
-short, growing delay (which takes the reservation); a dead owner's lease
-simply expires. Every write is still fenced by the lease token
-and the version (``write_leased``), so a stale owner (a paused process, an
-expired lease) is refused, reports ``session.conflict`` and reloads.
+actor: no new turn starts on it and the turns already queued finish; once it
+is idle, one release call makes its last write, passes the lease to the first
+requester's token and sends that requester the record, so it takes over with
+no round trip of its own. Other requesters' requests are passed on to the new
+owner. A notice lost on the way costs a retry after a short, growing delay
+(which takes the lease reserved for it); a dead owner's lease simply expires.
+If the release call fails, the session is still dirty: the flusher writes it
+with its own retries and the lease is released once it is clean. Every write
+is fenced by the lease token and the version (``write_leased``), so a stale
+owner (a paused process, an expired lease) is refused, reports
+``session.conflict`` and reloads.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from actorsess._config import SessionConfig
 from actorsess._record import encode_record
 from actorsess._registry import Registry
 from actorsess._stats import Counters
-from actorsess.exceptions import LeaseTimeoutError, SessionConflictError, StorageError
+from actorsess.exceptions import LeaseTimeoutError, SessionConflictError
 from actorsess.storage.base import Conflict, LeaseStorage, LoadResult, Owned, Release, WriteItem
 
 if TYPE_CHECKING:
@@ -78,7 +80,6 @@ class LeaseKeeper:
         "_tasks",
         "_tokens",
         "_waiting",
-        "_writing_out",
         "flusher",
         "loader",
         "manager_id",
@@ -117,8 +118,6 @@ class LeaseKeeper:
         #: Leaving actors whose last write rides on a release now in flight.
         self._finishing: dict[str, SessionActor[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: Storage keys of retiring actors being written out now.
-        self._writing_out: set[str] = set()
         #: Storage keys of actors being let go of (handover, lost lease, conflict).
         self._leaving: set[str] = set()
         self.loader: Loader | None = None
@@ -281,7 +280,7 @@ class LeaseKeeper:
         if waiting is None or waiting.token != token:
             # Late, for a wait that has ended: let the reservation go, unless an actor
             # of ours already holds the lease under that token.
-            actor = self._registry.peek(key[len(self._prefix) :])
+            actor = self._actor_of(key)
             if actor is None or actor.lease_token != token:
                 self._queue_release(Release(key, token))
             return
@@ -305,11 +304,7 @@ class LeaseKeeper:
         """Another manager asks for ``storage_key`` (``requester`` is its attempt's token)."""
         if requester.rpartition(":")[0] == self.manager_id:
             return  # our own earlier request, passed back to us by a release
-        actor = (
-            self._registry.peek(storage_key[len(self._prefix) :])
-            if storage_key.startswith(self._prefix)
-            else None
-        )
+        actor = self._actor_of(storage_key)
         if actor is None:
             # Nothing of ours holds it (a lease of a forgotten actor is on its way out,
             # or about to expire): let the requester ask again now.
@@ -321,10 +316,15 @@ class LeaseKeeper:
         # Still loading: the lease is about to be ours; the actor is retired right
         # after it takes it (see acquire).
 
+    def _actor_of(self, storage_key: str) -> SessionActor[Any] | None:
+        if not storage_key.startswith(self._prefix):
+            return None
+        return self._registry.peek(storage_key[len(self._prefix) :])
+
     def _note_requester(self, storage_key: str, token: str) -> None:
         manager, _, number = token.rpartition(":")
-        if manager == self.manager_id or not number.isdigit():
-            return  # our own request passed back to us, or not a token at all
+        if not number.isdigit():
+            return  # not a token at all
         asking = self._requesters.setdefault(storage_key, {})
         known = asking.get(manager)
         # One entry per manager: only its latest attempt can still be waiting.
@@ -378,31 +378,6 @@ class LeaseKeeper:
         self._finishing[key] = actor
         waiters = list(self._requesters.get(key, {}).values())
         self._queue_release(Release(key, actor.lease_token, waiters, final))
-
-    def hurry(self, actor: SessionActor[Any]) -> None:
-        """Write a leaving ``actor`` through the flusher (after its release with a final
-        write failed); once clean it is forgotten and released as usual."""
-        key = actor.storage_key
-        if actor.dirty and key not in self._writing_out:
-            self._writing_out.add(key)
-            self._spawn(self._write_out(actor))
-
-    async def _write_out(self, actor: SessionActor[Any]) -> None:
-        flusher = self.flusher
-        assert flusher is not None
-        failures = 0
-        try:
-            while actor.dirty and self._registry.peek(actor.key) is actor:
-                try:
-                    await flusher.wait_persisted(actor, actor.version)
-                except SessionConflictError:
-                    return
-                except StorageError:
-                    # The flusher retries on its own schedule; look again after a pause.
-                    failures += 1
-                    await asyncio.sleep(self._retry_backoff.delay(failures))
-        finally:
-            self._writing_out.discard(actor.storage_key)
 
     async def gone(self, actor: SessionActor[Any], deadline: float) -> None:
         """Wait until the retiring ``actor`` is forgotten, or raise LeaseTimeoutError."""
@@ -466,7 +441,9 @@ class LeaseKeeper:
                 self._finished(part, {c.position: c.reason for c in conflicts}, failed=False)
 
     def _finished(self, releases: list[Release], refused: dict[int, str], failed: bool) -> None:
-        """Settle the sessions whose last write rode on ``releases``."""
+        """Settle the sessions whose last write rode on ``releases``. After a failed
+        call they are still dirty: the flusher writes them with its own retries,
+        and its settling then forgets them and releases their leases."""
         flusher = self.flusher
         assert flusher is not None
         for position, release in enumerate(releases):
@@ -476,22 +453,22 @@ class LeaseKeeper:
                 continue
             flusher.unhold(release.key)
             if failed:
-                self.hurry(actor)
-            elif position in refused:
+                continue
+            if position in refused:
                 self.conflict(actor, refused[position])
                 self._registry.settle(actor)
-            else:
-                if final.version > actor.persisted_version:
-                    actor.persisted_version = final.version
-                flusher.drop(actor)
-                asking = self._requesters.get(release.key, {})
-                for manager, token in list(asking.items()):
-                    if token in release.waiters:
-                        del asking[manager]
-                if not asking:
-                    self._requesters.pop(release.key, None)
-                actor.lease_token = None  # released: forgetting it must not release again
-                self._registry.settle(actor)
+                continue
+            if final.version > actor.persisted_version:
+                actor.persisted_version = final.version
+            flusher.drop(actor)
+            asking = self._requesters.get(release.key, {})
+            for manager, token in list(asking.items()):
+                if token in release.waiters:
+                    del asking[manager]
+            if not asking:
+                self._requesters.pop(release.key, None)
+            actor.lease_token = None  # released: forgetting it must not release again
+            self._registry.settle(actor)
 
     # -- fenced writes (the flusher's write in shared mode) -------------------
 

@@ -278,7 +278,7 @@ class SessionManager(Generic[T]):
             actor is not None
             and actor.status is Status.READY
             and not self._expired(actor)
-            and actor.lease_until > self._clock.now()  # always, unless shared ownership
+            and (self._keeper is None or self._keeper.is_ready(actor))
         ):
             return self._codec.decode(actor.blob)
         self._check_key(key)

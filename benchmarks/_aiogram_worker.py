@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 
 from aiogram import Bot, Dispatcher, F
 from aiogram.fsm.context import FSMContext
@@ -25,7 +24,7 @@ from aiohttp import web
 
 from benchmarks._common import quiet_logs
 from benchmarks.e2e_aiogram import peer_redis
-from examples.shared_webhook import OFFLINE_TOKEN, WEBHOOK_PATH
+from examples.shared_webhook import OFFLINE_TOKEN, WEBHOOK_PATH, serve
 
 
 def build_app(redis_url: str, isolation_kind: str) -> web.Application:
@@ -56,25 +55,14 @@ def build_app(redis_url: str, isolation_kind: str) -> web.Application:
     return app
 
 
-async def serve(redis_url: str, isolation: str, port: int) -> None:
-    runner = web.AppRunner(build_app(redis_url, isolation), handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    print(f"READY {runner.addresses[0][1]}", flush=True)
-    await stop.wait()
-    await runner.cleanup()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--isolation", choices=["none", "simple", "redis"], default="redis")
     args = parser.parse_args()
     quiet_logs()
-    asyncio.run(serve(os.environ["ACTORSESS_REDIS_URL"], args.isolation, args.port))
+    app = build_app(os.environ["ACTORSESS_REDIS_URL"], args.isolation)
+    asyncio.run(serve(app, "127.0.0.1", args.port))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import redis
 
-import actorsess
 from actorsess.testing import RedisServer, WebhookWorker, message_update
 from benchmarks._common import (
     flush_redis,
@@ -42,9 +41,9 @@ from benchmarks._common import (
     table,
 )
 from benchmarks._http import Pool
+from examples.shared_webhook import stored_apples
 
 ROOT = Path(__file__).resolve().parent.parent
-BOT_ID = 123456789  # examples.shared_webhook.OFFLINE_TOKEN
 
 
 @dataclass(frozen=True)
@@ -158,13 +157,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def stored_actorsess(url: str, chats: list[int]) -> list[int]:
-    reader = actorsess.SessionManager(
-        actorsess.RedisStorage.from_url(url), initial=lambda: {"apple": 0}
-    )
-    async with reader:
-        keys = [f"session:{BOT_ID}:{c}:{c}" for c in chats]
-        values = await reader.get_many(keys)
-    return [values[k]["apple"] for k in keys]
+    apples = await stored_apples(url, chats)
+    return [apples[chat] for chat in chats]
 
 
 async def stored_aiogram(url: str, chats: list[int]) -> list[int]:

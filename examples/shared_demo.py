@@ -22,12 +22,10 @@ from pathlib import Path
 
 import aiohttp
 
-from actorsess import RedisStorage, SessionManager
 from actorsess.testing import RedisServer, WebhookWorker, message_update
-from examples.shared_webhook import OFFLINE_TOKEN, new_session
+from examples.shared_webhook import stored_apples
 
 ROOT = Path(__file__).resolve().parent.parent
-BOT_ID = int(OFFLINE_TOKEN.split(":", 1)[0])
 
 
 async def run_shared_demo(processes: int, users: int, messages: int, in_flight: int = 64) -> int:
@@ -71,17 +69,14 @@ async def run_shared_demo(processes: int, users: int, messages: int, in_flight: 
         finally:
             for worker in workers:
                 worker.kill()
-        reader = SessionManager(RedisStorage.from_url(redis_server.url), initial=new_session)
-        async with reader:
-            keys = [f"session:{BOT_ID}:{chat}:{chat}" for chat in chats]
-            stored = await reader.get_many(keys)
-    counted = sum(value["apple"] for value in stored.values())
-    wrong = [key for key in keys if stored[key]["apple"] != messages]
+        stored = await stored_apples(redis_server.url, chats)
+    counted = sum(stored.values())
+    wrong = [chat for chat, apples in stored.items() if apples != messages]
     print(
         f"\n  updates handled   {total - failed} in {elapsed:.2f}s ({total / elapsed:.0f}/s), "
         f"failed {failed}\n"
         f"  apples counted    {counted} (messages sent: {total}) read back from Redis\n"
-        f"  users checked     {len(keys)}; wrong counters: {len(wrong)}"
+        f"  users checked     {len(stored)}; wrong counters: {len(wrong)}"
     )
     ok = counted == total and not wrong and not failed
     print("\nRESULT: " + ("nothing lost" if ok else f"MISMATCH in {wrong[:5]}"), flush=True)

@@ -72,20 +72,29 @@ def build_app(redis_url: str, token: str) -> web.Application:
     return app
 
 
-async def serve(redis_url: str, token: str, host: str, port: int) -> None:
-    runner = web.AppRunner(build_app(redis_url, token), handle_signals=False)
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, printing ``READY <port>`` once it listens;
+    the app's cleanup then runs the dispatcher's shutdown (final flush, leases released)."""
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    await web.TCPSite(runner, host, port).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    bound = runner.addresses[0][1]
-    print(f"READY {bound}", flush=True)
+    print(f"READY {runner.addresses[0][1]}", flush=True)
     await stop.wait()
-    await runner.cleanup()  # dispatcher shutdown: final flush, leases released
+    await runner.cleanup()
     print("STOPPED", flush=True)
+
+
+async def stored_apples(redis_url: str, chats: list[int]) -> dict[int, int]:
+    """Apples per private chat as stored in Redis, read with a plain local-mode manager."""
+    bot_id = OFFLINE_TOKEN.split(":", 1)[0]
+    keys = {chat: f"session:{bot_id}:{chat}:{chat}" for chat in chats}
+    async with SessionManager(RedisStorage.from_url(redis_url), initial=new_session) as reader:
+        values = await reader.get_many(keys.values())
+    return {chat: values[key]["apple"] for chat, key in keys.items()}
 
 
 def main() -> None:
@@ -100,7 +109,7 @@ def main() -> None:
     os.environ.setdefault("ACTORSESS_OWNERSHIP", "shared")  # what this example is about
     redis_url = os.environ.get("ACTORSESS_REDIS_URL", "redis://127.0.0.1:6379/0")
     token = os.environ.get("BOT_TOKEN", OFFLINE_TOKEN)
-    asyncio.run(serve(redis_url, token, args.host, args.port))
+    asyncio.run(serve(build_app(redis_url, token), args.host, args.port))
 
 
 if __name__ == "__main__":

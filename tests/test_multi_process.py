@@ -11,7 +11,8 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from tests.workers import Feed, stop, stored_apples, workers
+from examples.shared_webhook import stored_apples
+from tests.workers import Feed, stop, workers
 
 
 async def test_updates_routed_at_random_to_three_workers_lose_nothing(

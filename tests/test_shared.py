@@ -65,16 +65,19 @@ async def stored_counts(url: str, keys: list[str], *, cluster: bool = False) -> 
     return [values[k]["n"] for k in keys]
 
 
-async def test_random_routing_over_three_managers_loses_nothing(
-    make_manager: MakeManager, redis_url: str, events: Events
+async def route_at_random(
+    managers: list[SessionManager[Counter]],
+    keys: list[str],
+    per_key: int,
+    seed: int,
+    in_flight: int = 128,
 ) -> None:
-    """Each update goes to a random 'process'; every handler awaits between read and write."""
-    managers = [await make_manager(logger=events.logger) for _ in range(3)]
-    keys = [f"chat{i}" for i in range(200)]
-    rng = random.Random(7)
-    plan = [key for key in keys for _ in range(15)]
+    """``per_key`` racy increments of every key, each sent to a random manager (as a load
+    balancer without sticky sessions would), ``in_flight`` at a time; then flush all."""
+    rng = random.Random(seed)
+    plan = [key for key in keys for _ in range(per_key)]
     rng.shuffle(plan)
-    gate = asyncio.Semaphore(128)
+    gate = asyncio.Semaphore(in_flight)
 
     async def one(key: str) -> None:
         async with gate:
@@ -83,6 +86,15 @@ async def test_random_routing_over_three_managers_loses_nothing(
     await asyncio.gather(*(one(key) for key in plan))
     for manager in managers:
         await manager.flush()
+
+
+async def test_random_routing_over_three_managers_loses_nothing(
+    make_manager: MakeManager, redis_url: str, events: Events
+) -> None:
+    """Each update goes to a random 'process'; every handler awaits between read and write."""
+    managers = [await make_manager(logger=events.logger) for _ in range(3)]
+    keys = [f"chat{i}" for i in range(200)]
+    await route_at_random(managers, keys, per_key=15, seed=7)
     assert await stored_counts(redis_url, keys) == [15] * len(keys)
     assert sum(m.stats().handovers for m in managers) > 0
     assert sum(m.stats().conflicts for m in managers) == 0
@@ -96,18 +108,7 @@ async def test_random_routing_under_eviction_pressure_loses_nothing(
     handed over all the time, and still every increment lands."""
     managers = [await make_manager(shared(max_cached=20)) for _ in range(3)]
     keys = [f"evicted{i}" for i in range(300)]
-    rng = random.Random(5)
-    plan = [key for key in keys for _ in range(6)]
-    rng.shuffle(plan)
-    gate = asyncio.Semaphore(128)
-
-    async def one(key: str) -> None:
-        async with gate:
-            await racy_increment(rng.choice(managers), key)
-
-    await asyncio.gather(*(one(key) for key in plan))
-    for manager in managers:
-        await manager.flush()
+    await route_at_random(managers, keys, per_key=6, seed=5)
     assert await stored_counts(redis_url, keys) == [6] * len(keys)
     assert sum(m.stats().evictions for m in managers) > 1000
     assert sum(m.stats().conflicts for m in managers) == 0
@@ -119,10 +120,7 @@ async def test_random_routing_on_a_cluster_loses_nothing(
     """The same on a 3-node Redis Cluster: leases share their record's slot."""
     managers = [await make_manager(url=redis_cluster.url) for _ in range(2)]
     keys = [f"cluster-chat{i}" for i in range(20)]
-    rng = random.Random(3)
-    await asyncio.gather(*(racy_increment(rng.choice(managers), k) for k in keys * 20))
-    for manager in managers:
-        await manager.flush()
+    await route_at_random(managers, keys, per_key=20, seed=3, in_flight=len(keys) * 20)
     assert await stored_counts(redis_cluster.url, keys, cluster=True) == [20] * len(keys)
 
 

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import aiohttp
 
-from actorsess import RedisStorage, SessionManager
 from actorsess.testing import WebhookWorker, message_update
 
 ROOT = Path(__file__).resolve().parent.parent
-BOT_ID = 123456789  # examples.shared_webhook.OFFLINE_TOKEN
 
 
 def start_worker(redis_url: str, log: Path, **settings: object) -> WebhookWorker:
@@ -60,11 +58,3 @@ class Feed:
         if ok:
             self.acked[chat] = self.acked.get(chat, 0) + 1
         return ok
-
-
-async def stored_apples(redis_url: str, chats: list[int]) -> dict[int, int]:
-    """Apples per chat as stored in Redis (read with a plain local-mode manager)."""
-    reader = SessionManager(RedisStorage.from_url(redis_url), initial=lambda: {"apple": 0})
-    async with reader:
-        values = await reader.get_many([f"session:{BOT_ID}:{c}:{c}" for c in chats])
-    return {c: values[f"session:{BOT_ID}:{c}:{c}"]["apple"] for c in chats}

@@ -113,7 +113,7 @@ class LeaseStorage(Storage, Protocol):
         keys: Sequence[str],
         tokens: Sequence[str],
         lease_ms: int,
-        expected: Sequence[int] | None = None,
+        expected: Sequence[int],
     ) -> list[bool]:
         """Extend the leases still held with ``tokens``; False where one was lost. A
         lease that lapsed (expired while storage was unreachable) is taken back when

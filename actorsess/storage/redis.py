@@ -204,14 +204,14 @@ class RedisStorage:
         keys: Sequence[str],
         tokens: Sequence[str],
         lease_ms: int,
-        expected: Sequence[int] | None = None,
+        expected: Sequence[int],
     ) -> list[bool]:
         results = [False] * len(keys)
 
         def args_for(positions: list[int]) -> list[Arg]:
             args: list[Arg] = [lease_ms]
             for p in positions[::2]:
-                args += (tokens[p // 2], "" if expected is None else expected[p // 2])
+                args += (tokens[p // 2], expected[p // 2])
             return args
 
         for positions, reply in await self._renew(_with_leases(keys), args_for):

@@ -110,18 +110,14 @@ class LocalBotAPI:
         thread_id: int | None = None,
     ) -> dict[str, Any]:
         """Queue a text message from a user, as Telegram would deliver it."""
-        sender = chat_id if user_id is None else user_id
-        message: dict[str, Any] = {
-            "message_id": next(self._message_ids),
-            "date": int(time.time()),
-            "chat": {"id": chat_id, "type": chat_type},
-            "from": {"id": sender, "is_bot": False, "first_name": f"user{sender}"},
-            "text": text,
-        }
-        if thread_id is not None:
-            message["message_thread_id"] = thread_id
-            message["is_topic_message"] = True
-            message["chat"]["is_forum"] = True
+        message = text_message(
+            next(self._message_ids),
+            chat_id,
+            text,
+            user_id=user_id,
+            chat_type=chat_type,
+            thread_id=thread_id,
+        )
         return self.enqueue({"message": message})
 
     def enqueue(self, update: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +196,31 @@ class LocalBotAPI:
             "from": self.bot_user,
             "text": record["text"],
         }
+
+
+def text_message(
+    message_id: int,
+    chat_id: int,
+    text: str,
+    *,
+    user_id: int | None = None,
+    chat_type: str = "private",
+    thread_id: int | None = None,
+) -> dict[str, Any]:
+    """A Bot API ``Message`` payload: ``text`` from a user (the chat's own id by default)."""
+    sender = chat_id if user_id is None else user_id
+    message: dict[str, Any] = {
+        "message_id": message_id,
+        "date": int(time.time()),
+        "chat": {"id": chat_id, "type": chat_type},
+        "from": {"id": sender, "is_bot": False, "first_name": f"user{sender}"},
+        "text": text,
+    }
+    if thread_id is not None:
+        message["message_thread_id"] = thread_id
+        message["is_topic_message"] = True
+        message["chat"]["is_forum"] = True
+    return message
 
 
 def _ok(result: Any) -> web.Response:

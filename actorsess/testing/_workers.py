@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actorsess.testing._botapi import text_message
+
 _update_ids = itertools.count(1)
 
 
@@ -91,14 +93,4 @@ class WebhookWorker:
 def message_update(chat_id: int, text: str = "hi", *, user_id: int | None = None) -> dict[str, Any]:
     """A Bot API update payload (JSON-ready): a private text message, as Telegram posts it."""
     n = next(_update_ids)
-    sender = chat_id if user_id is None else user_id
-    return {
-        "update_id": n,
-        "message": {
-            "message_id": n,
-            "date": int(time.time()),
-            "chat": {"id": chat_id, "type": "private"},
-            "from": {"id": sender, "is_bot": False, "first_name": f"user{sender}"},
-            "text": text,
-        },
-    }
+    return {"update_id": n, "message": text_message(n, chat_id, text, user_id=user_id)}
