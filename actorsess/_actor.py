@@ -3,7 +3,8 @@
 An actor owns no task. Access is a turn: the first comer takes a free turn
 with no allocation at all; later comers queue a future each, and ``release``
 hands the turn straight to the oldest live waiter, so order is arrival order
-and no one can barge in between.
+and no one can barge in between. So an actor with waiters is always held:
+``held`` alone says whether the turn is free.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class SessionActor(Generic[T]):
 
     async def acquire(self) -> None:
         """Take the turn, waiting in FIFO order if someone holds it."""
-        if not self.held and not self.waiters:
+        if not self.held:
             self.held = True
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

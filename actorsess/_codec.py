@@ -1,9 +1,13 @@
-"""Encoding of session values: JSON via pydantic-core, typed by ``initial``'s return type.
+"""Encoding of session values: standard JSON, typed by ``initial``'s return type.
 
-Decided once at construction (no per-call branching): plain dicts go through
-``pydantic_core.to_json`` / ``from_json``; pydantic models through their own
-validators; dataclasses, TypedDicts and annotated containers through a
-``TypeAdapter``. Nothing is ever pickled.
+Decided once at construction (no per-call branching): plain dicts are written
+by ``orjson`` (falling back to ``pydantic_core.to_json`` for what orjson does
+not take: non-str keys, integers beyond 64 bits, sets, bytes, Decimals, models
+inside the dict) and read by ``pydantic_core.from_json`` (which keeps big
+integers exact, where ``orjson.loads`` would turn them into floats); pydantic
+models through their own validators; dataclasses, TypedDicts and annotated
+containers through a ``TypeAdapter``. NaN and infinities, which JSON cannot
+hold, are written as null by every path. Nothing is ever pickled.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+import orjson
 import pydantic
 import pydantic_core
 from typing_extensions import is_typeddict
@@ -30,7 +35,7 @@ class DecodeFailure(ValueError):
 class Codec(Generic[T]):
     """Turns session values into bytes and back, validating the shape on the way in."""
 
-    __slots__ = ("_decode", "encode", "initial", "runtime_type", "value_type")
+    __slots__ = ("_decode", "encode", "encode_common", "initial", "runtime_type", "value_type")
 
     def __init__(self, initial: Callable[[], T]) -> None:
         self.initial = initial
@@ -40,6 +45,11 @@ class Codec(Generic[T]):
         #: The bare function (no wrapper call), since every commit calls it.
         self.encode: Callable[[T], bytes]
         self.encode, self._decode = _build(self.value_type)
+        #: ``encode`` for the common values, as one C call (no wrapper: every cached
+        #: turn calls it). It may raise for a value ``encode`` handles; then call that.
+        self.encode_common: Callable[[T], bytes] = (
+            orjson.dumps if self.encode is _dict_to_json else self.encode
+        )
 
     def decode(self, payload: bytes) -> T:
         """Value from JSON bytes; raises :class:`DecodeFailure` naming what was wrong."""
@@ -79,7 +89,7 @@ def _runtime_type(value_type: Any) -> type:
 def _build(value_type: Any) -> tuple[Encoder, Decoder]:
     origin = typing.get_origin(value_type) or value_type
     if value_type is dict:
-        return pydantic_core.to_json, _dict_from_json
+        return _dict_to_json, _dict_from_json
     if isinstance(origin, type) and issubclass(origin, pydantic.BaseModel):
         model: type[pydantic.BaseModel] = origin
         return (lambda v: v.model_dump_json(warnings="error").encode()), model.model_validate_json
@@ -96,12 +106,19 @@ def _build(value_type: Any) -> tuple[Encoder, Decoder]:
                 raise
             # typing.TypedDict before Python 3.12 cannot be validated by pydantic
             # (typing_extensions.TypedDict can): store it as a plain JSON object.
-            return pydantic_core.to_json, _dict_from_json
+            return _dict_to_json, _dict_from_json
         return (lambda v: adapter.dump_json(v, warnings="error")), adapter.validate_json
     raise TypeError(
         f"unsupported session type {value_type!r}: initial must return a dict, "
         "a dataclass, a TypedDict or a pydantic model"
     )
+
+
+def _dict_to_json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return pydantic_core.to_json(value, inf_nan_mode="null")
 
 
 def _dict_from_json(payload: bytes) -> dict[str, Any]:

@@ -42,6 +42,9 @@ _READY = Status.READY
 
 MAX_KEY_LENGTH = 1024
 
+# While closing, how often the sessions still held are looked at even without news.
+_HOLDER_RECHECK = 0.05
+
 # How many open managers use each storage object, so that one storage can serve
 # several managers (namespaces) and is closed by the last of them to close.
 _storage_users: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -105,6 +108,7 @@ class SessionManager(Generic[T]):
         self._log = logger if logger is not None else structlog.get_logger("actorsess")
         self._codec: Codec[T] = Codec(initial)
         self._encode = self._codec.encode
+        self._encode_common = self._codec.encode_common
         self._prefix = config.key_prefix
         self._ttl = config.ttl
         self._write_through = config.flush_interval == 0
@@ -120,7 +124,7 @@ class SessionManager(Generic[T]):
             )
         else:
             self._registry = Registry(config.max_cached, self._on_evict)
-        #: The cached actor of a key for ``_enter_now``: the LRU index's lookup, bound
+        #: The cached actor of a key for the turn's fast path: the LRU index's lookup, bound
         #: once; in shared mode it also misses actors whose lease is not good now.
         self._lookup: Callable[[str], SessionActor[T] | None] = (
             self._registry.lookup if self._keeper is None else self._lookup_owned
@@ -152,8 +156,9 @@ class SessionManager(Generic[T]):
         #: Mirrors of ``_state``, as plain bools for the hot path; set only by _set_state.
         self._running = False
         self._closing = False
-        self._active = 0
-        self._idle = asyncio.Event()
+        #: Set (while closing) whenever a session's turn is released, so that
+        #: ``_shutdown`` re-checks whether the holders it waits for are done.
+        self._released = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -198,9 +203,7 @@ class SessionManager(Generic[T]):
         was_running = self._running
         self._set_state(_State.CLOSING)
         deadline = self._clock.now() + self._config.close_timeout
-        if self._active:
-            self._idle.clear()
-            await self._clock.wait(self._idle, self._config.close_timeout)
+        await self._wait_for_holders(deadline)
         unwritten: list[str] = []
         if was_running:
             remaining = max(0.1, deadline - self._clock.now())
@@ -218,6 +221,24 @@ class SessionManager(Generic[T]):
         self._set_state(_State.CLOSED)
         if _last_user_of(self._storage):
             await self._storage.close()
+
+    async def _wait_for_holders(self, deadline: float) -> None:
+        """Let every turn held or queued when closing began finish (until ``deadline``).
+
+        No new turn starts once closing, so the set of held sessions only shrinks.
+        Turns are not counted one by one (that would cost every turn): each release
+        while closing sets ``_released`` and the held sessions are looked at again.
+        """
+        holders = [actor for actor in self._registry.actors() if actor.held]
+        while holders:
+            self._released.clear()
+            remaining = deadline - self._clock.now()
+            # The periodic look also catches a turn released without passing through
+            # the manager (a waiter cancelled just as the turn reached it).
+            if remaining <= 0:
+                return
+            await self._clock.wait(self._released, min(remaining, _HOLDER_RECHECK))
+            holders = [actor for actor in holders if actor.held]
 
     async def __aenter__(self) -> SessionManager[T]:
         await self.start()
@@ -240,15 +261,18 @@ class SessionManager(Generic[T]):
     # -- public operations --------------------------------------------------
 
     def session(self, key: str) -> SessionTurn[T]:
-        """Exclusive access to ``key``'s session; changes commit when the block exits."""
-        if not (type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH):
-            self._check_key(key)
+        """Exclusive access to ``key``'s session; changes commit when the block exits.
+
+        An invalid key raises InvalidKeyError when the block is entered.
+        """
+        # The key is checked where a session is created for it (``_enter``), not here:
+        # every cached key passed that check, and this call is on the hot path.
         return SessionTurn(self, key)
 
     @staticmethod
     def _check_key(key: object) -> None:
         """Raise InvalidKeyError unless ``key`` is a non-empty str of acceptable length."""
-        if type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH:
+        if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH:
             return
         raise InvalidKeyError(
             f"session key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
@@ -273,6 +297,7 @@ class SessionManager(Generic[T]):
     async def get(self, key: str) -> T:
         """A copy of ``key``'s last committed value (loading it if needed)."""
         self._check_open()
+        self._check_key(key)
         actor = self._registry.peek(key)
         if (
             actor is not None
@@ -281,7 +306,6 @@ class SessionManager(Generic[T]):
             and (self._keeper is None or self._keeper.is_ready(actor))
         ):
             return self._codec.decode(actor.blob)
-        self._check_key(key)
         actor = await self._enter(key)
         try:
             return self._codec.decode(actor.blob)
@@ -335,6 +359,7 @@ class SessionManager(Generic[T]):
     async def persist(self, key: str) -> None:
         """Return once ``key``'s current committed state is in storage."""
         self._check_open()
+        self._check_key(key)
         actor = self._registry.peek(key)
         if actor is not None:
             await self._flusher.wait_persisted(actor, actor.version)
@@ -378,7 +403,7 @@ class SessionManager(Generic[T]):
             evictions=c.evictions,
             errors=c.errors,
             parked=len(self._registry.parked),
-            active=self._active,
+            active=sum(actor.held + len(actor.waiters or ()) for actor in self._registry.actors()),
             conflicts=c.conflicts,
             handovers=c.handovers,
         )
@@ -388,24 +413,6 @@ class SessionManager(Generic[T]):
     def _has_room(self) -> bool:
         return len(self._flusher.dirty) < self._max_dirty
 
-    def _enter_now(self, key: str) -> SessionActor[T] | None:
-        """Take a free, loaded, unexpired cached session's turn with no await; else None."""
-        if not self._running:
-            return None
-        actor: SessionActor[T] | None = self._lookup(key)
-        if (
-            actor is None
-            or actor.held
-            or actor.waiters
-            or actor.status is not _READY
-            or (actor.expires_at is not None and self._clock.now() >= actor.expires_at)
-        ):
-            return None
-        actor.held = True
-        actor.referenced = True
-        self._active += 1
-        return actor
-
     def _lookup_owned(self, key: str) -> SessionActor[T] | None:
         actor: SessionActor[T] | None = self._registry.lookup(key)
         if actor is not None and actor.lease_until <= self._clock.now():
@@ -413,6 +420,8 @@ class SessionManager(Generic[T]):
         return actor
 
     async def _enter(self, key: str) -> SessionActor[T]:
+        """Take ``key``'s turn: the general path (load, wait in line, shared ownership)."""
+        self._check_key(key)
         if self._keeper is None:
             return await self._take_turn(key)
         # Shared ownership: a turn runs only on an actor whose lease holds. One being
@@ -442,20 +451,15 @@ class SessionManager(Generic[T]):
         actor: SessionActor[T] | None = self._registry.find(key)
         if actor is None:
             actor = self._new_actor(key)
-        self._active += 1
-        try:
-            if actor.held or actor.waiters:
-                await actor.acquire()
-            else:
-                actor.held = True
-            if actor.status is not Status.READY:
-                await self._ready(actor)
-            elif self._expired(actor):
-                actor.value, actor.blob = self._codec.fresh()
-                actor.expires_at = None
-        except BaseException:
-            self._turn_ended()
-            raise
+        if actor.held:
+            await actor.acquire()
+        else:
+            actor.held = True
+        if actor.status is not Status.READY:
+            await self._ready(actor)
+        elif self._expired(actor):
+            actor.value, actor.blob = self._codec.fresh()
+            actor.expires_at = None
         return actor
 
     def _new_actor(self, key: str) -> SessionActor[T]:
@@ -480,28 +484,6 @@ class SessionManager(Generic[T]):
         self._release(actor)
         assert actor.error is not None
         raise actor.error
-
-    def _commit_now(self, actor: SessionActor[T]) -> bool:
-        """End a turn whose block succeeded, with no await: commit and release.
-
-        Returns False, having changed nothing, when the turn must end through
-        ``_exit`` instead: write-through (it waits for the write) or a change
-        that must wait for room (backpressure). Refused changes raise after
-        rolling back and releasing.
-        """
-        if self._write_through:
-            return False
-        try:
-            blob = self._encode_change(actor)
-            if blob is not None:
-                if actor.version <= actor.persisted_version and not self._has_room():
-                    return False
-                self._apply(actor, blob)
-        except BaseException:
-            self._leave(actor)
-            raise
-        self._leave(actor)
-        return True
 
     async def _exit(self, actor: SessionActor[T], ok: bool) -> None:
         """End a turn through the general path: rollback, backpressure, write-through."""
@@ -542,6 +524,8 @@ class SessionManager(Generic[T]):
         return blob
 
     def _apply(self, actor: SessionActor[T], blob: bytes) -> None:
+        # SessionTurn.__aexit__ writes out the already-dirty case of this (and
+        # ``_leave``) inline, for speed; keep the two in step.
         was_dirty = actor.version > actor.persisted_version
         actor.blob = blob
         actor.version += 1
@@ -558,19 +542,18 @@ class SessionManager(Generic[T]):
             self._release(actor)
         else:
             actor.held = False  # what release() does when nobody waits
-        self._turn_ended()
-
-    def _turn_ended(self) -> None:
-        self._active -= 1
-        if not self._active and self._closing:
-            self._idle.set()
+            if self._closing:
+                self._released.set()
 
     def _release(self, actor: SessionActor[T]) -> None:
-        if actor.release() and actor.parked:
-            if self._keeper is not None:
-                self._keeper.settle(actor)  # may hand it over now
-            else:
-                self._registry.settle(actor)
+        if actor.release():
+            if actor.parked:
+                if self._keeper is not None:
+                    self._keeper.settle(actor)  # may hand it over now
+                else:
+                    self._registry.settle(actor)
+            if self._closing:
+                self._released.set()
 
     def _expired(self, actor: SessionActor[T]) -> bool:
         expires_at = actor.expires_at

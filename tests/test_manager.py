@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import random
 from typing import Any
 
@@ -197,6 +198,39 @@ async def test_close_waits_for_current_holders() -> None:
     assert storage.raw("actorsess:k") == b'as1:1:{"n":99}'
 
 
+async def test_close_waits_for_queued_turns_and_counts_them_active() -> None:
+    """Blocks queued behind a holder when close() begins all run and are written."""
+    storage = MemoryStorage()
+    m = SessionManager(storage, initial=counter, config=SessionConfig(flush_interval=3600))
+    entered = asyncio.Event()
+    go = asyncio.Event()
+
+    async def first() -> None:
+        async with m.session("k") as s:
+            entered.set()
+            await go.wait()
+            s["n"] += 1
+
+    async def queued() -> None:
+        async with m.session("k") as s:
+            await asyncio.sleep(0)
+            s["n"] += 1
+
+    tasks = [asyncio.create_task(first())]
+    await entered.wait()
+    tasks += [asyncio.create_task(queued()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert m.stats().active == 4
+    closing = asyncio.create_task(m.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    go.set()
+    await closing
+    await asyncio.gather(*tasks)
+    assert storage.raw("actorsess:k") == b'as1:4:{"n":4}'
+    assert m.stats().active == 0
+
+
 async def test_persist_is_visible_to_a_second_client(redis_storage: Any, redis_url: str) -> None:
     """After persist(key) returns, another connection reads the new value."""
     import redis.asyncio as redis_asyncio
@@ -241,9 +275,15 @@ async def test_stats_and_repr() -> None:
 async def test_invalid_keys_are_refused_with_a_clear_error() -> None:
     """Empty, non-string and overlong keys raise InvalidKeyError."""
     async with SessionManager(MemoryStorage(), initial=counter) as m:
-        for bad in ["", 42, "x" * 2000, None]:
+        for bad in ["", 42, "x" * 2000, None, ["unhashable"]]:
             with pytest.raises(InvalidKeyError, match="session key must be"):
-                m.session(bad)  # type: ignore[arg-type]
+                async with m.session(bad):  # type: ignore[arg-type]
+                    pass
+            with pytest.raises(InvalidKeyError, match="session key must be"):
+                await m.get(bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidKeyError, match="session key must be"):
+                await m.update(bad, lambda s: None)  # type: ignore[call-overload]
+        assert m.stats().active == 0
 
 
 async def test_oversized_session_is_refused_and_old_value_kept() -> None:
@@ -268,6 +308,39 @@ async def test_unencodable_value_is_refused_and_rolled_back() -> None:
             async with m_any.session("k") as s:
                 s["obj"] = object()
         assert await m.get("k") == {"a": 1}
+
+
+async def test_dict_sessions_keep_what_json_can_hold_exactly(storage_factory: Any) -> None:
+    """Values the fast encoder refuses take the general one; all come back as JSON says.
+
+    Integers beyond 64 bits stay exact, non-str keys become strings, sets become
+    lists, and NaN/infinity (which JSON cannot hold) become null, as in pydantic
+    models; nothing is refused that JSON can represent.
+    """
+    big = 2**70 + 1
+    config = SessionConfig(flush_interval=3600)
+    async with SessionManager[dict[str, Any]](storage_factory(), initial=dict, config=config) as m:
+        async with m.session("k") as s:
+            s.update(big=big, keys={1: "one"}, tags={"a"}, when=datetime.date(2026, 1, 2))
+            s.update(nan=float("nan"), inf=float("-inf"), none=None, text="é\u2028")
+        expected = {
+            "big": big,
+            "keys": {"1": "one"},
+            "tags": ["a"],
+            "when": "2026-01-02",
+            "nan": None,
+            "inf": None,
+            "none": None,
+            "text": "é\u2028",
+        }
+        assert await m.get("k") == expected
+    async with SessionManager[dict[str, Any]](
+        storage_factory(), initial=dict, config=config
+    ) as again:
+        assert await again.get("k") == expected
+        async with again.session("k") as s:
+            s["big"] += 1
+        assert (await again.get("k"))["big"] == big + 1
 
 
 async def test_delete_passes_the_version_fence(storage_factory: Any) -> None:
