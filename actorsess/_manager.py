@@ -33,7 +33,7 @@ from actorsess.exceptions import (
     SessionEncodeError,
     SessionTooLargeError,
 )
-from actorsess.storage.base import LeaseStorage, Storage
+from actorsess.storage.base import LeaseStorage, PreparableStorage, Storage
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,6 +41,9 @@ R = TypeVar("R")
 _READY = Status.READY
 
 MAX_KEY_LENGTH = 1024
+
+# The longest start() waits for the storage to open its connections.
+_PREPARE_TIMEOUT = 2.0
 
 # While closing, how often the sessions still held are looked at even without news.
 _HOLDER_RECHECK = 0.05
@@ -177,14 +180,37 @@ class SessionManager(Generic[T]):
         self._closing = state is _State.CLOSING
 
     async def start(self) -> None:
-        """Start the background flusher. Idempotent; the first session block starts it too."""
+        """Start the background flusher and open storage connections.
+
+        Idempotent; the first session block starts it too. A storage that cannot
+        be reached yet does not stop the start: it is logged as
+        ``session.storage_unprepared`` and the first loads connect (or fail) as usual.
+        """
         if self._state is _State.NEW:
             self._flusher.start()
             if self._keeper is not None:
                 self._keeper.start()
             self._set_state(_State.RUNNING)
+            await self._prepare_storage()
         elif self._state is not _State.RUNNING:
             raise ManagerClosedError("this SessionManager was closed and cannot be restarted")
+
+    async def _prepare_storage(self) -> None:
+        storage = self._storage
+        if not isinstance(storage, PreparableStorage):
+            return
+        # Never long: the first loads would open connections anyway.
+        timeout = min(self._config.load_timeout, _PREPARE_TIMEOUT)
+        try:
+            async with asyncio.timeout(timeout):
+                await storage.prepare()
+        except Exception as exc:
+            reason = (
+                f"timed out after {timeout:g}s"
+                if isinstance(exc, TimeoutError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            self._log.warning("session.storage_unprepared", storage=repr(storage), error=reason)
 
     async def close(self) -> None:
         """Stop intake, let current holders finish, write everything dirty, close storage.
@@ -422,6 +448,11 @@ class SessionManager(Generic[T]):
     async def _enter(self, key: str) -> SessionActor[T]:
         """Take ``key``'s turn: the general path (load, wait in line, shared ownership)."""
         self._check_key(key)
+        if self._state is not _State.RUNNING:
+            self._check_open()
+            # Before any lookup: start() may wait (storage connections), and what a
+            # lookup saw before that wait is stale after it.
+            await self.start()
         if self._keeper is None:
             return await self._take_turn(key)
         # Shared ownership: a turn runs only on an actor whose lease holds. One being
@@ -446,8 +477,7 @@ class SessionManager(Generic[T]):
 
     async def _take_turn(self, key: str) -> SessionActor[T]:
         if self._state is not _State.RUNNING:
-            self._check_open()
-            await self.start()
+            self._check_open()  # closed while this caller waited for a handover
         actor: SessionActor[T] | None = self._registry.find(key)
         if actor is None:
             actor = self._new_actor(key)

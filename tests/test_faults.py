@@ -72,6 +72,29 @@ async def test_paused_redis_cached_sessions_keep_working(
     assert values == [b'as1:%d:{"n":%d}' % (rounds, rounds)] * len(keys)
 
 
+async def test_start_against_a_paused_redis_waits_only_the_load_timeout(
+    private_redis: RedisServer, events: Events
+) -> None:
+    """start() with Redis SIGSTOPped: logged and returned after load_timeout; once the
+    server resumes, sessions load and are written as usual."""
+    config = SessionConfig(load_timeout=0.3, flush_interval=0.05)
+    storage = RedisStorage.from_url(private_redis.url)
+    m = SessionManager(storage, initial=counter, config=config, logger=events.logger)
+    private_redis.pause()
+    try:
+        started = time.monotonic()
+        await m.start()
+        start_s = time.monotonic() - started
+    finally:
+        private_redis.resume()
+    [unprepared] = events.named("session.storage_unprepared")
+    assert unprepared["error"] == "timed out after 0.3s"
+    assert 0.25 < start_s < 1.0
+    async with m:
+        await m.update("k", lambda s: s.update(n=1))
+    assert await read_all(private_redis.url, ["k"]) == [b'as1:1:{"n":1}']
+
+
 async def test_connections_killed_during_writes_result_is_exact(private_redis: RedisServer) -> None:
     """CLIENT KILL while batches are written: outcomes unknown, retried, totals exact."""
     config = SessionConfig(

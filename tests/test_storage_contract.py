@@ -139,3 +139,41 @@ async def test_cluster_reloads_scripts_after_a_script_cache_flush(redis_cluster:
     await storage.write_many([WriteItem(f"s:{i}", b"as1:2:{}", 2) for i in range(50)], None)
     assert await storage.load_many([f"s:{i}" for i in range(50)]) == [b"as1:2:{}"] * 50
     await storage.close()
+
+
+async def test_redis_prepare_opens_connections_and_loads_every_script(
+    redis_url: str, redis_client: Any
+) -> None:
+    """A started manager has pooled connections open and the scripts loaded before
+    its first load, so the first batches pay no connection set-up or NOSCRIPT."""
+    from actorsess import RedisStorage, SessionManager
+    from actorsess.storage.redis import _SCRIPTS, PREPARED_CONNECTIONS
+
+    await redis_client.script_flush()
+    storage = RedisStorage.from_url(redis_url, client_name="prepared")
+    async with SessionManager(storage, initial=dict):
+        clients = await redis_client.client_list()
+        assert sum(c["name"] == "prepared" for c in clients) == PREPARED_CONNECTIONS
+        assert await redis_client.script_exists(*map(sha1_hex, _SCRIPTS)) == [True] * len(_SCRIPTS)
+
+
+async def test_unreachable_redis_at_start_is_logged_and_start_returns(events: Any) -> None:
+    """start() does not fail (nor wait long) when Redis is down; loads then fail as usual."""
+    from actorsess import RedisStorage, SessionManager, StorageError
+    from actorsess.testing import free_port
+
+    storage = RedisStorage.from_url(f"redis://127.0.0.1:{free_port()}")
+    config = SessionConfig(load_timeout=1.0)
+    m = SessionManager[dict[str, int]](storage, initial=dict, config=config, logger=events.logger)
+    await m.start()
+    [unprepared] = events.named("session.storage_unprepared")
+    assert "ConnectionError" in unprepared["error"]
+    with pytest.raises(StorageError, match="could not load session 'k'"):
+        await m.get("k")
+    await m.close()
+
+
+def sha1_hex(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()

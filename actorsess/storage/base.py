@@ -65,6 +65,16 @@ class Storage(Protocol):
         ...
 
 
+@runtime_checkable
+class PreparableStorage(Protocol):
+    """A storage that can open, ahead of use, what its first calls would open."""
+
+    async def prepare(self) -> None:
+        """Open connections (and load scripts) now, so that the first batches after
+        start do not each wait for a connection set-up. Raises what opening raises."""
+        ...
+
+
 class Release(NamedTuple):
     """One lease to let go of (see ``LeaseStorage.release_many``)."""
 

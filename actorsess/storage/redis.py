@@ -85,7 +85,19 @@ end
 return fenced
 """
 
+#: Every script this storage calls, for ``prepare()`` to load ahead of the first call.
+_SCRIPTS = (
+    _LOAD_LUA,
+    _WRITE_LUA,
+    lease_scripts.ACQUIRE_LUA,
+    lease_scripts.RENEW_LUA,
+    lease_scripts.RELEASE_LUA,
+    lease_scripts.WRITE_LEASED_LUA,
+)
+
 DEFAULT_MAX_CONNECTIONS = 32
+#: Connections ``prepare()`` opens: two flush rounds and loads can be in flight at once.
+PREPARED_CONNECTIONS = 4
 
 
 class RedisStorage:
@@ -294,6 +306,35 @@ class RedisStorage:
                 password=kwargs.get("password"),
             )
         return Redis(connection_pool=client.connection_pool)
+
+    async def prepare(self) -> None:
+        """Open a few pooled connections and load the scripts.
+
+        A connection opened on demand costs the batch that needs it several round
+        trips (connect, CLIENT SETINFO), and on a busy event loop each round trip
+        waits for a full turn of the loop: measured at about 250 ms for the second
+        concurrent load of a bot's first second, against 35 ms on an open connection.
+        """
+        client = self._client
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+            return
+        pool = client.connection_pool
+        wanted = min(PREPARED_CONNECTIONS, getattr(pool, "max_connections", 1))
+        opened = await asyncio.gather(
+            *(pool.get_connection() for _ in range(wanted)),  # type: ignore[no-untyped-call]
+            return_exceptions=True,
+        )
+        for connection in opened:
+            if not isinstance(connection, BaseException):
+                await pool.release(connection)
+        for connection in opened:
+            if isinstance(connection, BaseException):
+                raise connection
+        async with client.pipeline(transaction=False) as pipe:
+            for script in _SCRIPTS:
+                pipe.script_load(script)
+            await pipe.execute()
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         if keys:
