@@ -1,7 +1,10 @@
 """End-to-end through a real aiogram Dispatcher: actorsess vs aiogram's own storages.
 
 200 chats x 50 messages (10,000 real Update objects), 256 in flight; each
-handler reads a counter, awaits once, writes counter + 1. Lost increments are
+handler reads a counter, awaits once, writes counter + 1. The ceiling is aiogram's
+MemoryStorage with no isolation (no persistence, loses increments); its row with
+SimpleEventIsolation is the in-memory lossless reference, which, like every
+correct row, queues the updates of one chat behind each other. Lost increments are
 read back from storage afterwards; Redis commands come from INFO commandstats
 (commands run inside Lua scripts included).
 
@@ -222,6 +225,18 @@ async def main() -> None:
                     "aiogram MemoryStorage (ceiling, no persistence)",
                     None,
                     lambda: (MemoryStorage(), None),
+                    updates,
+                    args.chats,
+                    args.in_flight,
+                    MemoryStorage,
+                ),
+            ),
+            (
+                "aiogram MemoryStorage + SimpleEventIsolation",
+                lambda: run_fsm(
+                    "aiogram MemoryStorage + SimpleEventIsolation",
+                    None,
+                    lambda: (MemoryStorage(), SimpleEventIsolation()),
                     updates,
                     args.chats,
                     args.in_flight,
