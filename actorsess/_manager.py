@@ -38,8 +38,6 @@ from actorsess.storage.base import LeaseStorage, PreparableStorage, Storage
 T = TypeVar("T")
 R = TypeVar("R")
 
-_READY = Status.READY
-
 MAX_KEY_LENGTH = 1024
 
 # The longest start() waits for the storage to open its connections.
