@@ -147,14 +147,16 @@ async def test_redis_prepare_opens_connections_and_loads_every_script(
     """A started manager has pooled connections open and the scripts loaded before
     its first load, so the first batches pay no connection set-up or NOSCRIPT."""
     from actorsess import RedisStorage, SessionManager
-    from actorsess.storage.redis import _SCRIPTS, PREPARED_CONNECTIONS
+    from actorsess.storage.redis import PREPARED_CONNECTIONS
 
     await redis_client.script_flush()
     storage = RedisStorage.from_url(redis_url, client_name="prepared")
     async with SessionManager(storage, initial=dict):
         clients = await redis_client.client_list()
         assert sum(c["name"] == "prepared" for c in clients) == PREPARED_CONNECTIONS
-        assert await redis_client.script_exists(*map(sha1_hex, _SCRIPTS)) == [True] * len(_SCRIPTS)
+        sources = storage.script_sources
+        assert len(sources) == 6
+        assert await redis_client.script_exists(*map(sha1_hex, sources)) == [True] * 6
 
 
 async def test_unreachable_redis_at_start_is_logged_and_start_returns(events: Any) -> None:

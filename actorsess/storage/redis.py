@@ -85,16 +85,6 @@ end
 return fenced
 """
 
-#: Every script this storage calls, for ``prepare()`` to load ahead of the first call.
-_SCRIPTS = (
-    _LOAD_LUA,
-    _WRITE_LUA,
-    lease_scripts.ACQUIRE_LUA,
-    lease_scripts.RENEW_LUA,
-    lease_scripts.RELEASE_LUA,
-    lease_scripts.WRITE_LEASED_LUA,
-)
-
 DEFAULT_MAX_CONNECTIONS = 32
 #: Connections ``prepare()`` opens: two flush rounds and loads can be in flight at once.
 PREPARED_CONNECTIONS = 4
@@ -119,6 +109,8 @@ class RedisStorage:
         self._client = client
         self._owns_client = owns_client
         self._label = redact_url(url) if url else _describe(kwargs)
+        #: Every script this storage calls, for ``prepare()`` to load ahead of use.
+        self.script_sources: list[str] = []
         self._load = self._script(_LOAD_LUA)
         self._write = self._script(_WRITE_LUA)
         self._acquire = self._script(lease_scripts.ACQUIRE_LUA)
@@ -128,6 +120,7 @@ class RedisStorage:
         self._closed = False
 
     def _script(self, source: str) -> BatchCall:
+        self.script_sources.append(source)
         if isinstance(self._client, RedisCluster):
             return ClusterBatchScript(self._client, source)
         return _WholeBatch(BatchScript(self._client, source))
@@ -320,7 +313,7 @@ class RedisStorage:
             await client.initialize()
             return
         pool = client.connection_pool
-        wanted = min(PREPARED_CONNECTIONS, getattr(pool, "max_connections", 1))
+        wanted = min(PREPARED_CONNECTIONS, pool.max_connections)
         opened = await asyncio.gather(
             *(pool.get_connection() for _ in range(wanted)),  # type: ignore[no-untyped-call]
             return_exceptions=True,
@@ -332,8 +325,8 @@ class RedisStorage:
             if isinstance(connection, BaseException):
                 raise connection
         async with client.pipeline(transaction=False) as pipe:
-            for script in _SCRIPTS:
-                pipe.script_load(script)
+            for source in self.script_sources:
+                pipe.script_load(source)
             await pipe.execute()
 
     async def delete_many(self, keys: Sequence[str]) -> None:
