@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import platform
 import statistics
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 import structlog
+
+
+class CollectorWatch:
+    """Counts the garbage collector's runs while active, and the time they stopped
+    the program: the pauses that make the tails of the latency columns."""
+
+    def __init__(self) -> None:
+        self.full_collections = 0
+        self.pause_s = 0.0
+        self._began = 0.0
+
+    def __enter__(self) -> CollectorWatch:
+        gc.callbacks.append(self._on_collection)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        self.pause_s += time.perf_counter() - self._began
+        if info["generation"] == 2:
+            self.full_collections += 1
 
 
 def quiet_logs() -> None:
