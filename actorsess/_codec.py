@@ -92,7 +92,11 @@ def _build(value_type: Any) -> tuple[Encoder, Decoder]:
         return _dict_to_json, _dict_from_json
     if isinstance(origin, type) and issubclass(origin, pydantic.BaseModel):
         model: type[pydantic.BaseModel] = origin
-        return (lambda v: v.model_dump_json(warnings="error").encode()), model.model_validate_json
+        # The model's own serializer gives bytes; model_dump_json() would decode them
+        # to str for .encode() to copy back (about 1 µs of a 2.5 µs encode).
+        return (
+            lambda v: v.__pydantic_serializer__.to_json(v, warnings="error")
+        ), model.model_validate_json
     if (
         dataclasses.is_dataclass(origin)
         or is_typeddict(origin)

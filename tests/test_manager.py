@@ -413,6 +413,18 @@ async def test_typed_sessions_round_trip(storage_factory: Any) -> None:
     assert prefs == {"lang": "en", "volume": 9}
 
 
+async def test_a_model_field_holding_the_wrong_type_is_refused_and_rolled_back() -> None:
+    """pydantic does not validate assignment by default: the commit's serializer is
+    the check, and the session keeps its last committed value."""
+    async with SessionManager(MemoryStorage(), initial=Cart) as m:
+        async with m.session("k") as cart:
+            cart.items.append("apple")
+        with pytest.raises(SessionEncodeError, match="'k'"):
+            async with m.session("k") as cart:
+                cart.items = 5  # type: ignore[assignment]
+        assert (await m.get("k")).items == ["apple"]
+
+
 async def test_a_storage_shared_by_managers_is_closed_by_the_last(redis_storage: Any) -> None:
     """Two namespaces on one RedisStorage: closing one leaves the other working."""
     sessions = SessionManager(redis_storage, initial=counter, config=SessionConfig(key_prefix="s:"))
