@@ -8,3 +8,5 @@ for bench in e2e_aiogram hot_path flush_throughput memory crash_loss scaling mul
     echo "== benchmarks/$bench.py"
     .venv/bin/python -m "benchmarks.$bench"
 done
+echo "== benchmarks/e2e_aiogram.py --freeze-gc"
+.venv/bin/python -m benchmarks.e2e_aiogram --freeze-gc
