@@ -37,6 +37,7 @@ from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.types import Message, Update
 
 import actorsess
+from actorsess import testing
 from actorsess.aiogram import ActorFSMStorage, SessionMiddleware
 from actorsess.testing import RedisServer
 from benchmarks._common import (
@@ -51,6 +52,8 @@ from benchmarks._common import (
 )
 
 BOT_ID = 42
+CEILING = "aiogram MemoryStorage (ceiling, no persistence)"
+LOSSLESS_IN_MEMORY = "aiogram MemoryStorage + SimpleEventIsolation"
 
 
 @dataclass
@@ -86,27 +89,16 @@ class Run:
         )
 
 
-def message_update(n: int, chat: int) -> Update:
-    """Update ``n``: a private text message in ``chat``."""
-    return Update.model_validate(
-        {
-            "update_id": n,
-            "message": {
-                "message_id": n,
-                "date": 1_700_000_000,
-                "chat": {"id": chat, "type": "private"},
-                "from": {"id": chat, "is_bot": False, "first_name": "u"},
-                "text": "apple",
-            },
-        }
-    )
+def message_update(chat: int) -> Update:
+    """A private text message in ``chat``, as an aiogram Update."""
+    return Update.model_validate(testing.message_update(chat, "apple"))
 
 
 def make_updates(chats: int, messages: int, seed: int = 1) -> list[Update]:
     """``messages`` updates for each of ``chats`` chats, shuffled."""
     plan = [chat for chat in range(1, chats + 1) for _ in range(messages)]
     random.Random(seed).shuffle(plan)
-    return [message_update(n, chat) for n, chat in enumerate(plan, start=1)]
+    return [message_update(chat) for chat in plan]
 
 
 async def drive(dp: Dispatcher, bot: Bot, updates: list[Update], in_flight: int) -> Run:
@@ -162,7 +154,6 @@ async def run_fsm(
     url: str | None,
     make: Callable[[], tuple[BaseStorage, BaseEventIsolation | None]],
     updates: list[Update],
-    chats: int,
     in_flight: int,
     reader: Callable[[], BaseStorage],
 ) -> Result:
@@ -187,7 +178,7 @@ async def run_fsm(
     return run.result(name, lost, (after - before - 1) / len(updates) if url else 0.0)
 
 
-async def run_actorsess(url: str, updates: list[Update], chats: int, in_flight: int) -> Result:
+async def run_actorsess(url: str, updates: list[Update], in_flight: int) -> Result:
     flush_redis(url)
     manager = actorsess.SessionManager(
         actorsess.RedisStorage.from_url(url),
@@ -245,90 +236,60 @@ async def main() -> None:
             fsm = ActorFSMStorage(actorsess.RedisStorage.from_url(url))
             return fsm, fsm.create_isolation()
 
+        def fsm(
+            name: str,
+            storage_url: str | None,
+            make: Callable[[], tuple[BaseStorage, BaseEventIsolation | None]],
+            reader: Callable[[], BaseStorage],
+        ) -> tuple[str, Runner]:
+            return name, lambda: run_fsm(name, storage_url, make, updates, args.in_flight, reader)
+
+        def redis_reader() -> BaseStorage:
+            return peer_redis(url)
+
         scenarios: list[tuple[str, Runner]] = [
-            (
-                "aiogram MemoryStorage (ceiling, no persistence)",
-                lambda: run_fsm(
-                    "aiogram MemoryStorage (ceiling, no persistence)",
-                    None,
-                    lambda: (MemoryStorage(), None),
-                    updates,
-                    args.chats,
-                    args.in_flight,
-                    MemoryStorage,
-                ),
+            fsm(CEILING, None, lambda: (MemoryStorage(), None), MemoryStorage),
+            fsm(
+                LOSSLESS_IN_MEMORY,
+                None,
+                lambda: (MemoryStorage(), SimpleEventIsolation()),
+                MemoryStorage,
             ),
-            (
-                "aiogram MemoryStorage + SimpleEventIsolation",
-                lambda: run_fsm(
-                    "aiogram MemoryStorage + SimpleEventIsolation",
-                    None,
-                    lambda: (MemoryStorage(), SimpleEventIsolation()),
-                    updates,
-                    args.chats,
-                    args.in_flight,
-                    MemoryStorage,
-                ),
-            ),
-            (
+            fsm(
                 "aiogram RedisStorage (default isolation)",
-                lambda: run_fsm(
-                    "aiogram RedisStorage (default isolation)",
-                    url,
-                    lambda: (peer_redis(url), None),
-                    updates,
-                    args.chats,
-                    args.in_flight,
-                    lambda: peer_redis(url),
-                ),
+                url,
+                lambda: (peer_redis(url), None),
+                redis_reader,
             ),
-            (
+            fsm(
                 "aiogram RedisStorage + SimpleEventIsolation",
-                lambda: run_fsm(
-                    "aiogram RedisStorage + SimpleEventIsolation",
-                    url,
-                    lambda: (peer_redis(url), SimpleEventIsolation()),
-                    updates,
-                    args.chats,
-                    args.in_flight,
-                    lambda: peer_redis(url),
-                ),
+                url,
+                lambda: (peer_redis(url), SimpleEventIsolation()),
+                redis_reader,
             ),
-            (
+            fsm(
                 "aiogram RedisStorage + RedisEventIsolation",
-                lambda: run_fsm(
-                    "aiogram RedisStorage + RedisEventIsolation",
-                    url,
-                    lambda: _redis_with_isolation(url),
-                    updates,
-                    args.chats,
-                    args.in_flight,
-                    lambda: peer_redis(url),
-                ),
+                url,
+                lambda: _redis_with_isolation(url),
+                redis_reader,
             ),
             (
                 "actorsess SessionMiddleware (Redis)",
-                lambda: run_actorsess(url, updates, args.chats, args.in_flight),
+                lambda: run_actorsess(url, updates, args.in_flight),
             ),
-            (
+            fsm(
                 "actorsess ActorFSMStorage (Redis)",
-                lambda: run_fsm(
-                    "actorsess ActorFSMStorage (Redis)",
-                    url,
-                    actor_fsm,
-                    updates,
-                    args.chats,
-                    args.in_flight,
-                    lambda: ActorFSMStorage(actorsess.RedisStorage.from_url(url)),
-                ),
+                url,
+                actor_fsm,
+                lambda: ActorFSMStorage(actorsess.RedisStorage.from_url(url)),
             ),
         ]
         for _ in range(args.rounds):
             for name, runner in scenarios:  # interleaved, so drift hits every row alike
                 rows.setdefault(name, []).append(await runner())
-    ceiling = median([r.rate for r in rows[scenarios[0][0]]])
-    ceiling_p99 = median([r.p99_ms for r in rows[scenarios[0][0]]])
-    lossless_p99 = median([r.p99_ms for r in rows[scenarios[1][0]]])
+    ceiling = median([r.rate for r in rows[CEILING]])
+    ceiling_p99 = median([r.p99_ms for r in rows[CEILING]])
+    lossless_p99 = median([r.p99_ms for r in rows[LOSSLESS_IN_MEMORY]])
     out = []
     for name, results in rows.items():
         rate = median([r.rate for r in results])
