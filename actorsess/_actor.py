@@ -10,7 +10,6 @@ and no one can barge in between. So an actor with waiters is always held:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import math
 from collections import deque
@@ -33,7 +32,6 @@ class SessionActor(Generic[T]):
         "deleted",
         "error",
         "expires_at",
-        "fenced",
         "held",
         "key",
         "lease_token",
@@ -72,9 +70,6 @@ class SessionActor(Generic[T]):
         self.error: BaseException | None = None
         #: Evicted from the LRU while busy or dirty; kept findable until clean and idle.
         self.parked = False
-        #: An earlier write of this session had an unknown outcome (it may still land
-        #: late), so later writes ask storage to check versions first.
-        self.fenced = False
         #: Used since the LRU last looked at it (the second-chance bit, see _registry).
         self.referenced = False
         #: Shared ownership only: the token of the lease this actor holds (None when
@@ -132,6 +127,16 @@ class SessionActor(Generic[T]):
         return True
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
-        if self.waiters is not None:
-            with contextlib.suppress(ValueError):
-                self.waiters.remove(waiter)
+        # O(1): a cancelled waiter is done, and ``release`` skips done waiters, so it
+        # may stay where it is; only the ends are trimmed (searching the queue for it
+        # would make cancelling n waiters of a hot key cost n^2).
+        waiters = self.waiters
+        if waiters:
+            if waiters[0] is waiter:
+                waiters.popleft()
+            while waiters and waiters[-1].done():
+                waiters.pop()
+
+    def queued(self) -> int:
+        """Blocks waiting for this actor's turn (cancelled ones not counted)."""
+        return sum(not waiter.done() for waiter in self.waiters or ())

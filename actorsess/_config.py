@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
+from actorsess._record import TOMBSTONE_TTL_S
 from actorsess.exceptions import ConfigError
 
 Ownership = Literal["local", "shared"]
@@ -29,6 +30,9 @@ class SessionConfig:
     #: Most sessions written in one storage call; this many dirty sessions also
     #: trigger a write before ``flush_interval`` has passed.
     max_batch: int = 1000
+    #: Most bytes of session data written in one storage call (a session larger
+    #: than this is written alone). A write that times out is split in half.
+    max_batch_bytes: int = 8_388_608
     #: Sessions kept in the in-process LRU cache (held or dirty ones may exceed it
     #: briefly: they are parked, never dropped).
     max_cached: int = 10_000
@@ -67,7 +71,13 @@ class SessionConfig:
 
     def __post_init__(self) -> None:
         _non_negative_finite("flush_interval", self.flush_interval)
-        for name in ("max_batch", "max_cached", "max_dirty", "max_session_bytes"):
+        for name in (
+            "max_batch",
+            "max_batch_bytes",
+            "max_cached",
+            "max_dirty",
+            "max_session_bytes",
+        ):
             _positive_int(name, getattr(self, name))
         if self.ttl is not None:
             _positive_finite("ttl", self.ttl)
@@ -88,6 +98,16 @@ class SessionConfig:
         if not isinstance(self.key_prefix, str):
             raise ConfigError(
                 "key_prefix", f"must be a string, got {type(self.key_prefix).__name__}"
+            )
+        if "\x00" in self.key_prefix or not _encodable(self.key_prefix):
+            raise ConfigError(
+                "key_prefix", "must be valid Unicode without NUL (the lease keys' marker)"
+            )
+        if self.lease_time * 2 > TOMBSTONE_TTL_S:
+            raise ConfigError(
+                "lease_time",
+                f"must be at most {TOMBSTONE_TTL_S // 2} s: a deleted session's tombstone "
+                f"({TOMBSTONE_TTL_S} s) must outlive any lease",
             )
         if self.ownership not in get_args(Ownership):
             raise ConfigError("ownership", f"must be 'local' or 'shared', got {self.ownership!r}")
@@ -136,6 +156,14 @@ def _parse_env(name: str, type_text: str, raw: str) -> Any:
     except ValueError:
         raise ConfigError(name, f"{variable}={raw!r} is not a number") from None
     return text
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _non_negative_finite(name: str, value: object) -> None:

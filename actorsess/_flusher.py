@@ -3,7 +3,8 @@
 Each round follows the same three steps:
 
 1. snapshot, with no await: take up to ``max_batch`` dirty actors (oldest
-   first) and their committed bytes and versions;
+   first, at most ``max_batch_bytes`` of them) and their committed bytes and
+   versions;
 2. write, with await: one ``write_many`` call under ``write_timeout``;
 3. settle, with no await: an actor becomes clean only if the version written
    is still its current version. A change that arrived during the write keeps
@@ -14,16 +15,20 @@ work overlaps the other's storage call; the loop itself owns no I/O.
 
 A failed, timed-out or cancelled write has an unknown outcome; everything in
 it stays dirty and is written again after a capped, jittered backoff. Records
-are whole values carrying their version, so writing twice is harmless (rule 6).
+are whole values carrying their version and every write is fenced by it, so
+writing twice is harmless and a late copy never lands over newer data (rules 6
+and 11).
 
-In shared ownership mode every write is fenced by the key's lease token and
-version (``write_leased``); a refused write goes to the lease keeper as a
-conflict and its session is dropped from the dirty set, never retried.
+A write the storage refuses (it holds a newer version; in shared ownership
+mode also: the lease is not ours) is never counted as done: it goes to the
+``on_refused`` hook as a conflict and its session leaves the dirty set, never
+retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from actorsess._actor import SessionActor, Status
@@ -33,11 +38,15 @@ from actorsess._config import SessionConfig
 from actorsess._record import encode_record
 from actorsess._registry import Registry
 from actorsess._stats import Counters
-from actorsess.exceptions import BackpressureTimeoutError, StorageError
+from actorsess.exceptions import BackpressureTimeoutError, SessionConflictError, StorageError
 from actorsess.storage.base import Conflict, Storage, WriteItem
 
 if TYPE_CHECKING:
     from actorsess._leases import LeaseKeeper
+
+#: Called with an actor whose write storage refused, after the refusal is recorded:
+#: makes sure its next turn works on what storage holds.
+RefusedHook = Callable[[SessionActor[Any]], None]
 
 _NEVER = float("-inf")
 # One round's Python work (snapshot, settle) overlaps the other's storage call.
@@ -48,6 +57,7 @@ class Flusher:
     __slots__ = (
         "_backoff",
         "_backoff_until",
+        "_batch_limit",
         "_clock",
         "_config",
         "_counters",
@@ -56,6 +66,7 @@ class Flusher:
         "_in_flight",
         "_keeper",
         "_log",
+        "_on_refused",
         "_registry",
         "_room",
         "_round_waiters",
@@ -79,10 +90,12 @@ class Flusher:
         clock: Clock,
         backoff: Backoff,
         log: Any,
+        on_refused: RefusedHook,
         keeper: LeaseKeeper | None = None,
     ) -> None:
         self._storage = storage
         self._keeper = keeper
+        self._on_refused = on_refused
         self._config = config
         self._registry = registry
         self._counters = counters
@@ -100,6 +113,9 @@ class Flusher:
         #: Consecutive failed rounds (drives the backoff and the logged attempt).
         self._failures = 0
         self._backoff_until = _NEVER
+        #: Most sessions the next round takes: max_batch, halved after each timed-out
+        #: write (a batch too large to land in time is split), doubled after a success.
+        self._batch_limit = config.max_batch
         #: Storage keys of the sessions in a round now being written.
         self._in_flight: set[str] = set()
         self._rounds: set[asyncio.Task[None]] = set()
@@ -143,7 +159,23 @@ class Flusher:
         if len(self.dirty) < self._config.max_dirty:
             self._room.set()
 
+    def refuse(self, actor: SessionActor[Any], reason: str) -> None:
+        """Storage refused ``actor``'s write: report it (never count it as done). Its
+        changes since the last good write are dropped; its next turn reloads."""
+        self._counters.conflicts += 1
+        self._log.warning("session.conflict", key=actor.key, version=actor.version, reason=reason)
+        actor.error = SessionConflictError(actor.key, reason)
+        actor.persisted_version = actor.version  # nothing more of it can be written
+        # Out of the dirty set now: a later actor of this key must be able to enter it.
+        self.drop(actor)
+        self._on_refused(actor)
+
     # -- lifecycle --------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        """A session made dirty now will still be written (False once stopped)."""
+        return self._task is not None and not self._task.done()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="actorsess-flusher")
@@ -248,7 +280,8 @@ class Flusher:
     def _start_round(self) -> None:
         """Step 1, with no await: snapshot up to max_batch dirty actors not already in flight."""
         started = self._clock.now()
-        batch_size = self._config.max_batch
+        batch_size = self._batch_limit
+        byte_budget = self._config.max_batch_bytes
         in_flight = self._in_flight
         batch: list[SessionActor[Any]] = []
         items: list[WriteItem] = []
@@ -262,11 +295,12 @@ class Flusher:
             version = actor.version
             record = None if actor.deleted else encode_record(version, actor.blob)
             items.append(
-                WriteItem(
-                    key, record, version, actor.fenced, actor.lease_token, actor.persisted_version
-                )
+                WriteItem(key, record, version, actor.lease_token, actor.persisted_version)
             )
-            if len(batch) == batch_size:
+            byte_budget -= len(actor.blob)
+            # Bounded by count and by bytes; a single session larger than the byte
+            # budget still goes, alone.
+            if len(batch) >= batch_size or byte_budget <= 0:
                 break
         leftovers = len(self.dirty) > len(in_flight)
         self._dirty_since = _NEVER if leftovers else started
@@ -298,21 +332,18 @@ class Flusher:
                 async with asyncio.timeout(self._config.write_timeout):
                     conflicts = await self._write(items)
             except BaseException as exc:
-                # Outcome unknown: this batch may still land later, so fence what follows.
-                for actor in batch:
-                    actor.fenced = True
+                # Outcome unknown: this batch may still land later; the version fence
+                # keeps it from landing over anything newer.
                 if not isinstance(exc, Exception):
                     self._round_waiters.extend(waiters)
                     raise
                 self._on_failure(exc, waiters, attempt)
                 return
             dirty = self.dirty
-            if conflicts:
-                # The keeper drops each refused session from the dirty set and marks
-                # it written as far as it can be, so the loop below leaves it alone.
-                assert self._keeper is not None
-                for position, reason in conflicts:
-                    self._keeper.conflict(batch[position], reason)
+            # Each refused session leaves the dirty set, marked written as far as it
+            # can be, so the loop below leaves it alone.
+            for position, reason in conflicts:
+                self.refuse(batch[position], reason)
             for actor, item in zip(batch, items, strict=True):
                 written = item.version
                 if written > actor.persisted_version:
@@ -335,6 +366,7 @@ class Flusher:
             attempt=attempt,
         )
         self._failures = 0
+        self._batch_limit = min(self._config.max_batch, self._batch_limit * 2)
         self._backoff_until = _NEVER
         self.last_error = None
         if len(self.dirty) < self._config.max_dirty:
@@ -349,8 +381,9 @@ class Flusher:
     async def _write(self, items: list[WriteItem]) -> list[Conflict]:
         if self._keeper is not None:
             return await self._keeper.write(items, self._config.ttl_ms)
-        await self._storage.write_many(items, self._config.ttl_ms)
-        return []
+        refused = await self._storage.write_many(items, self._config.ttl_ms)
+        # A storage written before writes could be refused returns None: all landed.
+        return refused or []
 
     def _on_failure(
         self, exc: Exception, waiters: list[asyncio.Future[None]], attempt: int
@@ -361,6 +394,9 @@ class Flusher:
         self._backoff_until = self._clock.now() + delay
         if isinstance(exc, TimeoutError):
             reason = f"write timed out after {self._config.write_timeout:g}s (outcome unknown)"
+            # Too much for one write_timeout, perhaps: the next rounds take half as many
+            # sessions (down to one), and grow back as writes succeed.
+            self._batch_limit = max(1, self._batch_limit // 2)
         else:
             reason = f"{type(exc).__name__}: {exc}"
         self.last_error = reason

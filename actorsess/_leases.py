@@ -36,8 +36,19 @@ from actorsess._config import SessionConfig
 from actorsess._record import encode_record
 from actorsess._registry import Registry
 from actorsess._stats import Counters
-from actorsess.exceptions import LeaseTimeoutError, SessionConflictError
-from actorsess.storage.base import Conflict, LeaseStorage, LoadResult, Owned, Release, WriteItem
+from actorsess.exceptions import LeaseTimeoutError
+from actorsess.storage.base import (
+    AskAgain,
+    Conflict,
+    HandedOver,
+    HandoverAsked,
+    LeaseStorage,
+    LoadResult,
+    Notice,
+    Owned,
+    Release,
+    WriteItem,
+)
 
 if TYPE_CHECKING:
     from actorsess._flusher import Flusher
@@ -45,6 +56,8 @@ if TYPE_CHECKING:
 
 #: ``lease_until`` of an actor whose lease was lost or released: never valid.
 LOST = -math.inf
+# The longest stop() waits for its tasks to end once cancelled.
+_STOP_GRACE = 1.0
 # First delay before asking an owner again when no "free" notice came; doubles.
 _FIRST_RETRY = 0.02
 _MAX_RETRY = 0.5
@@ -129,8 +142,9 @@ class LeaseKeeper:
         self._spawn(self._listen_forever())
         self._spawn(self._renew_forever())
 
-    async def stop(self) -> None:
-        """Release every lease still held (after the final flush) and stop the tasks."""
+    async def stop(self, timeout: float) -> None:
+        """Release every lease still held (after the final flush) and stop the tasks,
+        within ``timeout`` (leases not released by then expire on their own)."""
         for actor in self._registry.actors():
             self.forgotten(actor)
         for waiting in self._waiting.values():
@@ -139,11 +153,19 @@ class LeaseKeeper:
         self._waiting.clear()
         releases, self._releases = self._releases, []
         try:
-            await self._release(releases)
+            async with asyncio.timeout(timeout):
+                await self._release(releases)
+        except TimeoutError:
+            self._log.warning("session.lease_release_failed", keys=len(releases), error="timeout")
         finally:
-            for task in list(self._tasks):
+            tasks = list(self._tasks)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if tasks:
+                # Bounded: close() must return even if a task ignores its cancellation.
+                _, stuck = await asyncio.wait(tasks, timeout=_STOP_GRACE)
+                if stuck:
+                    self._log.error("session.task_stuck", tasks=len(stuck))
 
     async def _listen_forever(self) -> None:
         failures = 0
@@ -151,6 +173,7 @@ class LeaseKeeper:
             try:
                 await self._storage.listen(self.manager_id, self._on_notice)
             except Exception as exc:
+                _raise_if_cancelled()
                 # Without notices handovers still happen, only slower (retries, expiry).
                 failures += 1
                 self._log.warning(
@@ -257,18 +280,14 @@ class LeaseKeeper:
 
     # -- notices from other managers ----------------------------------------
 
-    def _on_notice(self, notice: bytes) -> None:
-        kind, rest = notice[:2], notice[2:]
-        if kind == b"w ":
-            requester, _, key = rest.decode().partition(" ")
-            self._handover(key, requester)
-        elif kind == b"g ":
-            head, _, record = rest.partition(b"\n")
-            token, _, key = head.decode().partition(" ")
-            self._given(token, key, record or None)
-        elif kind == b"f ":
-            self._retry(rest.decode(), notice=True)
-        elif not notice:
+    def _on_notice(self, notice: Notice) -> None:
+        if isinstance(notice, HandoverAsked):
+            self._handover(notice.key, notice.token)
+        elif isinstance(notice, HandedOver):
+            self._given(notice.token, notice.key, notice.record)
+        elif isinstance(notice, AskAgain):
+            self._retry(notice.key, notice=True)
+        else:
             # (Re)subscribed: "free" notices may have been missed meanwhile.
             for key in list(self._waiting):
                 self._retry(key, notice=True)
@@ -429,6 +448,7 @@ class LeaseKeeper:
                         part, self._config.lease_ms, self._config.ttl_ms
                     )
             except Exception as exc:
+                _raise_if_cancelled()
                 # Plain leases expire on their own (others wait at most lease_time);
                 # sessions whose last write rode along are written the usual way.
                 self._log.warning(
@@ -455,7 +475,7 @@ class LeaseKeeper:
             if failed:
                 continue
             if position in refused:
-                self.conflict(actor, refused[position])
+                flusher.refuse(actor, refused[position])
                 self._registry.settle(actor)
                 continue
             if final.version > actor.persisted_version:
@@ -475,17 +495,10 @@ class LeaseKeeper:
     async def write(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
         return await self._storage.write_leased(items, ttl_ms, self._config.lease_ms)
 
-    def conflict(self, actor: SessionActor[Any], reason: str) -> None:
-        """The flusher's hook: storage refused ``actor``'s write. Its changes since the
-        last good write are dropped; the next turn reloads the stored state."""
-        self._counters.conflicts += 1
-        self._log.warning("session.conflict", key=actor.key, version=actor.version, reason=reason)
-        actor.error = SessionConflictError(actor.key, reason)
-        actor.persisted_version = actor.version  # nothing more of it can be written
+    def lost(self, actor: SessionActor[Any]) -> None:
+        """The flusher's hook: storage refused ``actor``'s write, so the lease cannot be
+        relied on; let go of the actor (the next turn takes the lease and reloads)."""
         actor.lease_until = LOST
-        assert self.flusher is not None
-        # Out of the dirty set now: a later actor of this key must be able to enter it.
-        self.flusher.drop(actor)
         self.retire(actor)
 
     # -- renewal ----------------------------------------------------------------
@@ -515,6 +528,7 @@ class LeaseKeeper:
                     [a.persisted_version for a in actors],
                 )
         except Exception as exc:
+            _raise_if_cancelled()
             # Turns keep running until the old expiry; then they wait for a new lease.
             self._log.warning(
                 "session.lease_renew_failed", keys=len(actors), error=f"{type(exc).__name__}: {exc}"
@@ -533,3 +547,12 @@ class LeaseKeeper:
     def is_ready(self, actor: SessionActor[Any]) -> bool:
         """A loaded actor whose lease this manager can still rely on."""
         return actor.status is Status.READY and actor.lease_until > self._clock.now()
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that surfaced as another error (a client library may
+    turn a cancel in the middle of a reply into its own exception): a loop that
+    swallowed it would never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

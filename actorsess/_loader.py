@@ -141,17 +141,22 @@ class Loader:
             else:
                 version, payload = decode_record(actor.key, raw)
                 limit = self._config.max_session_bytes
-                if len(payload) > limit:
+                if not payload:
+                    # A tombstone: no session, but versions go on from the deleted one's.
+                    actor.value, actor.blob = self._codec.fresh()
+                    actor.version = actor.persisted_version = version
+                elif len(payload) > limit:
                     raise CorruptSessionError(
                         actor.key,
                         f"stored session is {len(payload)} bytes, over max_session_bytes={limit}",
                     )
-                try:
-                    actor.value = self._codec.decode(payload)
-                except DecodeFailure as exc:
-                    raise CorruptSessionError(actor.key, str(exc)) from exc
-                actor.blob = payload
-                actor.version = actor.persisted_version = version
+                else:
+                    try:
+                        actor.value = self._codec.decode(payload)
+                    except DecodeFailure as exc:
+                        raise CorruptSessionError(actor.key, str(exc)) from exc
+                    actor.blob = payload
+                    actor.version = actor.persisted_version = version
         except CorruptSessionError as exc:
             self._counters.errors += 1
             self._log.error("session.corrupt", key=actor.key, error=exc.reason)

@@ -113,6 +113,8 @@ class SessionManager(Generic[T]):
         self._prefix = config.key_prefix
         self._ttl = config.ttl
         self._write_through = config.flush_interval == 0
+        #: Commits may take the turn's fast path (not in write-through, nor once closing).
+        self._fast_commit = not self._write_through
         self._max_dirty = config.max_dirty
         self._max_bytes = config.max_session_bytes
         self._counters = Counters()
@@ -148,6 +150,7 @@ class SessionManager(Generic[T]):
             self._clock,
             backoff,
             self._log,
+            self._registry.park if self._keeper is None else self._keeper.lost,
             self._keeper,
         )
         if self._keeper is not None:
@@ -210,31 +213,37 @@ class SessionManager(Generic[T]):
             )
             self._log.warning("session.storage_unprepared", storage=repr(storage), error=reason)
 
-    async def close(self) -> None:
+    async def close(self, *, timeout: float | None = None) -> None:
         """Stop intake, let current holders finish, write everything dirty, close storage.
 
         A storage shared by several managers is closed by the last one to close.
 
         Safe to call twice; concurrent callers all wait for the same shutdown.
-        What could not be written before ``close_timeout`` is logged as
-        ``session.unflushed`` with the keys.
+        ``timeout`` (default ``close_timeout``) bounds the whole shutdown. What
+        could not be written by then is logged as ``session.unflushed`` with the
+        keys; a block still running then cannot commit (its exit raises
+        ManagerClosedError and logs ``session.commit_refused``).
         """
         if self._close_task is None:
-            self._close_task = asyncio.get_running_loop().create_task(self._shutdown())
+            budget = self._config.close_timeout if timeout is None else max(0.0, timeout)
+            self._close_task = asyncio.get_running_loop().create_task(self._shutdown(budget))
         await asyncio.shield(self._close_task)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, budget: float) -> None:
         was_running = self._running
         self._set_state(_State.CLOSING)
-        deadline = self._clock.now() + self._config.close_timeout
+        deadline = self._clock.now() + budget
         await self._wait_for_holders(deadline)
         unwritten: list[str] = []
+        # From now on every commit takes the general path, which refuses it once the
+        # flusher has stopped (the fast path has no check of its own).
+        self._fast_commit = False
         if was_running:
             remaining = max(0.1, deadline - self._clock.now())
             unwritten = await self._flusher.stop(remaining)
         await self._loader.aclose()
         if self._keeper is not None and was_running:
-            await self._keeper.stop()
+            await self._keeper.stop(max(0.1, deadline - self._clock.now()))
         if unwritten:
             self._log.error(
                 "session.unflushed",
@@ -295,8 +304,19 @@ class SessionManager(Generic[T]):
 
     @staticmethod
     def _check_key(key: object) -> None:
-        """Raise InvalidKeyError unless ``key`` is a non-empty str of acceptable length."""
+        """Raise InvalidKeyError unless ``key`` is a non-empty str of acceptable length
+        that every storage can hold: valid Unicode (no lone surrogates) and no NUL."""
         if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH:
+            if "\x00" in key:
+                raise InvalidKeyError(f"session key {key[:60]!r} contains NUL ('\\x00')")
+            if not key.isascii():
+                try:
+                    key.encode()
+                except UnicodeEncodeError as exc:
+                    raise InvalidKeyError(
+                        f"session key {key[:60]!r} is not valid Unicode "
+                        f"(lone surrogate at position {exc.start})"
+                    ) from None
             return
         raise InvalidKeyError(
             f"session key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
@@ -406,6 +426,10 @@ class SessionManager(Generic[T]):
             await self._storage.delete_many([self._prefix + key])
             return
         try:
+            if not actor.dirty and not self._has_room():
+                # A delete makes the session dirty like any commit (rule 5).
+                await self._flusher.wait_for_room()
+            self._check_accepting(actor)
             actor.value, actor.blob = self._codec.fresh()
             # One past the stored version, so the version fence lets the delete through.
             actor.version += 1
@@ -427,7 +451,7 @@ class SessionManager(Generic[T]):
             evictions=c.evictions,
             errors=c.errors,
             parked=len(self._registry.parked),
-            active=sum(actor.held + len(actor.waiters or ()) for actor in self._registry.actors()),
+            active=sum(actor.held + actor.queued() for actor in self._registry.actors()),
             conflicts=c.conflicts,
             handovers=c.handovers,
         )
@@ -522,6 +546,11 @@ class SessionManager(Generic[T]):
             else:
                 blob = self._encode_change(actor)
                 if blob is not None:
+                    try:
+                        self._check_accepting(actor)
+                    except ManagerClosedError:
+                        actor.value = self._codec.decode(actor.blob)
+                        raise
                     if actor.version <= actor.persisted_version and not self._has_room():
                         # Backpressure (rule 5): this change would add a dirty session
                         # while too many wait for storage. Wait for room still holding
@@ -536,6 +565,18 @@ class SessionManager(Generic[T]):
             self._leave(actor)
         if self._write_through and actor.version != version:
             await self._flusher.wait_persisted(actor, actor.version)
+
+    def _check_accepting(self, actor: SessionActor[T]) -> None:
+        """Raise (and log) if a change to ``actor`` could no longer be written: the
+        flusher has stopped, so it would be lost silently."""
+        if self._flusher.accepting:
+            return
+        self._counters.errors += 1
+        self._log.error("session.commit_refused", key=actor.key, reason="manager closed")
+        raise ManagerClosedError(
+            f"session {actor.key!r}: the SessionManager closed before this block ended "
+            "(close_timeout passed), so its change cannot be saved and was rolled back"
+        )
 
     def _encode_change(self, actor: SessionActor[T]) -> bytes | None:
         """The new committed bytes, or None if the value did not change. Rolls back on refusal."""

@@ -1,9 +1,16 @@
 """The stored record: a small header carrying the format and the session version.
 
 Layout: ``as1:<version>:<payload>``, e.g. ``as1:42:{"apple":3}``. The version
-travels with the data so that writers can later be fenced by compare-and-set
+travels with the data so that every write can be fenced by compare-and-set
 (a Lua script can read it with one ``string.match``), and a replayed write is
 recognisable as already applied.
+
+A *tombstone* is a record with an empty payload, ``as1:<version>:``: what a
+delete (or an expiry a storage can still see) leaves behind for a while. It
+loads as "no session" while carrying the version, so the key's next write
+gets a higher one and a late write from before the delete is refused: a
+version never repeats for a key (design rule 11). Tombstones live for
+``TOMBSTONE_TTL_S``, far longer than any write stays in flight or any lease.
 """
 
 from __future__ import annotations
@@ -13,10 +20,18 @@ from actorsess.exceptions import CorruptSessionError
 FORMAT_TAG = b"as1"
 _HEADER_PREFIX = FORMAT_TAG + b":"
 _MAX_VERSION_DIGITS = 20
+#: How long storages keep a tombstone (seconds).
+TOMBSTONE_TTL_S = 600
+TOMBSTONE_TTL_MS = TOMBSTONE_TTL_S * 1000
 
 
 def encode_record(version: int, payload: bytes) -> bytes:
     return b"%b%d:%b" % (_HEADER_PREFIX, version, payload)
+
+
+def tombstone(version: int) -> bytes:
+    """The record a delete leaves: no session, at ``version``."""
+    return b"%b%d:" % (_HEADER_PREFIX, version)
 
 
 def decode_record(key: str, blob: bytes) -> tuple[int, bytes]:
@@ -33,3 +48,12 @@ def decode_record(key: str, blob: bytes) -> tuple[int, bytes]:
     if not digits.isdigit():
         raise CorruptSessionError(key, "record header has no valid version number")
     return int(digits), blob[end + 1 :]
+
+
+def version_of(blob: bytes) -> int:
+    """The version in ``blob``'s header, or -1 when it is not a record (older than any)."""
+    if not blob.startswith(_HEADER_PREFIX):
+        return -1
+    end = blob.find(b":", len(_HEADER_PREFIX), len(_HEADER_PREFIX) + _MAX_VERSION_DIGITS + 1)
+    digits = blob[len(_HEADER_PREFIX) : end] if end > 0 else b""
+    return int(digits) if digits.isdigit() else -1

@@ -98,7 +98,7 @@ class SessionTurn(Generic[T]):
             return
         self._actor = None
         manager = self._manager
-        if exc_type is not None or manager._write_through:
+        if exc_type is not None or not manager._fast_commit:
             await manager._exit(actor, exc_type is None)
             return
         # Fast path: commit with no await. Whatever needs more (an unencodable or

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import redis.asyncio as redis_asyncio
 
 from actorsess import MemoryStorage, SessionManager, WriteItem
-from actorsess.storage.base import LoadResult
+from actorsess.storage.base import Conflict, LoadResult
 
 
 def counter() -> dict[str, int]:
@@ -54,7 +54,7 @@ class RecordingStorage(MemoryStorage):
             raise ConnectionError("injected load failure")
         return await super().load_many(keys)
 
-    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
+    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
         self.write_started.set()
         if self.write_gate is not None:
             await self.write_gate.wait()
@@ -62,7 +62,7 @@ class RecordingStorage(MemoryStorage):
             self.fail_writes -= 1
             raise ConnectionError("injected write failure")
         self.batches.append(list(items))
-        await super().write_many(items, ttl_ms)
+        return await super().write_many(items, ttl_ms)
 
     @property
     def written_keys(self) -> list[str]:

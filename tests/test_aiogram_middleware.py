@@ -12,10 +12,17 @@ from aiogram import Bot, Dispatcher
 from aiogram.fsm.strategy import FSMStrategy
 from aiogram.types import Message, Update
 
-from actorsess import MemoryStorage, SessionConfig, SessionManager, SessionTurn
+from actorsess import (
+    ManagerClosedError,
+    MemoryStorage,
+    SessionConfig,
+    SessionManager,
+    SessionTurn,
+)
 from actorsess.aiogram import LazySession, SessionMiddleware, SessionOrderError
 
 from .aiogram_helpers import message_update, poll_update
+from .conftest import Events
 from .helpers import RecordingStorage, counter
 
 Counter = dict[str, int]
@@ -271,3 +278,39 @@ async def test_shutdown_waits_for_updates_already_dispatched(bot: Bot) -> None:
     await asyncio.gather(*tasks)
     await shutdown
     assert storage.raw("actorsess:session:42:4:4") == b'as1:10:{"n":10}'
+
+
+async def test_a_stuck_update_delays_shutdown_by_one_close_timeout(
+    bot: Bot, events: Events
+) -> None:
+    """A handler that never finishes holds dispatcher shutdown for close_timeout in all
+    (not once for the middleware and again for the manager); when it does finish, its
+    change is refused with an error in the handler, never lost silently."""
+    storage = MemoryStorage()
+    config = SessionConfig(flush_interval=3600, close_timeout=0.4)
+    manager = SessionManager(storage, initial=counter, config=config, logger=events.logger)
+    dp = Dispatcher()
+    SessionMiddleware(manager).setup(dp)
+    gate = asyncio.Event()
+    seen: list[BaseException] = []
+
+    @dp.message()
+    async def handler(message: Message, session: Counter) -> None:
+        await gate.wait()
+        session["n"] += 1
+
+    await dp.emit_startup()
+    stuck = asyncio.create_task(dp.feed_update(bot, message_update(4)))
+    await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await dp.emit_shutdown()
+    assert loop.time() - started < 0.4 * 1.5
+    gate.set()
+    try:
+        await stuck
+    except ManagerClosedError as exc:
+        seen.append(exc)
+    assert len(seen) == 1 and "closed before this block ended" in str(seen[0])
+    assert [e["key"] for e in events.named("session.commit_refused")] == ["session:42:4:4"]
+    assert storage.raw("actorsess:session:42:4:4") is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import deque
 
 import pytest
 
@@ -154,3 +156,50 @@ async def test_flusher_cancelled_mid_write_keeps_the_session_dirty_and_reports_i
     assert entry["keys"] == ["k"]
     assert m.stats().dirty == 1
     assert storage.raw("actorsess:k") is None
+
+
+class _NoSearch(deque[asyncio.Future[None]]):
+    """A waiter queue that fails the test if anything searches it."""
+
+    def remove(self, value: asyncio.Future[None]) -> None:
+        raise AssertionError("a cancelled waiter was searched for in the queue")
+
+
+@pytest.mark.parametrize("order", ["newest first", "oldest first", "shuffled"])
+async def test_cancelling_waiters_never_searches_the_queue(order: str) -> None:
+    """Cancelling queued blocks costs O(1) each (40k waiters on one hot key would block
+    the loop for seconds with a search per cancellation); the queue still hands the
+    turn to the live waiters in order, and nothing is left behind."""
+    async with SessionManager(RecordingStorage(), initial=counter) as m:
+        release = asyncio.Event()
+
+        async def holder() -> None:
+            async with m.session("k"):
+                await release.wait()
+
+        async def waiter(n: int) -> None:
+            async with m.session("k") as s:
+                s["n"] = s["n"] * 10 + n
+
+        hold = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        actor = m._registry.peek("k")
+        assert actor is not None
+        actor.waiters = _NoSearch()
+        waiters = [asyncio.create_task(waiter(i % 10)) for i in range(2000)]
+        await asyncio.sleep(0)
+        survivors = {3, 1500}
+        doomed = [t for i, t in enumerate(waiters) if i not in survivors]
+        if order == "newest first":
+            doomed.reverse()
+        elif order == "shuffled":
+            random.Random(5).shuffle(doomed)
+        for task in doomed:
+            task.cancel()
+            await asyncio.sleep(0)
+        assert m.stats().active == 1 + len(survivors)
+        release.set()
+        await hold
+        await asyncio.gather(*waiters, return_exceptions=True)
+        assert await m.get("k") == {"n": 30}  # 3, then 1500 % 10 == 0
+        assert not actor.waiters and not actor.held

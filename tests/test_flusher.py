@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
+import redis.asyncio as redis_asyncio
 
 from actorsess import (
     BackpressureTimeoutError,
+    RedisStorage,
     SessionConfig,
     SessionManager,
     StorageError,
+    WriteItem,
 )
+from actorsess.storage.base import Conflict
 from actorsess.testing import FakeClock
 
 from .conftest import Events
@@ -187,7 +193,8 @@ async def test_ttl_is_applied_on_write_and_cached_values_expire() -> None:
         assert await m.get("k") == {"n": 1}
         await clock.advance(30)
         assert await m.get("k") == {"n": 0}
-        assert await storage.load_many(["actorsess:k"]) == [None]
+        # Expired: read as a tombstone of its version until that goes too.
+        assert await storage.load_many(["actorsess:k"]) == [b"as1:1:"]
 
 
 async def test_close_logs_what_could_not_be_written(events: Events) -> None:
@@ -229,25 +236,6 @@ async def test_flush_log_event_fields(events: Events) -> None:
     assert flush["attempt"] == 1 and flush["duration_ms"] >= 0
 
 
-async def test_writes_are_fenced_only_after_an_unknown_outcome() -> None:
-    """Normal writes ask for no fence; after a failed write, that session's writes do."""
-    storage = RecordingStorage()
-    config = SessionConfig(flush_interval=3600, retry_base_delay=0.001, retry_max_delay=0.002)
-    async with SessionManager(storage, initial=counter, config=config) as m:
-        await bump(m, "calm")
-        await bump(m, "hit")
-        await m.flush()
-        storage.fail_writes = 1
-        await bump(m, "hit")
-        with pytest.raises(StorageError):
-            await m.persist("hit")
-        await m.persist("hit")
-        await bump(m, "calm")
-        await m.flush()
-    fences = [(i.key.removeprefix("actorsess:"), i.fenced) for b in storage.batches for i in b]
-    assert fences == [("calm", False), ("hit", False), ("hit", True), ("calm", False)]
-
-
 async def test_two_rounds_in_flight_never_hold_the_same_session() -> None:
     """While writes stall, two rounds are in flight over disjoint sessions, no more."""
     storage = RecordingStorage()
@@ -270,3 +258,63 @@ async def test_two_rounds_in_flight_never_hold_the_same_session() -> None:
             written.setdefault(item.key, []).append(item.version)
     assert all(versions == sorted(versions) for versions in written.values())
     assert all(storage.raw(f"actorsess:k{i}") == b'as1:2:{"n":2}' for i in range(5))
+
+
+async def test_batches_are_bounded_by_bytes(redis_url: str, redis_client: Any) -> None:
+    """Large sessions are written in batches of at most max_batch_bytes (a session larger
+    than that alone), all landing in Redis."""
+    sizes: list[tuple[int, int]] = []
+
+    class Sizes(RedisStorage):
+        async def write_many(
+            self, items: Sequence[WriteItem], ttl_ms: int | None
+        ) -> list[Conflict]:
+            sizes.append((len(items), sum(len(i.blob or b"") for i in items)))
+            return await super().write_many(items, ttl_ms)
+
+    storage = Sizes(redis_asyncio.Redis.from_url(redis_url), owns_client=True)
+    config = SessionConfig(
+        flush_interval=3600, max_batch_bytes=1_000_000, max_session_bytes=2_000_000
+    )
+    async with SessionManager[dict[str, str]](storage, initial=dict, config=config) as m:
+        for i in range(30):
+            await m.update(f"big{i}", lambda d: d.update(x="y" * 200_000))
+        await m.update("huge", lambda d: d.update(x="z" * 1_500_000))
+        await m.flush()
+    assert len(sizes) >= 7
+    assert all(count == 1 or size <= 1_000_000 + 200_100 for count, size in sizes)
+    assert sum(count for count, _ in sizes) == 31
+    assert len(await redis_client.keys("actorsess:big*")) == 30
+
+
+async def test_a_batch_that_times_out_is_split_until_it_lands(events: Events) -> None:
+    """A batch too large to land within write_timeout is retried in halves (down to one
+    session) instead of being re-sent whole forever; everything lands, nothing is left
+    unflushed at close."""
+
+    class SlowPerItem(RecordingStorage):
+        # Storage that needs 10 ms per session: more than 40 sessions exceed 0.4 s.
+        async def write_many(
+            self, items: Sequence[WriteItem], ttl_ms: int | None
+        ) -> list[Conflict]:
+            await asyncio.sleep(0.01 * len(items))
+            return await super().write_many(items, ttl_ms)
+
+    storage = SlowPerItem()
+    config = SessionConfig(
+        flush_interval=3600, write_timeout=0.4, retry_base_delay=0.01, retry_max_delay=0.02
+    )
+    m = SessionManager(storage, initial=counter, config=config, logger=events.logger)
+    async with m:
+        for i in range(200):
+            await bump(m, f"k{i}")
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await m.flush()
+                    break
+                except StorageError:
+                    continue
+    assert all(storage.raw(f"actorsess:k{i}") == b'as1:1:{"n":1}' for i in range(200))
+    assert not events.named("session.unflushed")
+    assert max(len(batch) for batch in storage.batches) <= 40

@@ -14,6 +14,7 @@ from typing_extensions import TypedDict
 
 from actorsess import (
     ActorSessError,
+    BackpressureTimeoutError,
     InvalidKeyError,
     ManagerClosedError,
     MemoryStorage,
@@ -23,6 +24,7 @@ from actorsess import (
     SessionTooLargeError,
 )
 
+from .conftest import Events
 from .helpers import RecordingStorage, counter, racy_increment
 
 
@@ -353,18 +355,19 @@ async def test_delete_passes_the_version_fence(storage_factory: Any) -> None:
         await second.delete("k")
     async with SessionManager(storage_factory(), initial=counter, config=config) as third:
         assert await third.get("k") == {"n": 0}
-        assert await third.storage.load_many(["actorsess:k"]) == [None]
+        assert await third.storage.load_many(["actorsess:k"]) == [b"as1:8:"]  # a tombstone
 
 
 async def test_delete_resets_to_initial_and_removes_the_record() -> None:
-    """delete() removes the stored record and the next access sees initial()."""
+    """delete() replaces the stored record with a tombstone and the next access sees
+    initial()."""
     storage = MemoryStorage()
     async with SessionManager(storage, initial=counter) as m:
         await m.update("k", lambda s: s.update(n=5))
         await m.persist("k")
         assert storage.raw("actorsess:k") is not None
         await m.delete("k")
-        assert storage.raw("actorsess:k") is None
+        assert storage.raw("actorsess:k") == b"as1:2:"
         assert await m.get("k") == {"n": 0}
 
 
@@ -453,3 +456,56 @@ async def test_stdlib_typeddict_sessions_work_as_json_objects() -> None:
         s["count"] += 1
     async with SessionManager(storage, initial=new_plain) as m2:
         assert await m2.get("k") == {"count": 1}
+
+
+@pytest.mark.parametrize("flush_interval", [60.0, 0.0])
+async def test_a_block_that_outlives_close_is_refused_and_logged(
+    flush_interval: float, events: Events
+) -> None:
+    """A block still running when close() gave up (close_timeout) cannot be saved: its
+    exit raises ManagerClosedError, the change is rolled back and logged, never lost
+    silently."""
+    storage = MemoryStorage()
+    config = SessionConfig(flush_interval=flush_interval, close_timeout=0.1)
+    m = SessionManager(storage, initial=counter, config=config, logger=events.logger)
+    await m.update("k", lambda s: s.update(n=1))
+    entered, finish = asyncio.Event(), asyncio.Event()
+
+    async def slow_handler() -> None:
+        async with m.session("k") as s:
+            entered.set()
+            await finish.wait()
+            s["n"] = 2
+
+    task = asyncio.create_task(slow_handler())
+    await entered.wait()
+    await m.close()
+    finish.set()
+    with pytest.raises(ManagerClosedError, match="'k'.*closed before this block ended"):
+        await task
+    [refused] = events.named("session.commit_refused")
+    assert refused["key"] == "k"
+    assert storage.raw("actorsess:k") == b'as1:1:{"n":1}'
+
+
+async def test_delete_waits_for_room_under_backpressure() -> None:
+    """delete() makes a session dirty like any commit, so with storage down it waits for
+    room (and times out) instead of pushing dirty sessions past max_dirty."""
+    storage = RecordingStorage()
+    storage.fail_writes = 10**9
+    config = SessionConfig(
+        flush_interval=0.01, max_dirty=10, backpressure_timeout=0.2, retry_max_delay=0.05
+    )
+    m = SessionManager(storage, initial=counter, config=config)
+    async with m:
+        for i in range(10):
+            await m.update(f"k{i}", lambda s: s.update(n=1))
+        assert m.stats().dirty == 10
+        results = await asyncio.gather(
+            *(m.delete(f"other{i}") for i in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(r, BackpressureTimeoutError) for r in results)
+        assert m.stats().dirty == 10
+        storage.fail_writes = 0
+        await m.delete("other0")
+        assert await m.get("other0") == {"n": 0}

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.exceptions import ResponseError
 
 from actorsess import (
+    CorruptSessionError,
     LeaseTimeoutError,
     RedisStorage,
     SessionConfig,
@@ -135,6 +140,62 @@ async def test_owner_hands_over_within_milliseconds(make_manager: MakeManager) -
     assert first.stats().handovers == 1
 
 
+@pytest.mark.parametrize("key", ["a\nb", "k 1\n\ng x 9 y", "ключ\n"])
+async def test_any_key_is_handed_over_by_its_notice(make_manager: MakeManager, key: str) -> None:
+    """The handover notice frames the key by its length, so a key with newlines or spaces
+    is handed over in one step (one acquire by the new owner, no retries)."""
+    first, second = await make_manager(), await make_manager()
+    await racy_increment(first, key)
+    async with second.session(key) as session:
+        assert session["n"] == 1
+    assert first.stats().handovers == 1
+    assert second.stats().loads == 1
+
+
+async def test_one_poisoned_lease_key_fails_alone(
+    make_manager: MakeManager, redis_client: redis_asyncio.Redis, redis_url: str
+) -> None:
+    """A lease key that holds a Redis list fails only its own session, with an error that
+    names it; the 49 other sessions of the batch are written."""
+    manager = await make_manager(shared(flush_interval=60))
+    keys = [f"k{i}" for i in range(50)]
+    for key in keys:
+        await racy_increment(manager, key)
+    await redis_client.delete(lease_key("actorsess:k7"))
+    await redis_client.rpush(lease_key("actorsess:k7"), "x")
+    async with asyncio.timeout(10):
+        with pytest.raises(SessionConflictError, match="lease key holds a non-string type"):
+            await manager.flush()
+    others = [key for key in keys if key != "k7"]
+    assert await stored_counts(redis_url, others) == [1] * 49
+    with pytest.raises(CorruptSessionError, match="'k7'.*lease key holds a non-string type"):
+        await manager.get("k7")
+
+
+async def test_close_returns_when_a_renewal_turns_its_cancel_into_another_error(
+    redis_url: str, events: Events
+) -> None:
+    """A renewal cancelled mid-reply may surface as the client's own error instead of
+    CancelledError; the renewal loop still stops and close() returns promptly."""
+
+    class CancelBecomesResponseError(RedisStorage):
+        async def renew_many(self, *args: Any, **kwargs: Any) -> list[bool]:
+            try:
+                await asyncio.sleep(3600)  # a renewal stuck on a slow server
+            except asyncio.CancelledError:
+                raise ResponseError("the reply was cut short") from None
+            return []
+
+    storage = CancelBecomesResponseError.from_url(redis_url)
+    config = shared(lease_time=0.3, close_timeout=2)
+    manager = SessionManager(storage, initial=counter, config=config, logger=events.logger)
+    await manager.start()
+    await racy_increment(manager, "k")
+    await asyncio.sleep(0.2)  # the renewal has started and hangs
+    async with asyncio.timeout(5):
+        await manager.close()
+
+
 async def test_stale_owner_is_refused_and_reloads(
     make_manager: MakeManager, redis_url: str, redis_client: redis_asyncio.Redis, events: Events
 ) -> None:
@@ -225,14 +286,14 @@ async def test_leased_write_replay_counts_as_applied(redis_storage: RedisStorage
     """Sending the same fenced write twice (unknown outcome) is not a conflict."""
     [loaded] = await redis_storage.acquire_many(["actorsess:k"], ["me:1"], "me", 10_000)
     assert loaded is None
-    item = WriteItem("actorsess:k", b'as1:1:{"n":1}', 1, True, "me:1")
+    item = WriteItem("actorsess:k", b'as1:1:{"n":1}', 1, "me:1")
     assert await redis_storage.write_leased([item], None, 10_000) == []
     assert await redis_storage.write_leased([item], None, 10_000) == []
-    older = WriteItem("actorsess:k", b'as1:0:{"n":0}', 0, True, "me:1")
+    older = WriteItem("actorsess:k", b'as1:0:{"n":0}', 0, "me:1")
     assert await redis_storage.write_leased([older], None, 10_000) == [
         Conflict(0, "storage holds a newer version")
     ]
-    thief = WriteItem("actorsess:k", b'as1:2:{"n":9}', 2, True, "other:1")
+    thief = WriteItem("actorsess:k", b'as1:2:{"n":9}', 2, "other:1")
     assert await redis_storage.write_leased([thief], None, 10_000) == [
         Conflict(0, "the lease is held by another process")
     ]
@@ -246,14 +307,14 @@ async def test_a_lapsed_lease_is_taken_back_only_if_nobody_wrote(
     """A lease that expired while Redis was unreachable is taken back by its holder's
     next write or renewal when the record is still at the version it last knew."""
     await redis_storage.acquire_many(["actorsess:k"], ["me:1"], "me", 10_000)
-    item = WriteItem("actorsess:k", b'as1:1:{"n":1}', 1, True, "me:1", 0)
+    item = WriteItem("actorsess:k", b'as1:1:{"n":1}', 1, "me:1", 0)
     assert await redis_storage.write_leased([item], None, 10_000) == []
     await redis_client.delete(lease_key("actorsess:k"))  # the lease lapsed
     assert await redis_storage.renew_many(["actorsess:k"], ["me:1"], 10_000, [1]) == [True]
     assert await redis_client.get(lease_key("actorsess:k")) == b"me:1"
     await redis_client.delete(lease_key("actorsess:k"))
     await redis_client.set("actorsess:k", b'as1:2:{"n":7}')  # someone wrote meanwhile
-    later = WriteItem("actorsess:k", b'as1:2:{"n":2}', 2, True, "me:1", 1)
+    later = WriteItem("actorsess:k", b'as1:2:{"n":2}', 2, "me:1", 1)
     assert await redis_storage.write_leased([later], None, 10_000) == [
         Conflict(0, "the lease is held by another process")
     ]
@@ -262,9 +323,29 @@ async def test_a_lapsed_lease_is_taken_back_only_if_nobody_wrote(
 
 
 def test_lease_keys_share_the_record_slot() -> None:
-    """Tagged and untagged keys get a lease key in their own cluster slot."""
+    """Tagged, untagged and unbalanced keys get a lease key in their own cluster slot."""
     from redis.crc import key_slot
 
-    for key in ("actorsess:session:1:2:3", "app{user7}:k", "{t}x"):
+    for key in ("actorsess:session:1:2:3", "app{user7}:k", "{t}x", "x}y{z", "a{}b", "}", "{"):
         assert key_slot(lease_key(key).encode()) == key_slot(key.encode())
-    assert lease_key("app{user7}:k") == "app{user7}:k:lease"
+    assert lease_key("app{user7}:k") == "{user7}\x00lease\x00app{user7}:k"
+
+
+@given(
+    keys=st.lists(
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1),
+        min_size=2,
+        max_size=2,
+        unique=True,
+    )
+)
+def test_no_two_keys_and_no_key_and_lease_share_a_storage_key(keys: list[str]) -> None:
+    """Lease keys are distinct for distinct session keys, never equal to any session key
+    (whatever the prefix: they hold NUL, which keys and prefixes refuse), and always in
+    their session's cluster slot."""
+    from redis.crc import key_slot
+
+    first, second = keys
+    assert lease_key(first) != lease_key(second)
+    assert "\x00" in lease_key(first)
+    assert key_slot(lease_key(first).encode()) == key_slot(first.encode())

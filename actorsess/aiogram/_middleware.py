@@ -137,12 +137,15 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
         # Polling has stopped fetching, but updates it already fetched may still be
         # on their way to their session: let them finish before the manager stops
         # taking work, so no acknowledged update is turned away.
+        # One close_timeout for both steps, not one each.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.manager.config.close_timeout
         if self._in_flight:
             self._drained.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.manager.config.close_timeout):
+                async with asyncio.timeout_at(deadline):
                     await self._drained.wait()
-        await self.manager.close()
+        await self.manager.close(timeout=deadline - loop.time())
 
     def key_for(self, event: TelegramObject, data: dict[str, Any]) -> str | None:
         key = self._key_of(event, data)

@@ -9,21 +9,29 @@ from typing import NamedTuple, Protocol, runtime_checkable
 class WriteItem(NamedTuple):
     """One session to write: ``blob`` is the encoded record, ``None`` deletes the key.
 
-    ``fenced`` asks the storage to check the stored version first (see
-    ``Storage.write_many``). The flusher sets it for sessions whose earlier write
-    had an unknown outcome, the only case where an older write of ours can
-    still be in flight; storages may fence every write regardless.
+    Every item is fenced by ``version`` (see ``Storage.write_many``); a delete
+    leaves a tombstone at ``version`` (see ``actorsess._record``).
     """
 
     key: str
     blob: bytes | None
     version: int
-    fenced: bool = True
     #: Shared ownership: the lease token the write must still hold (see LeaseStorage).
     lease: str | None = None
     #: Shared ownership: the version this writer last wrote or loaded; a lapsed lease
     #: is taken back only if storage still holds it.
     expected: int | None = None
+
+
+class Conflict(NamedTuple):
+    """A write the storage refused: its ``position`` in the items, and why."""
+
+    position: int
+    reason: str
+
+
+#: ``Conflict.reason`` when storage already holds a newer version of the key.
+NEWER_VERSION = "storage holds a newer version"
 
 
 class BadValue(NamedTuple):
@@ -45,19 +53,28 @@ class Storage(Protocol):
     """
 
     async def load_many(self, keys: Sequence[str]) -> list[LoadResult]:
-        """Stored records for ``keys``, in order: bytes, None if absent, BadValue."""
+        """Stored records for ``keys``, in order: bytes, None if absent, BadValue.
+
+        A tombstone (or a record that expired while its version is still known)
+        loads as the tombstone record ``as1:<version>:``.
+        """
         ...
 
-    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
-        """Store (or delete, for ``blob=None``) every item, applying ``ttl_ms`` if set.
+    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        """Store every item, applying ``ttl_ms`` if set; ``blob=None`` replaces the
+        record with a tombstone at the item's version, kept ``TOMBSTONE_TTL_S``.
 
-        Version fence: an item is skipped when the stored record has a higher
-        version, so a delayed replay of an older write never overwrites newer data.
+        Version fence, on every item: an item is written only when the stored
+        version (a tombstone's included) is older; the same version already
+        stored counts as written (the replay of a write whose outcome was
+        unknown). An item refused because storage holds a newer version is
+        returned as ``Conflict(position, NEWER_VERSION)``; the others land.
         """
         ...
 
     async def delete_many(self, keys: Sequence[str]) -> None:
-        """Remove ``keys``; absent keys are ignored."""
+        """Remove ``keys`` outright, with no fence (records too corrupt to carry a
+        version); absent keys are ignored."""
         ...
 
     async def close(self) -> None:
@@ -86,17 +103,39 @@ class Release(NamedTuple):
     final: WriteItem | None = None
 
 
+class HandoverAsked(NamedTuple):
+    """Notice: the acquire attempt ``token`` asks this manager to let go of ``key``."""
+
+    token: str
+    key: str
+
+
+class HandedOver(NamedTuple):
+    """Notice: ``key`` was handed to the attempt ``token``: its lease is set to that
+    token and ``record`` is what storage holds (None when absent)."""
+
+    token: str
+    key: str
+    record: bytes | None
+
+
+class AskAgain(NamedTuple):
+    """Notice: ``key`` moved on before it could be handed over; ask for it again."""
+
+    key: str
+
+
+class Resubscribed(NamedTuple):
+    """The notice channel was (re)opened: notices may have been missed before it."""
+
+
+Notice = HandoverAsked | HandedOver | AskAgain | Resubscribed
+
+
 class Owned(NamedTuple):
     """``acquire_many``'s answer for a key whose lease another manager holds."""
 
     owner: str
-
-
-class Conflict(NamedTuple):
-    """A write ``write_leased`` refused: its ``position`` in the items, and why."""
-
-    position: int
-    reason: str
 
 
 @runtime_checkable
@@ -104,10 +143,7 @@ class LeaseStorage(Storage, Protocol):
     """A storage several processes can share: per-key ownership leases and fenced writes.
 
     Lease tokens read ``<manager id>:<number>``. Handover notices (see
-    ``listen``) are bytes: ``w <requester token> <key>`` asks the owner to let
-    go of ``key``; ``g <token> <key>\n<record>`` hands ``key`` over, its lease
-    already set to ``token`` and its stored record ("" when absent) attached;
-    ``f <key>`` says to ask again.
+    ``listen``) arrive typed: ``HandoverAsked``, ``HandedOver``, ``AskAgain``.
     """
 
     async def acquire_many(
@@ -115,7 +151,7 @@ class LeaseStorage(Storage, Protocol):
     ) -> list[LoadResult | Owned]:
         """Take each key's lease (free, or held under a token of ``manager_id`` itself)
         and load its record; for a key owned elsewhere, ask the owner to hand it over
-        (``w <token> <key>``)."""
+        (it gets ``HandoverAsked``)."""
         ...
 
     async def renew_many(
@@ -136,8 +172,8 @@ class LeaseStorage(Storage, Protocol):
         """Let go of each lease still held with its token, first making its ``final``
         write (fenced like ``write_leased``; refusals are returned). A key with
         waiters passes to the first of them (its lease set to that waiter's token for
-        ``lease_ms``), which is sent the record (``g``); the others' requests are
-        passed on to it."""
+        ``lease_ms``), which is sent the record (``HandedOver``); the others'
+        requests are passed on to it."""
         ...
 
     async def write_leased(
@@ -148,10 +184,10 @@ class LeaseStorage(Storage, Protocol):
         whose stored version is older; a stored equal version counts as written."""
         ...
 
-    async def listen(self, manager_id: str, on_notice: Callable[[bytes], None]) -> None:
+    async def listen(self, manager_id: str, on_notice: Callable[[Notice], None]) -> None:
         """Deliver the handover notices sent to ``manager_id`` until cancelled.
 
-        ``on_notice`` gets each notice; it is also called with ``b""`` after every
+        ``on_notice`` gets each notice, and ``Resubscribed()`` after every
         (re)subscription, when notices may have been missed.
         """
         ...

@@ -5,40 +5,61 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from actorsess.storage.base import LoadResult, WriteItem
+from actorsess._record import TOMBSTONE_TTL_S, tombstone, version_of
+from actorsess.storage.base import NEWER_VERSION, Conflict, LoadResult, WriteItem
 
 
 class MemoryStorage:
-    """Keeps records in a dict; honours TTL against an injectable wall clock."""
+    """Keeps records in a dict; honours TTL against an injectable wall clock.
+
+    An expired record (or a delete) leaves its version behind as a tombstone for
+    ``TOMBSTONE_TTL_S``, as the durable storages do.
+    """
 
     def __init__(self, *, timer: Callable[[], float] = time.monotonic) -> None:
         self._timer = timer
+        #: key -> (record, expires at or None, version)
         self._records: dict[str, tuple[bytes, float | None, int]] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryStorage [records: {len(self._records)}]>"
 
+    def _current(self, key: str, now: float) -> tuple[bytes, int] | None:
+        """The live record of ``key`` (a tombstone once expired) and its version."""
+        entry = self._records.get(key)
+        if entry is None:
+            return None
+        record, expires, version = entry
+        if expires is not None and expires <= now:
+            if expires + TOMBSTONE_TTL_S <= now:
+                del self._records[key]
+                return None
+            return tombstone(version), version
+        return record, version
+
     async def load_many(self, keys: Sequence[str]) -> list[LoadResult]:
         now = self._timer()
         out: list[LoadResult] = []
         for key in keys:
-            entry = self._records.get(key)
-            if entry is not None and entry[1] is not None and entry[1] <= now:
-                del self._records[key]
-                entry = None
-            out.append(None if entry is None else entry[0])
+            current = self._current(key, now)
+            out.append(None if current is None else current[0])
         return out
 
-    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
-        expires = None if ttl_ms is None else self._timer() + ttl_ms / 1000
-        for item in items:
-            stored = self._records.get(item.key)
-            if stored is not None and stored[2] > item.version:
-                continue  # the version fence
+    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        now = self._timer()
+        expires = None if ttl_ms is None else now + ttl_ms / 1000
+        refused: list[Conflict] = []
+        for position, item in enumerate(items):
+            current = self._current(item.key, now)
+            if current is not None and current[1] >= item.version:
+                if current[1] > item.version:  # the version fence
+                    refused.append(Conflict(position, NEWER_VERSION))
+                continue  # the same version: a replay, already applied
             if item.blob is None:
-                self._records.pop(item.key, None)
+                self._records[item.key] = (tombstone(item.version), now, item.version)
             else:
                 self._records[item.key] = (item.blob, expires, item.version)
+        return refused
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         for key in keys:
@@ -54,4 +75,4 @@ class MemoryStorage:
 
     def put_raw(self, key: str, blob: bytes) -> None:
         """Store ``blob`` verbatim under ``key`` (tests that plant corrupt records)."""
-        self._records[key] = (blob, None, -1)
+        self._records[key] = (blob, None, version_of(blob))

@@ -19,71 +19,27 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from actorsess._record import TOMBSTONE_TTL_MS
 from actorsess._redact import redact_url
-from actorsess.storage import _redis_lease as lease_scripts
+from actorsess.storage import _redis_lua as lua
 from actorsess.storage._redis_cluster import Arg, ArgsFor, ClusterBatchScript
-from actorsess.storage._redis_lease import CHANNEL_PREFIX, CONFLICT_REASONS, lease_key
+from actorsess.storage._redis_lease import CHANNEL_PREFIX, lease_key
 from actorsess.storage._redis_script import BatchScript
-from actorsess.storage.base import BadValue, Conflict, LoadResult, Owned, Release, WriteItem
+from actorsess.storage.base import (
+    AskAgain,
+    BadValue,
+    Conflict,
+    HandedOver,
+    HandoverAsked,
+    LoadResult,
+    Notice,
+    Owned,
+    Release,
+    Resubscribed,
+    WriteItem,
+)
 
 _WRONG_TYPE = b"\x00actorsess:wrongtype"
-
-_LOAD_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local value = redis.pcall('GET', key)
-  if type(value) == 'table' and value.err then
-    value = '\\0actorsess:wrongtype'
-  end
-  out[i] = value
-end
-return out
-"""
-
-# ARGV[1] is the TTL in ms ("0": none); ARGV[2] the fence of each key, packed as
-# "v1,-,v3,...": a version to check, or "-" for none ("" when no key has one);
-# ARGV[i + 2] is KEYS[i]'s
-# record, where an empty string (never a valid record: records start with
-# "as1:") deletes the key.
-#
-# The version fence: a fenced record is written only if the stored one is not
-# newer. A write that timed out may still sit in the server's socket buffer and
-# run after a later write sent on another connection; without the fence it
-# would overwrite newer data with older. It costs a GET, so the flusher asks for
-# it only for keys whose earlier write had an unknown outcome.
-# Returns how many writes were fenced off.
-_WRITE_LUA = """
-local ttl = ARGV[1]
-local call, pcall = redis.call, redis.pcall
-local fences = nil
-if ARGV[2] ~= '' then
-  fences = {}
-  local i = 0
-  for v in string.gmatch(ARGV[2], '[^,]+') do i = i + 1; fences[i] = tonumber(v) end
-end
-local fenced = 0
-for i = 1, #KEYS do
-  local key, value = KEYS[i], ARGV[i + 2]
-  local fence = fences and fences[i]
-  local stale = false
-  if fence then
-    local stored = pcall('GET', key)
-    if type(stored) == 'string' then
-      stale = (tonumber(string.match(stored, '^as1:(%d+):')) or -1) > fence
-    end
-  end
-  if stale then
-    fenced = fenced + 1
-  elseif value == '' then
-    call('DEL', key)
-  elseif ttl ~= '0' then
-    call('SET', key, value, 'PX', ttl)
-  else
-    call('SET', key, value)
-  end
-end
-return fenced
-"""
 
 DEFAULT_MAX_CONNECTIONS = 32
 #: Connections ``prepare()`` opens: two flush rounds and loads can be in flight at once.
@@ -111,12 +67,12 @@ class RedisStorage:
         self._label = redact_url(url) if url else _describe(kwargs)
         #: Every script this storage calls, for ``prepare()`` to load ahead of use.
         self.script_sources: list[str] = []
-        self._load = self._script(_LOAD_LUA)
-        self._write = self._script(_WRITE_LUA)
-        self._acquire = self._script(lease_scripts.ACQUIRE_LUA)
-        self._renew = self._script(lease_scripts.RENEW_LUA)
-        self._release = self._script(lease_scripts.RELEASE_LUA)
-        self._write_leased = self._script(lease_scripts.WRITE_LEASED_LUA)
+        self._load = self._script(lua.LOAD_LUA)
+        self._write = self._script(lua.WRITE_LUA)
+        self._acquire = self._script(lua.ACQUIRE_LUA)
+        self._renew = self._script(lua.RENEW_LUA)
+        self._release = self._script(lua.RELEASE_LUA)
+        self._write_leased = self._script(lua.WRITE_LEASED_LUA)
         self._closed = False
 
     def _script(self, source: str) -> BatchCall:
@@ -142,13 +98,28 @@ class RedisStorage:
         (up to ``pool_timeout``) instead. ``cluster=True`` connects to Redis
         Cluster through any of its nodes (the URL names one).
         """
-        if cluster:
-            client = RedisCluster.from_url(url, max_connections=max_connections, **client_kwargs)
+        client: Redis | RedisCluster | None = None
+        try:
+            if cluster:
+                client = RedisCluster.from_url(
+                    url, max_connections=max_connections, **client_kwargs
+                )
+            else:
+                pool = BlockingConnectionPool.from_url(
+                    url, max_connections=max_connections, timeout=pool_timeout, **client_kwargs
+                )
+                client = redis_asyncio.Redis(connection_pool=pool)
+        except ValueError:
+            pass
+        if client is not None:
             return cls(client, owns_client=True, url=url)
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout, **client_kwargs
+        # Raised out here, so that redis-py's error is not even kept as the context: its
+        # message may quote a piece of the password (a '/' or '#' in it makes the URL
+        # parser read the rest as the port).
+        raise ValueError(
+            f"invalid Redis URL {redact_url(url)!r}: characters such as '/', '#', '?' "
+            "and '@' in a password must be percent-encoded"
         )
-        return cls(redis_asyncio.Redis(connection_pool=pool), owns_client=True, url=url)
 
     @property
     def client(self) -> Redis | RedisCluster:
@@ -167,22 +138,20 @@ class RedisStorage:
                 results[position] = _loaded(value)
         return results
 
-    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
+    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
         if not items:
-            return
+            return []
         ttl = str(ttl_ms or 0)
 
         def args_for(positions: list[int]) -> list[Arg]:
-            part = [items[p] for p in positions]
-            # An empty fence list (the usual case) spares the script parsing one.
-            fences = (
-                ",".join(str(i.version) if i.fenced else "-" for i in part)
-                if any(i.fenced for i in part)
-                else ""
-            )
-            return [ttl, fences, *(b"" if i.blob is None else i.blob for i in part)]
+            args: list[Arg] = [ttl, TOMBSTONE_TTL_MS]
+            for p in positions:
+                item = items[p]
+                args += (item.version, b"" if item.blob is None else item.blob)
+            return args
 
-        await self._write([item.key for item in items], args_for)
+        replies = await self._write([item.key for item in items], args_for)
+        return _conflicts(replies, stride=1)
 
     # -- shared ownership (LeaseStorage) ------------------------------------
     #
@@ -201,7 +170,12 @@ class RedisStorage:
         for positions, reply in await self._acquire(_with_leases(keys), args_for):
             for j, position in enumerate(positions[::2]):
                 taken, value = reply[2 * j], reply[2 * j + 1]
-                results[position // 2] = _loaded(value) if taken else Owned(value.decode())
+                if taken == 2:
+                    results[position // 2] = BadValue(lua.CONFLICT_REASONS[3])
+                elif taken:
+                    results[position // 2] = _loaded(value)
+                else:
+                    results[position // 2] = Owned(value.decode())
         return results
 
     async def renew_many(
@@ -228,7 +202,7 @@ class RedisStorage:
         self, releases: Sequence[Release], lease_ms: int, ttl_ms: int | None
     ) -> list[Conflict]:
         def args_for(positions: list[int]) -> list[Arg]:
-            args: list[Arg] = [CHANNEL_PREFIX, lease_ms, ttl_ms or 0]
+            args: list[Arg] = [CHANNEL_PREFIX, lease_ms, ttl_ms or 0, TOMBSTONE_TTL_MS]
             for p in positions[::2]:
                 release = releases[p // 2]
                 final = release.final
@@ -246,7 +220,7 @@ class RedisStorage:
         if not releases:
             return []
         replies = await self._release(_with_leases([r.key for r in releases]), args_for)
-        return _conflicts(replies)
+        return _conflicts(replies, stride=2)
 
     async def write_leased(
         self, items: Sequence[WriteItem], ttl_ms: int | None, lease_ms: int
@@ -254,7 +228,7 @@ class RedisStorage:
         ttl = str(ttl_ms or 0)
 
         def args_for(positions: list[int]) -> list[Arg]:
-            args: list[Arg] = [ttl, lease_ms]
+            args: list[Arg] = [ttl, lease_ms, TOMBSTONE_TTL_MS]
             for p in positions[::2]:
                 item = items[p // 2]
                 expected = "" if item.expected is None else item.expected
@@ -264,19 +238,22 @@ class RedisStorage:
 
         if not items:
             return []
-        return _conflicts(await self._write_leased(_with_leases([i.key for i in items]), args_for))
+        replies = await self._write_leased(_with_leases([i.key for i in items]), args_for)
+        return _conflicts(replies, stride=2)
 
-    async def listen(self, manager_id: str, on_notice: Callable[[bytes], None]) -> None:
+    async def listen(self, manager_id: str, on_notice: Callable[[Notice], None]) -> None:
         subscriber = await self._subscriber_client()
         try:
             while True:
                 pubsub = subscriber.pubsub()
                 try:
                     await pubsub.subscribe(CHANNEL_PREFIX + manager_id)
-                    on_notice(b"")
+                    on_notice(Resubscribed())
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            on_notice(message["data"])
+                            notice = _parse_notice(message["data"])
+                            if notice is not None:
+                                on_notice(notice)
                 except (ConnectionError, OSError, RedisError):
                     await asyncio.sleep(0.1)  # the server restarts or fails over; resubscribe
                 finally:
@@ -371,15 +348,36 @@ def _loaded(value: bytes | None) -> LoadResult:
     return BadValue("the Redis key holds a non-string type") if value == _WRONG_TYPE else value
 
 
-def _conflicts(replies: list[tuple[list[int], Any]]) -> list[Conflict]:
-    """The ``{position, reason}`` pairs of the pairwise write scripts, as Conflicts
-    indexed into the whole batch."""
+def _conflicts(replies: list[tuple[list[int], Any]], stride: int) -> list[Conflict]:
+    """The ``{position, reason}`` pairs of the write scripts, as Conflicts indexed into
+    the whole batch (``stride`` KEYS per item: 2 for the (record, lease) scripts)."""
     conflicts: list[Conflict] = []
     for positions, reply in replies:
         for j in range(0, len(reply), 2):
-            index = positions[2 * (reply[j] - 1)] // 2
-            conflicts.append(Conflict(index, CONFLICT_REASONS.get(reply[j + 1], "refused")))
-    return conflicts
+            index = positions[stride * (reply[j] - 1)] // stride
+            reason = lua.CONFLICT_REASONS.get(reply[j + 1], "refused")
+            conflicts.append(Conflict(index, reason))
+    return sorted(conflicts)
+
+
+def _parse_notice(data: bytes) -> Notice | None:
+    """A notice as the scripts in ``_redis_lua`` publish it; None for anything else."""
+    kind, rest = data[:2], data[2:]
+    try:
+        if kind == b"w ":
+            token, _, key = rest.partition(b" ")
+            return HandoverAsked(token.decode(), key.decode())
+        if kind == b"g ":
+            # "g <token> <key length> <key><record>": the key is framed by its length.
+            token, _, rest = rest.partition(b" ")
+            length, _, rest = rest.partition(b" ")
+            size = int(length)
+            return HandedOver(token.decode(), rest[:size].decode(), rest[size:] or None)
+        if kind == b"f ":
+            return AskAgain(rest.decode())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return None
 
 
 def _with_leases(keys: Sequence[str]) -> list[str]:

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from actorsess.storage.base import BadValue, LoadResult, WriteItem
+from actorsess._record import TOMBSTONE_TTL_S, tombstone, version_of
+from actorsess.storage.base import NEWER_VERSION, BadValue, Conflict, LoadResult, WriteItem
 
 R = TypeVar("R")
 
@@ -27,16 +28,15 @@ CREATE TABLE IF NOT EXISTS actorsess_sessions (
     expires_at REAL
 ) WITHOUT ROWID
 """
-# The version fence: a stored record with a higher version is left alone.
 _UPSERT = (
     "INSERT INTO actorsess_sessions (key, value, version, expires_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, "
-    "expires_at = excluded.expires_at WHERE excluded.version >= actorsess_sessions.version"
+    "expires_at = excluded.expires_at"
 )
-_DELETE_FENCED = "DELETE FROM actorsess_sessions WHERE key = ? AND version <= ?"
 # SQLite limits bound parameters per statement (32766 in modern builds; 999 in old ones).
 _CHUNK = 900
-# Expired rows are treated as absent on load; purge them every this many writes.
+# An expired row (a deleted one is stored expired) loads as a tombstone of its version
+# until it is purged, TOMBSTONE_TTL_S after it expired; purges run every this many writes.
 _PURGE_EVERY = 200
 
 
@@ -84,42 +84,61 @@ class SqliteStorage:
                 chunk = wanted[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(
-                    f"SELECT key, value, expires_at FROM actorsess_sessions WHERE key IN ({marks})",
+                    "SELECT key, value, version, expires_at FROM actorsess_sessions "
+                    f"WHERE key IN ({marks})",
                     chunk,
                 )
-                for key, value, expires_at in rows:
+                for key, value, version, expires_at in rows:
                     if expires_at is not None and expires_at <= now:
-                        continue
-                    found[key] = _as_record(value)
+                        found[key] = tombstone(version)
+                    else:
+                        found[key] = _as_record(value)
             return found
 
         found = await self._run(load)
         return [found.get(key) for key in wanted]
 
-    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> None:
+    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
         if not items:
-            return
+            return []
         now = self._timer()
         expires = None if ttl_ms is None else now + ttl_ms / 1000
-        upserts = [(i.key, i.blob, i.version, expires) for i in items if i.blob is not None]
-        deletes = [(i.key, i.version) for i in items if i.blob is None]
         self._writes += 1
         purge = self._writes % _PURGE_EVERY == 0
+        keys = [item.key for item in items]
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> list[Conflict]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(_UPSERT, upserts)
-                conn.executemany(_DELETE_FENCED, deletes)
+                # The version fence, read and applied inside one write transaction.
+                versions = _stored_versions(conn, keys)
+                refused: list[Conflict] = []
+                rows: list[tuple[str, bytes, int, float | None]] = []
+                for position, item in enumerate(items):
+                    version = versions.get(item.key)
+                    if version is not None and version >= item.version:
+                        if version > item.version:
+                            refused.append(Conflict(position, NEWER_VERSION))
+                        continue  # the same version: a replay, already applied
+                    versions[item.key] = item.version
+                    if item.blob is None:  # a tombstone: stored already expired
+                        rows.append((item.key, tombstone(item.version), item.version, now))
+                    else:
+                        rows.append((item.key, item.blob, item.version, expires))
+                conn.executemany(_UPSERT, rows)
                 if purge:
-                    conn.execute("DELETE FROM actorsess_sessions WHERE expires_at <= ?", (now,))
+                    conn.execute(
+                        "DELETE FROM actorsess_sessions WHERE expires_at <= ?",
+                        (now - TOMBSTONE_TTL_S,),
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            return refused
 
-        await self._run(write)
+        return await self._run(write)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         if not keys:
@@ -135,7 +154,8 @@ class SqliteStorage:
         """Store ``value`` verbatim (tests that plant corrupt records)."""
 
         def put(conn: sqlite3.Connection) -> None:
-            conn.execute(_UPSERT, (key, value, -1, None))
+            version = version_of(value) if isinstance(value, bytes) else -1
+            conn.execute(_UPSERT, (key, value, version, None))
 
         await self._run(put)
 
@@ -151,6 +171,18 @@ class SqliteStorage:
         self._closed = True
         self._conn = None
         self._executor.shutdown(wait=False)
+
+
+def _stored_versions(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
+    versions: dict[str, int] = {}
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT key, version FROM actorsess_sessions WHERE key IN ({marks})", chunk
+        )
+        versions.update(rows)
+    return versions
 
 
 def _as_record(value: object) -> LoadResult:
