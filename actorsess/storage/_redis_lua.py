@@ -41,7 +41,10 @@ local function stored_version(key)
   if head == '' then return '' end
   local digits = string.match(head, '^as1:(%d+):')
   if not digits then return false end
-  return (string.gsub(digits, '^0+(%d)', '%1'))
+  if #digits > 1 and string.byte(digits) == 48 then  -- '0...': written by something else
+    digits = string.gsub(digits, '^0+(%d)', '%1')
+  end
+  return digits
 end
 local function put(key, version, value, ttl, tomb)
   local stored = stored_version(key)
