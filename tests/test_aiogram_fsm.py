@@ -16,6 +16,8 @@ from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, StorageKey
 from aiogram.fsm.storage.memory import MemoryStorage as AiogramMemoryStorage
 from aiogram.fsm.storage.redis import RedisStorage as AiogramRedisStorage
 from aiogram.types import Message
+from hypothesis import given
+from hypothesis import strategies as st
 
 from actorsess import RedisStorage, SessionConfig
 from actorsess.aiogram import ActorFSMStorage
@@ -265,3 +267,43 @@ async def test_fsm_storage_from_url_and_from_a_shared_manager(
     assert await shared.get_data(OTHER) == {}
     assert await shared.update_data(OTHER, {"a": 1}) == {"a": 1}
     await shared.close()
+
+
+_ids = st.integers(min_value=-(10**13), max_value=10**13)
+_storage_keys = st.builds(
+    StorageKey,
+    bot_id=st.integers(min_value=1, max_value=10**10),
+    chat_id=_ids,
+    user_id=_ids,
+    thread_id=st.none() | st.integers(min_value=0, max_value=10**6),
+    business_connection_id=st.none() | st.text(max_size=6),
+    destiny=st.text(max_size=12) | st.sampled_from(["default", "t5:default", "~t5:x", "aiogd:"]),
+)
+
+
+@given(first=_storage_keys, second=_storage_keys)
+def test_distinct_fsm_keys_never_share_a_session(first: StorageKey, second: StorageKey) -> None:
+    """No two distinct aiogram StorageKeys map to the same session key (a thread id and a
+    destiny that looks like one, ':' in a business connection id)."""
+
+    def fields(key: StorageKey) -> tuple[object, ...]:
+        # An empty business connection id means none, as in aiogram's key builder.
+        connection = key.business_connection_id or None
+        return (key.bot_id, key.chat_id, key.user_id, key.thread_id, connection, key.destiny)
+
+    if fields(first) != fields(second):
+        assert ActorFSMStorage.session_key(first) != ActorFSMStorage.session_key(second)
+
+
+async def test_a_thread_and_a_thread_like_destiny_keep_their_own_state(
+    redis_url: str, redis_client: Any
+) -> None:
+    """thread_id=5 and a destiny "t5:default" with no thread are different sessions."""
+    fsm = ActorFSMStorage.from_url(redis_url)
+    threaded = StorageKey(bot_id=1, chat_id=2, user_id=3, thread_id=5)
+    lookalike = StorageKey(bot_id=1, chat_id=2, user_id=3, destiny="t5:default")
+    await fsm.set_state(threaded, "in:thread")
+    await fsm.set_state(lookalike, "other")
+    assert await fsm.get_state(threaded) == "in:thread"
+    assert await fsm.get_state(lookalike) == "other"
+    await fsm.close()

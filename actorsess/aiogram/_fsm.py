@@ -24,6 +24,7 @@ from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage, StateType,
 from actorsess._config import SessionConfig
 from actorsess._manager import SessionManager
 from actorsess._turn import SessionTurn
+from actorsess.aiogram._keys import escape_destiny, escape_part
 from actorsess.storage.base import Storage
 from actorsess.storage.redis import RedisStorage
 
@@ -79,13 +80,15 @@ class ActorFSMStorage(BaseStorage):
 
     @staticmethod
     def session_key(key: StorageKey) -> str:
+        """``fsm:<bot>[:b<business connection>]:<chat>:<user>[:t<thread>]:<destiny>``;
+        distinct storage keys never share a session key (see ``escape_destiny``)."""
         parts = ["fsm", str(key.bot_id)]
         if key.business_connection_id:
-            parts.append(f"b{key.business_connection_id}")
+            parts.append("b" + escape_part(key.business_connection_id))
         parts += [str(key.chat_id), str(key.user_id)]
         if key.thread_id is not None:
             parts.append(f"t{key.thread_id}")
-        parts.append(key.destiny)
+        parts.append(escape_destiny(key.destiny, after_thread=key.thread_id is not None))
         return ":".join(parts)
 
     # -- access: the held turn if this update has one, else a turn per call --

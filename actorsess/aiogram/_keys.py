@@ -7,6 +7,7 @@ returns; the storage prefix is prepended after that, so no key can leave it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -43,11 +44,32 @@ def strategy_key(strategy: FSMStrategy) -> KeyFunction:
         if thread_id is not None:
             parts.append(f"t{thread_id}")
         if context.business_connection_id:
-            parts.insert(0, f"b{context.business_connection_id}")
+            parts.insert(0, "b" + escape_part(context.business_connection_id))
         return ":".join(parts)
 
     key.__qualname__ = f"strategy_key({strategy.name})"
     return key
+
+
+def escape_part(text: str) -> str:
+    """``text`` with ``%`` and ``:`` percent-encoded, so that it cannot run into the
+    next ``:``-separated part of a key (ids Telegram sends contain neither)."""
+    if "%" in text or ":" in text:
+        return text.replace("%", "%25").replace(":", "%3A")
+    return text
+
+
+_THREAD_LIKE = re.compile(r"t-?\d+:")
+
+
+def escape_destiny(destiny: str, after_thread: bool) -> str:
+    """The FSM destiny as the last part of a key. Without a thread part before it, a
+    destiny that starts like one (``t5:...``) or with the escape mark ``~`` gets
+    ``~`` in front, so ``thread 5 + "default"`` and ``"t5:default"`` stay apart; the
+    common destinies (``default``, aiogram_dialog's) are unchanged."""
+    if not after_thread and (destiny.startswith("~") or _THREAD_LIKE.match(destiny)):
+        return "~" + destiny
+    return destiny
 
 
 _bot_ids: dict[str, int] = {}
