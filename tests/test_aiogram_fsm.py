@@ -16,7 +16,7 @@ from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, StorageKey
 from aiogram.fsm.storage.memory import MemoryStorage as AiogramMemoryStorage
 from aiogram.fsm.storage.redis import RedisStorage as AiogramRedisStorage
 from aiogram.types import Message
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from actorsess import RedisStorage, SessionConfig
@@ -269,20 +269,40 @@ async def test_fsm_storage_from_url_and_from_a_shared_manager(
     await shared.close()
 
 
-_ids = st.integers(min_value=-(10**13), max_value=10**13)
-_storage_keys = st.builds(
-    StorageKey,
-    bot_id=st.integers(min_value=1, max_value=10**10),
-    chat_id=_ids,
-    user_id=_ids,
-    thread_id=st.none() | st.integers(min_value=0, max_value=10**6),
-    business_connection_id=st.none() | st.text(max_size=6),
-    destiny=st.text(max_size=12) | st.sampled_from(["default", "t5:default", "~t5:x", "aiogd:"]),
+_ids = st.integers(min_value=-2, max_value=2) | st.integers(min_value=-(10**13), max_value=10**13)
+_where = st.tuples(st.integers(min_value=1, max_value=2), _ids, _ids)
+# Drawn twice per example over one (bot, chat, user), so the search meets keys that
+# differ only in the parts that could run into each other.
+_rest = st.tuples(
+    st.none() | st.integers(min_value=0, max_value=3),
+    st.none() | st.sampled_from(["", "x", "x:1", "x%3A1", "1"]) | st.text(max_size=4),
+    st.sampled_from(["default", "t1:default", "~t1:default", "1:default", "t1", "~"])
+    | st.text(max_size=8),
 )
 
 
-@given(first=_storage_keys, second=_storage_keys)
-def test_distinct_fsm_keys_never_share_a_session(first: StorageKey, second: StorageKey) -> None:
+def _key(where: tuple[int, int, int], rest: tuple[int | None, str | None, str]) -> StorageKey:
+    bot_id, chat_id, user_id = where
+    thread_id, connection, destiny = rest
+    return StorageKey(bot_id, chat_id, user_id, thread_id, connection, destiny)
+
+
+@given(where=_where, first=_rest, second=_rest, other_where=_where)
+@example(
+    where=(1, 0, 0),
+    first=(1, None, "default"),
+    second=(None, None, "t1:default"),
+    other_where=(1, 0, 0),
+)
+@example(
+    where=(1, 2, 3), first=(None, "x:1", "d"), second=(None, "x", "3:d"), other_where=(1, 1, 2)
+)
+def test_distinct_fsm_keys_never_share_a_session(
+    where: tuple[int, int, int],
+    first: tuple[int | None, str | None, str],
+    second: tuple[int | None, str | None, str],
+    other_where: tuple[int, int, int],
+) -> None:
     """No two distinct aiogram StorageKeys map to the same session key (a thread id and a
     destiny that looks like one, ':' in a business connection id)."""
 
@@ -291,8 +311,12 @@ def test_distinct_fsm_keys_never_share_a_session(first: StorageKey, second: Stor
         connection = key.business_connection_id or None
         return (key.bot_id, key.chat_id, key.user_id, key.thread_id, connection, key.destiny)
 
-    if fields(first) != fields(second):
-        assert ActorFSMStorage.session_key(first) != ActorFSMStorage.session_key(second)
+    for a, b in (
+        (_key(where, first), _key(where, second)),
+        (_key(where, first), _key(other_where, second)),
+    ):
+        if fields(a) != fields(b):
+            assert ActorFSMStorage.session_key(a) != ActorFSMStorage.session_key(b)
 
 
 async def test_a_thread_and_a_thread_like_destiny_keep_their_own_state(
