@@ -16,6 +16,7 @@ import structlog
 
 from actorsess._actor import SessionActor, Status
 from actorsess._backoff import Backoff
+from actorsess._claim import KeySpaceClaim
 from actorsess._clock import Clock, MonotonicClock
 from actorsess._codec import Codec
 from actorsess._config import SessionConfig
@@ -33,7 +34,7 @@ from actorsess.exceptions import (
     SessionEncodeError,
     SessionTooLargeError,
 )
-from actorsess.storage.base import LeaseStorage, PreparableStorage, Storage
+from actorsess.storage.base import ClaimableStorage, LeaseStorage, PreparableStorage, Storage
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -164,6 +165,13 @@ class SessionManager(Generic[T]):
         #: ``_shutdown`` re-checks whether the holders it waits for are done.
         self._released = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        #: One process per key space in local mode; local and shared never mix.
+        self._claim = (
+            KeySpaceClaim(storage, config.key_prefix, config.ownership, self._clock, self._log)
+            if isinstance(storage, ClaimableStorage)
+            else None
+        )
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -187,14 +195,29 @@ class SessionManager(Generic[T]):
         be reached yet does not stop the start: it is logged as
         ``session.storage_unprepared`` and the first loads connect (or fail) as usual.
         """
-        if self._state is _State.NEW:
-            self._flusher.start()
-            if self._keeper is not None:
-                self._keeper.start()
-            self._set_state(_State.RUNNING)
-            await self._prepare_storage()
-        elif self._state is not _State.RUNNING:
+        if self._state is _State.RUNNING:
+            return
+        if self._state is not _State.NEW:
             raise ManagerClosedError("this SessionManager was closed and cannot be restarted")
+        # Every caller arriving while the start is under way waits for the same task and
+        # resumes in arrival order, so the first turns of a key keep their order too.
+        if self._start_task is None:
+            self._start_task = asyncio.get_running_loop().create_task(self._startup())
+        try:
+            await asyncio.shield(self._start_task)
+        except BaseException:
+            if self._start_task.done():
+                self._start_task = None  # failed: a later start tries again
+            raise
+
+    async def _startup(self) -> None:
+        await self._prepare_storage()
+        if self._claim is not None:
+            await self._claim.acquire(min(self._config.load_timeout, _PREPARE_TIMEOUT))
+        self._flusher.start()
+        if self._keeper is not None:
+            self._keeper.start()
+        self._set_state(_State.RUNNING)
 
     async def _prepare_storage(self) -> None:
         storage = self._storage
@@ -251,6 +274,8 @@ class SessionManager(Generic[T]):
                 keys=unwritten[:20],
                 error=self._flusher.last_error,
             )
+        if self._claim is not None and was_running:
+            await self._claim.release()
         self._set_state(_State.CLOSED)
         if _last_user_of(self._storage):
             await self._storage.close()
@@ -274,7 +299,11 @@ class SessionManager(Generic[T]):
             holders = [actor for actor in holders if actor.held]
 
     async def __aenter__(self) -> SessionManager[T]:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()  # no __aexit__ follows: release what start opened
+            raise
         return self
 
     async def __aexit__(

@@ -100,3 +100,23 @@ class LeaseTimeoutError(ActorSessError, TimeoutError):
             f"session {key!r}: gave up waiting {waited:g}s for its lease{holder}; "
             "is the owning process stalled? (SessionConfig.lease_wait_timeout)"
         )
+
+
+class KeySpaceInUseError(ActorSessError, RuntimeError):
+    """Another process already serves this key space in a way this manager cannot share.
+
+    In ``ownership="local"`` each process assumes it alone writes its keys; a
+    second process on the same SQLite file, or on the same Redis ``key_prefix``,
+    would silently lose updates. Run one process per key space, or give every
+    process ``ownership="shared"`` (Redis).
+    """
+
+    def __init__(self, storage: str, space: str, holder: str, ownership: str) -> None:
+        self.storage = storage
+        self.space = space
+        self.holder = holder
+        super().__init__(
+            f"{storage} (key prefix {space!r}) is already served by {holder}; this manager "
+            f"(ownership={ownership!r}) cannot share it: run one process per key space in "
+            "local mode, or set ownership='shared' in every process (Redis only)"
+        )

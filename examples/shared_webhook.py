@@ -89,10 +89,13 @@ async def serve(app: web.Application, host: str, port: int) -> None:
 
 
 async def stored_apples(redis_url: str, chats: list[int]) -> dict[int, int]:
-    """Apples per private chat as stored in Redis, read with a plain local-mode manager."""
+    """Apples per private chat as stored in Redis, read as an admin process does: with a
+    shared-mode manager of its own, which the workers hand the sessions to."""
     bot_id = OFFLINE_TOKEN.split(":", 1)[0]
     keys = {chat: f"session:{bot_id}:{chat}:{chat}" for chat in chats}
-    async with SessionManager(RedisStorage.from_url(redis_url), initial=new_session) as reader:
+    shared = SessionConfig(ownership="shared")
+    storage = RedisStorage.from_url(redis_url)
+    async with SessionManager(storage, initial=new_session, config=shared) as reader:
         values = await reader.get_many(keys.values())
     return {chat: values[key]["apple"] for chat, key in keys.items()}
 

@@ -16,6 +16,7 @@ from actorsess import (
     LeaseTimeoutError,
     RedisStorage,
     SessionConfig,
+    SessionConflictError,
     SessionManager,
     StorageError,
 )
@@ -332,3 +333,75 @@ async def test_shared_mode_redis_paused_past_the_lease_then_resumed(
     assert not events.named("session.conflict")
     assert {k: v["n"] for k, v in values.items()} == done
     assert all(done[k] >= 6 for k in keys)
+
+
+async def test_shared_mode_redis_paused_past_the_lease_with_three_live_processes(
+    private_redis: RedisServer, events: Events
+) -> None:
+    """Three shared-mode managers (standing for worker processes, each with its own
+    connections and id) take random updates while Redis is SIGSTOPped past the lease,
+    twice. Every holder stays alive, so nothing acknowledged may be lost: for every key,
+    acknowledged <= stored <= sent."""
+    config = SessionConfig(
+        ownership="shared",
+        flush_interval=0.2,
+        lease_time=1.0,
+        lease_wait_timeout=5.0,
+        write_timeout=0.5,
+        load_timeout=0.5,
+        retry_base_delay=0.05,
+        retry_max_delay=0.2,
+        close_timeout=10,
+    )
+    managers = [
+        SessionManager(
+            RedisStorage.from_url(private_redis.url),
+            initial=counter,
+            config=config,
+            logger=events.logger,
+        )
+        for _ in range(3)
+    ]
+    keys = [f"chat:{i}" for i in range(20)]
+    sent = dict.fromkeys(keys, 0)
+    acked = dict.fromkeys(keys, 0)
+    rng = __import__("random").Random(3)
+    stop = asyncio.Event()
+
+    async def sender(key: str) -> None:
+        while not stop.is_set():
+            sent[key] += 1
+            try:
+                await rng.choice(managers).update(key, lambda s: s.update(n=s["n"] + 1))
+            except (LeaseTimeoutError, StorageError, SessionConflictError):
+                pass
+            else:
+                acked[key] += 1
+            await asyncio.sleep(0.01)
+
+    for m in managers:
+        await m.start()
+    senders = [asyncio.create_task(sender(key)) for key in keys]
+    try:
+        for _ in range(2):
+            await asyncio.sleep(0.5)
+            private_redis.pause()
+            await asyncio.sleep(1.6)
+            private_redis.resume()
+        await asyncio.sleep(1.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*senders)
+        for m in managers:
+            await m.close()
+    client = redis_asyncio.Redis.from_url(private_redis.url)
+    records = await client.mget([f"actorsess:{k}" for k in keys])
+    await client.aclose()
+    stored = {
+        key: int(record.split(b'"n":')[1].rstrip(b"}")) if record else 0
+        for key, record in zip(keys, records, strict=True)
+    }
+    lost = {k: acked[k] - stored[k] for k in keys if stored[k] < acked[k]}
+    assert not lost, (lost, sum(lost.values()), len(events.named("session.conflict")))
+    assert all(stored[k] <= sent[k] for k in keys)
+    assert sum(acked.values()) > 200

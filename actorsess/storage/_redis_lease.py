@@ -18,6 +18,11 @@ CHANNEL_PREFIX = "actorsess:lease:"
 _LEASE_MARK = "\x00lease\x00"
 
 
+def owner_marker(space: str) -> str:
+    """The key naming who serves the key space ``space`` (a ``key_prefix``)."""
+    return space + "\x00owner"
+
+
 def lease_key(key: str) -> str:
     """The lease key of record ``key``: ``{<tag>}\\0lease\\0<key>``.
 

@@ -261,3 +261,26 @@ end
 return out
 """
 )
+
+# KEYS[1]: the key space's owner marker. ARGV: claimant ("mode|host|pid|nonce"), ms.
+# Granted (and renewed) when the marker is absent, is the claimant's own, or both
+# are shared-mode claimants (processes in shared mode do share a key space): returns
+# false. Otherwise returns the holder's value ("?" for a non-string value).
+CLAIM_LUA = """
+local me, ms = ARGV[1], ARGV[2]
+local holder = redis.pcall('GET', KEYS[1])
+if type(holder) == 'table' then return '?' end
+local shared = 'shared|'
+if (not holder) or holder == me
+   or (string.sub(holder, 1, #shared) == shared and string.sub(me, 1, #shared) == shared) then
+  redis.call('SET', KEYS[1], me, 'PX', ms)
+  return false
+end
+return holder
+"""
+
+# KEYS[1]: the owner marker; ARGV[1]: the claimant. Deletes the marker if it is theirs.
+UNCLAIM_LUA = """
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""

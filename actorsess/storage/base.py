@@ -92,6 +92,45 @@ class PreparableStorage(Protocol):
         ...
 
 
+class Claimant(NamedTuple):
+    """Who asks for a key space (see ``ClaimableStorage``): one process, in one mode.
+
+    Managers of one process share one claimant per mode, so several namespaces
+    (managers) of one bot on one key space are fine; only another process, or the
+    other mode, conflicts.
+    """
+
+    #: ``"local"`` or ``"shared"``.
+    mode: str
+    host: str
+    pid: int
+    #: Random per process: tells this process from an earlier one with the same pid.
+    nonce: str
+
+    def describe(self) -> str:
+        if self.mode == "shared":
+            return "processes in ownership='shared'"
+        return f"a process in ownership='local' (host {self.host}, pid {self.pid})"
+
+
+@runtime_checkable
+class ClaimableStorage(Protocol):
+    """A storage that can tell whether another process already serves a key space.
+
+    Detection, not fencing (versions fence the writes): it turns the silent loss of
+    two local-mode processes on one key space into an error at start.
+    """
+
+    async def claim(self, space: str, claimant: Claimant, ttl_ms: int) -> Claimant | str | None:
+        """Claim (or renew for ``ttl_ms``) the key space ``space`` for ``claimant``;
+        None when granted, else who holds it (a description if not a Claimant)."""
+        ...
+
+    async def unclaim(self, space: str, claimant: Claimant) -> None:
+        """Let go of ``space`` if ``claimant`` holds it."""
+        ...
+
+
 class Release(NamedTuple):
     """One lease to let go of (see ``LeaseStorage.release_many``)."""
 

@@ -23,11 +23,12 @@ from actorsess._record import TOMBSTONE_TTL_MS
 from actorsess._redact import redact_url
 from actorsess.storage import _redis_lua as lua
 from actorsess.storage._redis_cluster import Arg, ArgsFor, ClusterBatchScript
-from actorsess.storage._redis_lease import CHANNEL_PREFIX, lease_key
+from actorsess.storage._redis_lease import CHANNEL_PREFIX, lease_key, owner_marker
 from actorsess.storage._redis_script import BatchScript
 from actorsess.storage.base import (
     AskAgain,
     BadValue,
+    Claimant,
     Conflict,
     HandedOver,
     HandoverAsked,
@@ -73,6 +74,8 @@ class RedisStorage:
         self._renew = self._script(lua.RENEW_LUA)
         self._release = self._script(lua.RELEASE_LUA)
         self._write_leased = self._script(lua.WRITE_LEASED_LUA)
+        self._claim = self._script(lua.CLAIM_LUA)
+        self._unclaim = self._script(lua.UNCLAIM_LUA)
         self._closed = False
 
     def _script(self, source: str) -> BatchCall:
@@ -241,6 +244,16 @@ class RedisStorage:
         replies = await self._write_leased(_with_leases([i.key for i in items]), args_for)
         return _conflicts(replies, stride=2)
 
+    # -- key space claims (ClaimableStorage) ----------------------------------
+
+    async def claim(self, space: str, claimant: Claimant, ttl_ms: int) -> Claimant | str | None:
+        marker = [owner_marker(space)]
+        [(_, holder)] = await self._claim(marker, lambda _: [_encode(claimant), ttl_ms])
+        return None if holder is None else _decode_claimant(holder)
+
+    async def unclaim(self, space: str, claimant: Claimant) -> None:
+        await self._unclaim([owner_marker(space)], lambda _: [_encode(claimant)])
+
     async def listen(self, manager_id: str, on_notice: Callable[[Notice], None]) -> None:
         subscriber = await self._subscriber_client()
         try:
@@ -358,6 +371,19 @@ def _conflicts(replies: list[tuple[list[int], Any]], stride: int) -> list[Confli
             reason = lua.CONFLICT_REASONS.get(reply[j + 1], "refused")
             conflicts.append(Conflict(index, reason))
     return sorted(conflicts)
+
+
+def _encode(claimant: Claimant) -> str:
+    return f"{claimant.mode}|{claimant.host}|{claimant.pid}|{claimant.nonce}"
+
+
+def _decode_claimant(value: bytes) -> Claimant | str:
+    mode, _, rest = value.decode(errors="replace").partition("|")
+    host, _, rest = rest.partition("|")
+    pid, _, nonce = rest.partition("|")
+    if mode in ("local", "shared") and pid.isdigit():
+        return Claimant(mode, host, int(pid), nonce)
+    return f"an unknown owner ({value[:40]!r})"
 
 
 def _parse_notice(data: bytes) -> Notice | None:

@@ -8,7 +8,10 @@ is one transaction.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +19,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from actorsess._record import TOMBSTONE_TTL_S, tombstone, version_of
-from actorsess.storage.base import NEWER_VERSION, BadValue, Conflict, LoadResult, WriteItem
+from actorsess.storage.base import (
+    NEWER_VERSION,
+    BadValue,
+    Claimant,
+    Conflict,
+    LoadResult,
+    WriteItem,
+)
 
 R = TypeVar("R")
 
@@ -40,8 +50,61 @@ _CHUNK = 900
 _PURGE_EVERY = 200
 
 
+class _FileClaims:
+    """Exclusive locks (``flock``) on the database files this process serves.
+
+    A lock belongs to an open file, so it is taken once per process and file and
+    counted: every SqliteStorage of this process on the file shares it (managers of
+    one process may share a file), and another process cannot take it. The kernel
+    drops it when the process dies, so a crash leaves nothing behind. Process-wide
+    by nature, hence the one shared instance below.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[int, int]] = {}  # real path -> (fd, users)
+
+    def take(self, path: str, claimant: Claimant) -> str | None:
+        """Take the lock for one more user; None, or who holds it elsewhere."""
+        with self._lock:
+            held = self._held.get(path)
+            if held is not None:
+                self._held[path] = (held[0], held[1] + 1)
+                return None
+            fd = os.open(path + ".owner", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                os.close(fd)
+                return f"a process in ownership='local' ({holder or 'unknown'})"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"host {claimant.host}, pid {claimant.pid}".encode(), 0)
+            self._held[path] = (fd, 1)
+            return None
+
+    def drop(self, path: str) -> None:
+        with self._lock:
+            held = self._held.pop(path, None)
+            if held is None:
+                return
+            fd, users = held
+            if users > 1:
+                self._held[path] = (fd, users - 1)
+            else:
+                os.close(fd)  # releases the flock
+
+
+_file_claims = _FileClaims()
+
+
 class SqliteStorage:
-    """Sessions in one SQLite file (WAL mode, ``synchronous=NORMAL``)."""
+    """Sessions in one SQLite file (WAL mode, ``synchronous=NORMAL``).
+
+    A manager in local mode claims the file at start (an exclusive ``flock`` on
+    ``<path>.owner``), so a second process on the same file is refused with
+    KeySpaceInUseError instead of silently losing updates.
+    """
 
     def __init__(self, path: str | Path, *, timer: Callable[[], float] = time.time) -> None:
         self._path = str(path)
@@ -52,6 +115,9 @@ class SqliteStorage:
         self._conn: sqlite3.Connection | None = None
         self._writes = 0
         self._closed = False
+        self._claimed = False
+        #: One lock per file, however the path was spelt.
+        self._real_path = os.path.realpath(self._path)
 
     def __repr__(self) -> str:
         return f"<SqliteStorage {self._path}>"
@@ -159,7 +225,24 @@ class SqliteStorage:
 
         await self._run(put)
 
+    async def claim(self, space: str, claimant: Claimant, ttl_ms: int) -> str | None:
+        """Claim the file for this process (the key prefix does not matter: one file is
+        one key space); renewing is free, the lock lasts until ``close()``."""
+        if self._path == ":memory:" or self._claimed:
+            return None
+        if claimant.mode != "local":
+            return "SQLite, which only one process can serve (ownership='local')"
+        holder = _file_claims.take(self._real_path, claimant)
+        self._claimed = holder is None
+        return holder
+
+    async def unclaim(self, space: str, claimant: Claimant) -> None:
+        return None  # held until close(): managers of this storage may still run
+
     async def close(self) -> None:
+        if self._claimed:
+            self._claimed = False
+            _file_claims.drop(self._real_path)
         if self._closed:
             return
 
