@@ -50,8 +50,11 @@ class SessionConfig:
     #: third of it). A crashed process's sessions are taken over after this long.
     lease_time: float = 10.0
     #: Shared ownership: seconds a session block waits for another process to hand
-    #: its session over before :class:`~actorsess.LeaseTimeoutError`.
-    lease_wait_timeout: float = 15.0
+    #: its session over before :class:`~actorsess.LeaseTimeoutError`. A process
+    #: that died is taken over after its lease lapses plus a grace period of one
+    #: ``lease_time`` (a live one answers within it), so keep this above twice
+    #: ``lease_time``.
+    lease_wait_timeout: float = 25.0
     #: Largest encoded session accepted at commit (and read from storage).
     max_session_bytes: int = 1_048_576
     #: Seconds one storage write may take before its outcome counts as unknown

@@ -36,7 +36,7 @@ from actorsess._config import SessionConfig
 from actorsess._record import encode_record
 from actorsess._registry import Registry
 from actorsess._stats import Counters
-from actorsess.exceptions import LeaseTimeoutError
+from actorsess.exceptions import ConfigError, LeaseTimeoutError
 from actorsess.storage.base import (
     AskAgain,
     Conflict,
@@ -137,6 +137,16 @@ class LeaseKeeper:
         self.flusher: Flusher | None = None
 
     # -- lifecycle ----------------------------------------------------------
+
+    async def check(self, timeout: float) -> None:
+        """Refuse to run where leases could vanish behind their owners' backs."""
+        try:
+            async with asyncio.timeout(timeout):
+                hazard = await self._storage.lease_hazard()
+        except Exception:
+            return  # unreachable now: loads will say so
+        if hazard is not None:
+            raise ConfigError("ownership", f"'shared' cannot be used safely: {hazard}")
 
     def start(self) -> None:
         self._spawn(self._listen_forever())

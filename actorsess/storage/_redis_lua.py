@@ -63,22 +63,53 @@ local function put(key, version, value, ttl, tomb)
 end
 """
 
-# ``holds`` (shared ownership): 0 when the lease is held by ``token``, or when it
-# lapsed (no lease key at all: it expired while Redis was paused or unreachable,
-# or was lost in a restart) and the record is still at ``expected``, the version
-# the holder last wrote or loaded: then nobody else can have written it (versions
-# never repeat, tombstones keep a deleted key's), so the lease is taken back.
-# Otherwise the refusal code (1, or 3 for a lease key of the wrong type).
+# Leases (shared ownership). A lease key holds ``<token>|<until>[|<claim>]``:
+# the owner's token and, in Redis server time (ms), until when the lease is
+# good. The key itself lives ``LINGER_MS`` longer than that, so that a lease
+# which lapsed while Redis was paused (time runs on in a stopped server) is
+# still there when it resumes: a lapsed lease is not free. Another manager that
+# wants it asks the owner to hand it over, as for a live lease, and records its
+# claim ``<its token>@<time>``; it takes the lease only when the owner has
+# neither renewed nor released it for a grace period (the lease time) after the
+# claim. A live owner answers within that (its renewal clears the claim, its
+# handover writes its last changes first), so a pause of Redis or the network
+# loses nothing; only an owner that is really gone loses its unwritten window.
+#
+# ``holds``: 0 when the lease holds ``token`` (lapsed or not: nobody has taken
+# it), or when there is no lease key at all (it expired after a long outage or
+# was lost in a restart) and the record is still at ``expected``, the version
+# the holder last wrote or loaded: then nobody else can have written it
+# (versions never repeat, tombstones keep a deleted key's), so the lease is
+# taken back. Otherwise the refusal code (1, or 3 for a lease key of the wrong
+# type).
 _LEASE_LUA = """
+local LINGER_MS = 60000
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- token, until (ms), claim ('' for none); false for a wrong-typed key; nil if absent.
+local function read_lease(lease)
+  local value = redis.pcall('GET', lease)
+  if type(value) == 'table' then return false end
+  if not value then return nil end
+  local token, till, claim = string.match(value, '^([^|]*)|(%d+)|?(.*)$')
+  if not token then return value, 0, '' end  -- not ours to read: counts as lapsed
+  return token, tonumber(till), claim
+end
+local function set_lease(lease, token, ms)
+  local till = now_ms() + tonumber(ms)
+  redis.call('SET', lease, token .. '|' .. till, 'PX', tonumber(ms) + LINGER_MS)
+end
 local function holds(key, lease, token, expected, ms)
-  local owner = redis.pcall('GET', lease)
-  if type(owner) == 'table' then return 3 end
+  local owner = read_lease(lease)
+  if owner == false then return 3 end
   if owner == token then return 0 end
   if owner or expected == '' then return 1 end
   local stored = stored_version(key)
   if stored == '' then stored = '0' end  -- what a holder that loaded nothing knows
   if stored ~= expected then return 1 end
-  redis.call('SET', lease, token, 'PX', ms)
+  set_lease(lease, token, ms)
   return 0
 end
 """
@@ -114,38 +145,61 @@ return out
 )
 
 # KEYS: (record, lease) pairs. ARGV: lease ms, manager id, channel prefix, then one
-# token per pair. A lease that is free, or left by an earlier acquisition of this
-# same manager (including one reserved for it), is taken and the record
-# returned: {1, record}. Otherwise the owner is asked over pub/sub to hand the
-# key over ("w <token> <key>"): {0, owner token}. A lease key of the wrong type:
-# {2, ""}.
-ACQUIRE_LUA = """
+# token per pair. A lease that is free, or held by an earlier acquisition of this
+# same manager (including one reserved for it), or lapsed and claimed by this
+# token longer than the grace period (the lease time) ago, is taken and the
+# record returned: {1, record}. Otherwise the owner is asked over pub/sub to hand
+# the key over ("w <token> <key>"), a lapsed lease's claim is recorded, and
+# {0, owner token} returned. A lease key of the wrong type: {2, ""}.
+ACQUIRE_LUA = (
+    _COMMON_LUA
+    + _LEASE_LUA
+    + """
 local ms, me, chan = ARGV[1], ARGV[2], ARGV[3]
 local mine = me .. ':'
 local out = {}
 for i = 1, #KEYS / 2 do
-  local key, lease = KEYS[2 * i - 1], KEYS[2 * i]
-  local owner = redis.pcall('GET', lease)
-  if type(owner) == 'table' then
+  local key, lease, token = KEYS[2 * i - 1], KEYS[2 * i], ARGV[3 + i]
+  local owner, till, claim = read_lease(lease)
+  local take = false
+  if owner == false then
     out[2 * i - 1] = 2
     out[2 * i] = ''
   elseif (not owner) or string.sub(owner, 1, #mine) == mine then
-    redis.call('SET', lease, ARGV[3 + i], 'PX', ms)
+    take = true
+  else
+    local now = now_ms()
+    if now >= till then
+      local claimant, since = string.match(claim, '^(.*)@(%d+)$')
+      since = since and tonumber(since)
+      if claimant == token and now >= since + tonumber(ms) then
+        take = true
+      elseif claimant ~= token and (not since or now >= since + 2 * tonumber(ms)) then
+        -- No claim yet, or one its claimant stopped pursuing: ours from now.
+        redis.call('SET', lease, owner .. '|' .. till .. '|' .. token .. '@' .. now,
+                   'KEEPTTL')
+      end
+    end
+    if not take then
+      local owner_id = string.match(owner, '^(.*):%d+$') or owner
+      redis.call('PUBLISH', chan .. owner_id, 'w ' .. token .. ' ' .. key)
+      out[2 * i - 1] = 0
+      out[2 * i] = owner
+    end
+  end
+  if take then
+    set_lease(lease, token, ms)
     local value = redis.pcall('GET', key)
     if type(value) == 'table' and value.err then
       value = '\\0actorsess:wrongtype'
     end
     out[2 * i - 1] = 1
     out[2 * i] = value
-  else
-    local owner_id = string.match(owner, '^(.*):%d+$') or owner
-    redis.call('PUBLISH', chan .. owner_id, 'w ' .. ARGV[3 + i] .. ' ' .. key)
-    out[2 * i - 1] = 0
-    out[2 * i] = owner
   end
 end
 return out
 """
+)
 
 # KEYS: (record, lease) pairs. ARGV: lease ms, then per pair the token and the
 # expected version. Extends each lease still held (see holds); returns 1
@@ -159,7 +213,7 @@ local out = {}
 for i = 1, #KEYS / 2 do
   local key, lease, token = KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i]
   if holds(key, lease, token, ARGV[2 * i + 1], ms) == 0 then
-    redis.call('PEXPIRE', lease, ms)
+    set_lease(lease, token, ms)  -- also clears a claim: the owner is alive
     out[i] = 1
   else
     out[i] = 0
@@ -206,7 +260,7 @@ for i = 1, #KEYS / 2 do
       record = value  -- what storage holds now: no need to read it back
     end
     if first then
-      redis.call('SET', lease, first, 'PX', ms)
+      set_lease(lease, first, ms)
       given = first
     else
       redis.call('DEL', lease)

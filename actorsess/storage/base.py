@@ -223,6 +223,11 @@ class LeaseStorage(Storage, Protocol):
         whose stored version is older; a stored equal version counts as written."""
         ...
 
+    async def lease_hazard(self) -> str | None:
+        """Why leases could vanish behind their owners' backs here (for example keys
+        evicted under a memory limit), or None when they cannot."""
+        ...
+
     async def listen(self, manager_id: str, on_notice: Callable[[Notice], None]) -> None:
         """Deliver the handover notices sent to ``manager_id`` until cancelled.
 

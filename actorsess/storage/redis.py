@@ -244,6 +244,34 @@ class RedisStorage:
         replies = await self._write_leased(_with_leases([i.key for i in items]), args_for)
         return _conflicts(replies, stride=2)
 
+    async def lease_hazard(self) -> str | None:
+        """Why leases may vanish on this server (eviction under ``maxmemory``), or None.
+
+        A server that hides its configuration (``CONFIG`` disabled, as on some
+        managed services) cannot be checked and passes.
+        """
+        client = self._client
+        try:
+            if isinstance(client, RedisCluster):
+                replies: dict[Any, Any] = await client.config_get(
+                    "maxmemory*", target_nodes=RedisCluster.PRIMARIES
+                )
+                # One answer per node, or (one node) the answer itself.
+                configs = [r for r in replies.values() if isinstance(r, dict)] or [replies]
+            else:
+                configs = [await client.config_get("maxmemory*")]
+        except RedisError:
+            return None
+        for config in configs:
+            policy = _text(config.get("maxmemory-policy", "noeviction"))
+            if int(_text(config.get("maxmemory", "0")) or 0) and policy != "noeviction":
+                return (
+                    f"the server evicts keys under maxmemory (maxmemory-policy {policy}), "
+                    "which can drop lease keys and hand a live session to another process; "
+                    "set maxmemory-policy noeviction for a Redis used with ownership='shared'"
+                )
+        return None
+
     # -- key space claims (ClaimableStorage) ----------------------------------
 
     async def claim(self, space: str, claimant: Claimant, ttl_ms: int) -> Claimant | str | None:
@@ -371,6 +399,10 @@ def _conflicts(replies: list[tuple[list[int], Any]], stride: int) -> list[Confli
             reason = lua.CONFLICT_REASONS.get(reply[j + 1], "refused")
             conflicts.append(Conflict(index, reason))
     return sorted(conflicts)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _encode(claimant: Claimant) -> str:
