@@ -316,6 +316,18 @@ class SessionManager(Generic[T]):
     ) -> None:
         await self.close()
 
+    def __del__(self) -> None:
+        # A manager dropped (or left behind by a closing loop) with unwritten changes
+        # loses them; at least say so, with how many.
+        flusher = getattr(self, "_flusher", None)
+        if flusher is not None and flusher.dirty and self._state is not _State.CLOSED:
+            self._log.error(
+                "session.unflushed",
+                count=len(flusher.dirty),
+                keys=[actor.key for actor in list(flusher.dirty.values())[:20]],
+                error="the SessionManager was dropped without close()",
+            )
+
     def __repr__(self) -> str:
         return (
             f"<SessionManager [{self._state.value} | cached: {len(self._registry)} | "

@@ -331,3 +331,46 @@ async def test_a_thread_and_a_thread_like_destiny_keep_their_own_state(
     assert await fsm.get_state(threaded) == "in:thread"
     assert await fsm.get_state(lookalike) == "other"
     await fsm.close()
+
+
+@pytest.mark.parametrize("ownership", ["local", "shared"])
+async def test_concurrent_updates_of_a_cold_chat_run_in_arrival_order(
+    ownership: str, redis_client: Any, redis_url: str
+) -> None:
+    """aiogram's issue 1317 scenario on Redis, with the manager not yet started: four
+    updates of one chat arrive together (command, then three plain messages); each must
+    see the state the one before it set, from the very first update."""
+    config = SessionConfig(ownership=ownership)  # type: ignore[arg-type]
+    fsm = ActorFSMStorage(RedisStorage.from_url(redis_url), config=config)
+    dp = Dispatcher(storage=fsm, events_isolation=fsm.create_isolation())
+    seen: list[str] = []
+
+    class Steps(StatesGroup):
+        foo = State()
+        bar = State()
+
+    @dp.message(F.text == "/begin")
+    async def begin(message: Message, state: FSMContext) -> None:
+        seen.append("command")
+        await state.set_state(Steps.foo)
+
+    @dp.message(Steps.foo)
+    async def foo(message: Message, state: FSMContext) -> None:
+        seen.append("foo")
+        await state.set_state(Steps.bar)
+
+    @dp.message(Steps.bar)
+    async def bar(message: Message, state: FSMContext) -> None:
+        seen.append("bar")
+        await state.set_state(None)
+
+    @dp.message()
+    async def anything(message: Message) -> None:
+        seen.append("all")
+
+    bot = Bot("42:TEST")
+    texts = ["/begin", "one", "two", "three"]
+    await asyncio.gather(*(dp.feed_update(bot, message_update(42, text)) for text in texts))
+    assert seen == ["command", "foo", "bar", "all"]
+    await fsm.close()
+    await bot.session.close()

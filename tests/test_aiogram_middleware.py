@@ -314,3 +314,52 @@ async def test_a_stuck_update_delays_shutdown_by_one_close_timeout(
     assert len(seen) == 1 and "closed before this block ended" in str(seen[0])
     assert [e["key"] for e in events.named("session.commit_refused")] == ["session:42:4:4"]
     assert storage.raw("actorsess:session:42:4:4") is None
+
+
+async def test_registered_without_setup_still_writes_at_shutdown(bot: Bot) -> None:
+    """Registered the usual aiogram way (``dp.update.outer_middleware``) instead of with
+    setup(): the first update hooks the dispatcher's shutdown, which writes everything."""
+    storage = MemoryStorage()
+    manager = SessionManager(storage, initial=counter, config=SessionConfig(flush_interval=3600))
+    dp = Dispatcher()
+    dp.update.outer_middleware(SessionMiddleware(manager))
+
+    @dp.message()
+    async def handler(message: Message, session: Counter) -> None:
+        session["n"] += 1
+
+    await dp.emit_startup()
+    for _ in range(3):
+        await dp.feed_update(bot, message_update(4))
+    await dp.emit_shutdown()
+    assert storage.raw("actorsess:session:42:4:4") == b'as1:3:{"n":3}'
+    assert repr(manager).startswith("<SessionManager [closed")
+
+
+def test_a_process_that_exits_without_close_says_what_it_lost() -> None:
+    """A bot whose loop ends without close() (the manager dropped with dirty sessions)
+    logs session.unflushed with the count and keys: never a silent loss."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from actorsess import MemoryStorage, SessionConfig, SessionManager
+
+        async def main():
+            config = SessionConfig(flush_interval=3600)
+            m = SessionManager(MemoryStorage(), initial=dict, config=config)
+            for key in ("a", "b"):
+                await m.update(key, lambda s: s.update(n=1))
+
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = [line for line in done.stdout.splitlines() if "session.unflushed" in line]
+    assert len(lines) == 1, done.stdout + done.stderr
+    assert "count=2" in lines[0] and "'a'" in lines[0] and "'b'" in lines[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -118,6 +119,8 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
         self._turn_name = f"{name}_turn"
         self._in_flight = 0
         self._drained = asyncio.Event()
+        #: Dispatchers whose shutdown closes the manager (set up, or seen in an update).
+        self._hooked: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
         # Eager middlewares take turns in set-up order; lazy ones must be opened in
         # that order too. One global order for every update rules out deadlock.
         self._rank = next(_ranks)
@@ -127,8 +130,13 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
         manager's start and close into the dispatcher's startup and shutdown."""
         dp.update.outer_middleware(self)
         dp.startup.register(self._on_startup)
-        dp.shutdown.register(self._on_shutdown)
+        self._hook_shutdown(dp)
         return self
+
+    def _hook_shutdown(self, dp: Dispatcher) -> None:
+        if dp not in self._hooked:
+            self._hooked.add(dp)
+            dp.shutdown.register(self._on_shutdown)
 
     async def _on_startup(self) -> None:
         await self.manager.start()
@@ -153,6 +161,11 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         self._in_flight += 1
+        dispatcher = data.get("dispatcher")
+        if isinstance(dispatcher, Dispatcher) and dispatcher not in self._hooked:
+            # Registered by hand (``dp.update.outer_middleware(...)``) rather than with
+            # setup(): the dispatcher's shutdown must still write what is dirty.
+            self._hook_shutdown(dispatcher)
         try:
             key = self.key_for(event, data)
             if key is None:

@@ -28,36 +28,52 @@ CONFLICT_REASONS = {
 # absent, a tombstone's version for a tombstone), or false when the key holds
 # something that is not a record (older than any version: it is overwritten).
 # ``put`` writes a record, or a tombstone for "" (kept ``tomb`` ms), unless storage
-# holds that version already (a replay: done) or a newer one (returns false).
+# holds a newer version (returns false; the same version again is a replay, done).
 _COMMON_LUA = """
 local function vcmp(a, b)
   if #a ~= #b then return #a < #b and -1 or 1 end
   if a == b then return 0 end
   return a < b and -1 or 1
 end
-local function stored_version(key)
-  local head = redis.pcall('GETRANGE', key, 0, 40)
-  if type(head) ~= 'string' then return false end
-  if head == '' then return '' end
-  local digits = string.match(head, '^as1:(%d+):')
-  if not digits then return false end
-  if #digits > 1 and string.byte(digits) == 48 then  -- '0...': written by something else
+local function parse_version(record)
+  local digits = string.match(record, '^as1:(%d+):')
+  if digits and #digits > 1 and string.byte(digits) == 48 then
     digits = string.gsub(digits, '^0+(%d)', '%1')
   end
   return digits
 end
+local function set_record(key, record, px)
+  if px ~= '0' then
+    return redis.pcall('SET', key, record, 'PX', px, 'GET')
+  end
+  return redis.pcall('SET', key, record, 'GET')
+end
+local function stored_version(key)
+  local head = redis.pcall('GETRANGE', key, 0, 40)
+  if type(head) ~= 'string' then return false end
+  if head == '' then return '' end
+  return parse_version(head) or false
+end
 local function put(key, version, value, ttl, tomb)
-  local stored = stored_version(key)
-  local order = stored and vcmp(stored, version) or -1
-  if order > 0 then return false end
-  if order < 0 then
-    if value == '' then
-      redis.call('SET', key, 'as1:' .. version .. ':', 'PX', tomb)
-    elseif ttl ~= '0' then
-      redis.call('SET', key, value, 'PX', ttl)
-    else
-      redis.call('SET', key, value)
-    end
+  local record, px = value, ttl
+  if value == '' then record, px = 'as1:' .. version .. ':', tomb end
+  -- One command in the common case: write, and get back what was there.
+  local old = set_record(key, record, px)
+  if type(old) == 'table' then  -- not a string (a list, say): SET GET refuses it
+    redis.call('DEL', key)
+    set_record(key, record, px)
+    return true
+  end
+  if not old then return true end
+  local stored = parse_version(old)
+  if stored and vcmp(stored, version) > 0 then
+    -- Storage held a newer version: put it back (refusals are rare: a late write, or
+    -- another writer). Its remaining lifetime is not known here, so it gets a full
+    -- one: a tombstone's, or the configured TTL.
+    local restore = ttl
+    if string.sub(old, #old) == ':' and old == 'as1:' .. stored .. ':' then restore = tomb end
+    set_record(key, old, restore)
+    return false
   end
   return true
 end
