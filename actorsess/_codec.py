@@ -59,6 +59,14 @@ class Codec(Generic[T]):
             raise DecodeFailure(_first_line(exc)) from exc
         return value
 
+    def empty_blob(self) -> bytes | None:
+        """The encoding of a fresh initial value, or None when ``initial`` cannot be
+        called ahead of use (it raised)."""
+        try:
+            return self.fresh()[1]
+        except Exception:
+            return None
+
     def fresh(self) -> tuple[T, bytes]:
         """A new initial value and its encoding."""
         value = self.initial()

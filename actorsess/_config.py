@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
@@ -14,6 +16,8 @@ from actorsess.exceptions import ConfigError
 Ownership = Literal["local", "shared"]
 
 _ENV_PREFIX = "ACTORSESS_"
+#: ``ACTORSESS_*`` variables that are not settings: the examples' Redis URL.
+_OTHER_VARIABLES = frozenset({"ACTORSESS_REDIS_URL"})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -129,8 +133,11 @@ class SessionConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SessionConfig:
         """Build a config from ``ACTORSESS_<FIELD>`` variables (e.g. ``ACTORSESS_TTL=3600``).
 
-        ``none`` (any case) sets an optional field to ``None``. Keyword
-        ``overrides`` win over the environment.
+        Only this constructor reads the environment; ``SessionConfig()`` never
+        does. Numbers may be written as ``10000``, ``10_000`` or ``1e4``; ``none``
+        (any case) sets an optional field to ``None``. An ``ACTORSESS_*`` variable
+        that names no setting (a misspelling) raises a ``UserWarning`` naming the
+        closest one. Keyword ``overrides`` win over the environment.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -138,6 +145,20 @@ class SessionConfig:
             raw = env.get(_ENV_PREFIX + field.name.upper())
             if raw is not None:
                 values[field.name] = _parse_env(field.name, str(field.type), raw)
+        known_vars = {_ENV_PREFIX + f.name.upper() for f in dataclasses.fields(cls)}
+        for variable in sorted(env):
+            if (
+                variable.startswith(_ENV_PREFIX)
+                and variable not in known_vars
+                and variable not in _OTHER_VARIABLES
+            ):
+                close = difflib.get_close_matches(variable, known_vars, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                warnings.warn(
+                    f"{variable} is not a SessionConfig setting and is ignored{hint}",
+                    UserWarning,
+                    stacklevel=2,
+                )
         known = {f.name for f in dataclasses.fields(cls)}
         for name in overrides:
             if name not in known:
@@ -151,14 +172,17 @@ def _parse_env(name: str, type_text: str, raw: str) -> Any:
     text = raw.strip()
     if "None" in type_text and text.lower() in ("none", ""):
         return None
+    if not type_text.startswith(("int", "float")):
+        return text
     try:
-        if type_text.startswith("int"):
-            return int(text)
-        if type_text.startswith("float"):
-            return float(text)
+        number = float(text.replace("_", ""))  # 10000, 10_000, 1e4, 10000.0, 0.5
     except ValueError:
         raise ConfigError(name, f"{variable}={raw!r} is not a number") from None
-    return text
+    if not type_text.startswith("int"):
+        return number
+    if not number.is_integer():
+        raise ConfigError(name, f"{variable}={raw!r} is not a whole number")
+    return int(number)
 
 
 def _encodable(text: str) -> bool:

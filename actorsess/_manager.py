@@ -111,6 +111,8 @@ class SessionManager(Generic[T]):
         self._codec: Codec[T] = Codec(initial)
         self._encode = self._codec.encode
         self._encode_common = self._codec.encode_common
+        #: The encoded initial value: a session committed back to it is deleted.
+        self._empty_blob = self._codec.empty_blob()
         self._prefix = config.key_prefix
         self._ttl = config.ttl
         self._write_through = config.flush_interval == 0
@@ -466,7 +468,8 @@ class SessionManager(Generic[T]):
         except CorruptSessionError:
             # No version can be read from a corrupt record, so it cannot be fenced:
             # remove it directly. No actor exists for it (the failed one is gone).
-            await self._storage.delete_many([self._prefix + key])
+            async with asyncio.timeout(self._config.write_timeout):
+                await self._storage.delete_many([self._prefix + key])
             return
         try:
             if not actor.dirty and not self._has_room():
@@ -641,7 +644,10 @@ class SessionManager(Generic[T]):
         was_dirty = actor.version > actor.persisted_version
         actor.blob = blob
         actor.version += 1
-        actor.deleted = False
+        # A session back at its initial value needs no record: it is deleted (as
+        # aiogram deletes an FSM key with no state and no data), so storage does not
+        # fill up with empty sessions; loading it again gives the same value.
+        actor.deleted = blob == self._empty_blob
         if self._ttl is not None:
             actor.expires_at = self._clock.now() + self._ttl
         # A dirty session is already queued for the flusher (it leaves the queue only

@@ -118,7 +118,7 @@ class SessionTurn(Generic[T]):
                 # queue only once clean): only the new bytes and version to record.
                 actor.blob = blob
                 actor.version += 1
-                actor.deleted = False
+                actor.deleted = blob == manager._empty_blob
                 if manager._ttl is not None:
                     actor.expires_at = manager._clock.now() + manager._ttl
             elif len(manager._flusher.dirty) < manager._max_dirty:

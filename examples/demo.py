@@ -127,7 +127,8 @@ async def run_demo(args: argparse.Namespace) -> int:
             done = len(api.sent)
             print(
                 f"[{now - started:5.1f}s] updates {done:>6}/{total}  "
-                f"{(done - last_count) / (now - last_time):>7.0f}/s  | cached {stats.cached:>5}  "
+                f"{(done - last_count) / (now - last_time):>7.0f}/s  "
+                f"| cached {stats.cached - stats.parked:>4} (+{stats.parked} parked)  "
                 f"dirty {stats.dirty:>4}  flushes {stats.flushes:>3}  written {stats.written:>6}  "
                 f"evictions {stats.evictions:>5}",
                 flush=True,
@@ -170,12 +171,28 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument(
+        "--users", type=int, default=200, help="simulated users, each in its own chat"
+    )
     parser.add_argument("--messages", type=int, default=25, help="messages per user")
-    parser.add_argument("--db", default="data/demo.sqlite3", help="SQLite file")
-    parser.add_argument("--flush-interval", type=float, default=0.5)
-    parser.add_argument("--max-cached", type=int, default=150)
-    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--db", default="data/demo.sqlite3", help="SQLite file (unless ACTORSESS_REDIS_URL)"
+    )
+    parser.add_argument(
+        "--flush-interval", type=float, default=0.5, help="seconds between batched writes"
+    )
+    parser.add_argument(
+        "--max-cached",
+        type=int,
+        default=150,
+        help="sessions kept in the cache (busy or dirty ones are parked above it, not dropped)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300,
+        help="seconds to wait for every reply before the demo gives up",
+    )
     parser.add_argument(
         "--processes", type=int, default=3, help="worker processes in part two; 0 skips it"
     )

@@ -374,3 +374,28 @@ async def test_concurrent_updates_of_a_cold_chat_run_in_arrival_order(
     assert seen == ["command", "foo", "bar", "all"]
     await fsm.close()
     await bot.session.close()
+
+
+async def test_a_cleared_fsm_record_is_deleted(redis_client: Any, redis_url: str) -> None:
+    """A record with no state and empty data is deleted, as aiogram's RedisStorage deletes
+    the key (aiogram_dialog clears a context on every closed dialog): what remains is a
+    tombstone that expires, never a record kept forever."""
+    fsm = ActorFSMStorage.from_url(redis_url)
+    keys = [
+        StorageKey(bot_id=1, chat_id=2, user_id=3, destiny=f"aiogd:context:{i}") for i in range(30)
+    ]
+    for key in keys:
+        await fsm.set_state(key, "dialog:step")
+        await fsm.set_data(key, {"page": 1})
+    await fsm.manager.flush()
+    for key in keys:
+        await fsm.set_state(key, None)
+        await fsm.set_data(key, {})
+    await fsm.manager.flush()
+    for key in keys:
+        name = "actorsess:" + ActorFSMStorage.session_key(key)
+        record = await redis_client.get(name)
+        assert isinstance(record, bytes) and record.endswith(b":"), record  # a tombstone
+        assert 0 < await redis_client.pttl(name) <= 600_000
+        assert await fsm.get_state(key) is None and await fsm.get_data(key) == {}
+    await fsm.close()

@@ -72,3 +72,47 @@ def test_shared_ownership_needs_a_storage_with_leases() -> None:
     """Multi-process ownership on a storage without leases fails at construction."""
     with pytest.raises(ConfigError, match="SessionConfig.ownership.*MemoryStorage"):
         SessionManager(MemoryStorage(), initial=dict, config=SessionConfig(ownership="shared"))
+
+
+def test_from_env_accepts_numbers_as_people_write_them() -> None:
+    """``1e4``, ``10_000`` and ``10000.0`` are all 10,000; ``1.5`` is not a whole number."""
+    for text in ("1e4", "10_000", "10000.0", " 10000 "):
+        config = SessionConfig.from_env({"ACTORSESS_MAX_CACHED": text})
+        assert config.max_cached == 10_000
+    with pytest.raises(ConfigError, match="ACTORSESS_MAX_CACHED='1.5' is not a whole number"):
+        SessionConfig.from_env({"ACTORSESS_MAX_CACHED": "1.5"})
+
+
+def test_from_env_warns_about_a_misspelt_variable() -> None:
+    """An ACTORSESS_* variable that names no setting is not ignored silently: a warning
+    names it and the closest setting. The examples' ACTORSESS_REDIS_URL is known."""
+    with pytest.warns(UserWarning, match="ACTORSESS_FLUSH_INTERVL .*ACTORSESS_FLUSH_INTERVAL"):
+        config = SessionConfig.from_env(
+            {"ACTORSESS_FLUSH_INTERVL": "5", "ACTORSESS_REDIS_URL": "redis://x"}
+        )
+    assert config.flush_interval == SessionConfig().flush_interval
+
+
+async def test_redis_waits_for_the_documented_load_timeout() -> None:
+    """A Redis that accepts connections but never answers (SIGSTOPped) fails a load after
+    load_timeout, with that timeout named, not after redis-py's own 5 s."""
+    import time
+
+    from actorsess import RedisStorage, SessionManager, StorageError
+    from actorsess.testing import RedisServer
+
+    with RedisServer() as server:
+        config = SessionConfig(load_timeout=5.6)
+        manager = SessionManager[dict[str, int]](
+            RedisStorage.from_url(server.url), initial=dict, config=config
+        )
+        await manager.start()
+        server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="timed out after 5.6s"):
+                await manager.get("k")
+            assert time.monotonic() - started >= 5.5
+        finally:
+            server.resume()
+        await manager.close()

@@ -509,3 +509,23 @@ async def test_delete_waits_for_room_under_backpressure() -> None:
         storage.fail_writes = 0
         await m.delete("other0")
         assert await m.get("other0") == {"n": 0}
+
+
+async def test_a_session_committed_back_to_its_initial_value_is_deleted() -> None:
+    """No record is kept for a session equal to a fresh initial(): it is deleted (a
+    tombstone), and reads back as the same value."""
+    storage = MemoryStorage()
+    async with SessionManager(
+        storage, initial=counter, config=SessionConfig(flush_interval=60)
+    ) as m:
+        await m.update("k", lambda s: s.update(n=3))
+        await m.flush()
+        assert storage.raw("actorsess:k") == b'as1:1:{"n":3}'
+        await m.update("k", lambda s: s.update(n=0))
+        await m.flush()
+        assert storage.raw("actorsess:k") == b"as1:2:"
+    async with SessionManager(storage, initial=counter) as again:
+        assert await again.get("k") == {"n": 0}
+        await again.update("k", lambda s: s.update(n=1))
+        await again.flush()
+        assert storage.raw("actorsess:k") == b'as1:3:{"n":1}'

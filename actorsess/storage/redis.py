@@ -101,6 +101,10 @@ class RedisStorage:
         (up to ``pool_timeout``) instead. ``cluster=True`` connects to Redis
         Cluster through any of its nodes (the URL names one).
         """
+        # redis-py would give up on a reply after its own socket timeout (5 s), before
+        # and apart from the documented load_timeout / write_timeout, which bound every
+        # call the core makes; so by default it waits as long as those allow.
+        client_kwargs.setdefault("socket_timeout", None)
         client: Redis | RedisCluster | None = None
         try:
             if cluster:

@@ -133,11 +133,18 @@ class LocalBotAPI:
         return len(self._updates)
 
     async def wait_sent(self, count: int, timeout: float = 30.0) -> None:
-        """Wait until the bot has sent at least ``count`` messages."""
-        async with asyncio.timeout(timeout):
-            while len(self.sent) < count:
-                self._sent_changed.clear()
-                await self._sent_changed.wait()
+        """Wait until the bot has sent at least ``count`` messages; TimeoutError says how
+        many it had sent."""
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self.sent) < count:
+                    self._sent_changed.clear()
+                    await self._sent_changed.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"the bot sent {len(self.sent)} of the {count} messages waited for "
+                f"within {timeout:g} s"
+            ) from None
 
     # -- the API -----------------------------------------------------------------
 
