@@ -121,12 +121,41 @@ class SessionManager(Generic[T]):
         self._max_dirty = config.max_dirty
         self._max_bytes = config.max_session_bytes
         self._counters = Counters()
-        backoff = Backoff(config.retry_base_delay, config.retry_max_delay, rng)
+        self._backoff = Backoff(config.retry_base_delay, config.retry_max_delay, rng)
+        self._build()
+        self._state = _State.NEW
+        #: Mirrors of ``_state``, as plain bools for the hot path; set only by _set_state.
+        self._running = False
+        self._closing = False
+        #: Set (while closing) whenever a session's turn is released, so that
+        #: ``_shutdown`` re-checks whether the holders it waits for are done.
+        self._released = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        #: One process per key space in local mode; local and shared never mix.
+        self._claim = (
+            KeySpaceClaim(storage, config.key_prefix, config.ownership, self._clock, self._log)
+            if isinstance(storage, ClaimableStorage)
+            else None
+        )
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def _build(self) -> None:
+        """Make the registry, loader, flusher and (shared mode) lease keeper: at
+        construction, and again when a closed manager is started anew."""
+        storage, config = self._storage, self._config
         self._keeper: LeaseKeeper | None = None
         if isinstance(storage, LeaseStorage) and config.ownership == "shared":
             self._registry = Registry(config.max_cached, self._on_evict, self._release_lease)
             self._keeper = LeaseKeeper(
-                storage, config, self._registry, self._counters, self._clock, backoff, self._log
+                storage,
+                config,
+                self._registry,
+                self._counters,
+                self._clock,
+                self._backoff,
+                self._log,
             )
         else:
             self._registry = Registry(config.max_cached, self._on_evict)
@@ -151,7 +180,7 @@ class SessionManager(Generic[T]):
             self._registry,
             self._counters,
             self._clock,
-            backoff,
+            self._backoff,
             self._log,
             self._registry.park if self._keeper is None else self._keeper.lost,
             self._keeper,
@@ -159,23 +188,6 @@ class SessionManager(Generic[T]):
         if self._keeper is not None:
             self._keeper.loader = self._loader
             self._keeper.flusher = self._flusher
-        self._state = _State.NEW
-        #: Mirrors of ``_state``, as plain bools for the hot path; set only by _set_state.
-        self._running = False
-        self._closing = False
-        #: Set (while closing) whenever a session's turn is released, so that
-        #: ``_shutdown`` re-checks whether the holders it waits for are done.
-        self._released = asyncio.Event()
-        self._close_task: asyncio.Task[None] | None = None
-        self._start_task: asyncio.Task[None] | None = None
-        #: One process per key space in local mode; local and shared never mix.
-        self._claim = (
-            KeySpaceClaim(storage, config.key_prefix, config.ownership, self._clock, self._log)
-            if isinstance(storage, ClaimableStorage)
-            else None
-        )
-
-    # -- lifecycle ----------------------------------------------------------
 
     @property
     def config(self) -> SessionConfig:
@@ -199,8 +211,17 @@ class SessionManager(Generic[T]):
         """
         if self._state is _State.RUNNING:
             return
-        if self._state is not _State.NEW:
-            raise ManagerClosedError("this SessionManager was closed and cannot be restarted")
+        if self._state is _State.CLOSING:
+            raise ManagerClosedError("this SessionManager is closing; start it once closed")
+        if self._state is _State.CLOSED:
+            # Started again after close() (aiogram closes the storage at dispatcher
+            # shutdown, and a bot may start polling again): fresh parts, same settings.
+            self._build()
+            _use_storage(self._storage)
+            self._close_task = None
+            self._start_task = None
+            self._fast_commit = not self._write_through
+            self._set_state(_State.NEW)
         # Every caller arriving while the start is under way waits for the same task and
         # resumes in arrival order, so the first turns of a key keep their order too.
         if self._start_task is None:
@@ -545,7 +566,8 @@ class SessionManager(Generic[T]):
 
     async def _take_turn(self, key: str) -> SessionActor[T]:
         if self._state is not _State.RUNNING:
-            self._check_open()  # closed while this caller waited for a handover
+            # Closed while this caller waited for a handover: its actor is gone.
+            raise ManagerClosedError("this SessionManager closed while this block waited")
         actor: SessionActor[T] | None = self._registry.find(key)
         if actor is None:
             actor = self._new_actor(key)
@@ -680,8 +702,9 @@ class SessionManager(Generic[T]):
     # -- helpers --------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._state is _State.CLOSING or self._state is _State.CLOSED:
-            raise ManagerClosedError("this SessionManager is closed; no more session work")
+        """Raise while closing: no new work then. A closed manager starts again on use."""
+        if self._state is _State.CLOSING:
+            raise ManagerClosedError("this SessionManager is closing; no new session work")
 
     def _check_value(self, value: object) -> None:
         expected = self._codec.runtime_type

@@ -399,3 +399,22 @@ async def test_a_cleared_fsm_record_is_deleted(redis_client: Any, redis_url: str
         assert 0 < await redis_client.pttl(name) <= 600_000
         assert await fsm.get_state(key) is None and await fsm.get_data(key) == {}
     await fsm.close()
+
+
+async def test_a_dispatcher_started_twice_keeps_its_fsm_storage(
+    redis_client: Any, redis_url: str
+) -> None:
+    """aiogram closes the FSM storage at dispatcher shutdown; started again (polling
+    restarted in one process, tests feeding updates after a shutdown) the storage keeps
+    working, as aiogram's own storages do, and the state survives."""
+    fsm = ActorFSMStorage.from_url(redis_url)
+    dp, replies = form_dispatcher(fsm)
+    bot = Bot("42:TEST")
+    for _ in range(2):
+        await dp.emit_startup()
+        await dp.feed_update(bot, message_update(7, "/start"))
+        await dp.emit_shutdown()  # closes the storage
+    await dp.feed_update(bot, message_update(7, "Ann"))  # no startup at all
+    assert replies[-1].startswith("age")
+    await dp.emit_shutdown()
+    await bot.session.close()

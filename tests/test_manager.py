@@ -164,21 +164,40 @@ async def test_close_flushes_and_is_safe_twice() -> None:
     assert storage.raw("actorsess:k") == b'as1:1:{"n":7}'
 
 
-async def test_closed_manager_refuses_work() -> None:
-    """Every operation on a closed manager raises ManagerClosedError."""
-    m = SessionManager(MemoryStorage(), initial=counter)
-    await m.close()
-    with pytest.raises(ManagerClosedError):
-        async with m.session("k"):
+async def test_a_closing_manager_refuses_work_and_a_closed_one_starts_again() -> None:
+    """While close() runs, new work raises ManagerClosedError; once closed, the manager
+    starts again on use or start() (a dispatcher started a second time), and close()
+    writes again."""
+    storage = MemoryStorage()
+    m = SessionManager(storage, initial=counter, config=SessionConfig(flush_interval=3600))
+    entered, finish = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with m.session("k") as s:
+            entered.set()
+            await finish.wait()
+            s["n"] = 1
+
+    task = asyncio.create_task(holder())
+    await entered.wait()
+    closing = asyncio.create_task(m.close())
+    await asyncio.sleep(0.01)
+    with pytest.raises(ManagerClosedError, match="closing"):
+        async with m.session("other"):
             pass
     with pytest.raises(ManagerClosedError):
-        await m.flush()
-    with pytest.raises(ManagerClosedError):
-        await m.get("k")
-    with pytest.raises(ManagerClosedError):
-        await m.get_many(["k"])
-    with pytest.raises(ManagerClosedError):
-        await m.start()
+        await m.get("other")
+    finish.set()
+    await task
+    await closing
+    assert storage.raw("actorsess:k") == b'as1:1:{"n":1}'
+    await m.update("k", lambda s: s.update(n=s["n"] + 1))  # starts it again, reloads k
+    assert m.stats().loads == 2
+    await m.close()
+    assert storage.raw("actorsess:k") == b'as1:2:{"n":2}'
+    await m.start()
+    assert await m.get_many(["k"]) == {"k": {"n": 2}}
+    await m.close()
 
 
 async def test_close_waits_for_current_holders() -> None:
@@ -430,15 +449,24 @@ async def test_a_model_field_holding_the_wrong_type_is_refused_and_rolled_back()
 
 async def test_a_storage_shared_by_managers_is_closed_by_the_last(redis_storage: Any) -> None:
     """Two namespaces on one RedisStorage: closing one leaves the other working."""
+    closes = []
+    close = redis_storage.close
+
+    async def counted_close() -> None:
+        closes.append(1)
+        await close()
+
+    redis_storage.close = counted_close
     sessions = SessionManager(redis_storage, initial=counter, config=SessionConfig(key_prefix="s:"))
     profiles = SessionManager(redis_storage, initial=counter, config=SessionConfig(key_prefix="p:"))
     await sessions.update("k", lambda s: s.update(n=1))
     await sessions.close()
+    assert closes == []
     await profiles.update("k", lambda s: s.update(n=2))
     await profiles.persist("k")
     assert await redis_storage.load_many(["s:k", "p:k"]) == [b'as1:1:{"n":1}', b'as1:1:{"n":2}']
     await profiles.close()
-    assert redis_storage._closed
+    assert closes == [1]
 
 
 async def test_stdlib_typeddict_sessions_work_as_json_objects() -> None:

@@ -76,7 +76,6 @@ class RedisStorage:
         self._write_leased = self._script(lua.WRITE_LEASED_LUA)
         self._claim = self._script(lua.CLAIM_LUA)
         self._unclaim = self._script(lua.UNCLAIM_LUA)
-        self._closed = False
 
     def _script(self, source: str) -> BatchCall:
         self.script_sources.append(source)
@@ -356,9 +355,8 @@ class RedisStorage:
             await self._client.delete(*keys)  # split by slot on a cluster client
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        """Close the connections this storage opened. Safe twice; a storage used again
+        after close() reconnects (a manager started again)."""
         if self._owns_client:
             await self._client.aclose()
             if isinstance(self._client, Redis):

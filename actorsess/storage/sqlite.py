@@ -124,7 +124,11 @@ class SqliteStorage:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
+            # Used again after close() (a manager started again): reopen.
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="actorsess-sqlite"
+            )
+            self._closed = False
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn)
 
