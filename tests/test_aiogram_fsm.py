@@ -418,3 +418,44 @@ async def test_a_dispatcher_started_twice_keeps_its_fsm_storage(
     assert replies[-1].startswith("age")
     await dp.emit_shutdown()
     await bot.session.close()
+
+
+async def test_a_task_spawned_by_a_handler_is_a_caller_from_outside(
+    redis_client: Any, redis_url: str
+) -> None:
+    """A task the handler starts inherits its context but not its turn: after the handler
+    returned, its FSM calls take turns of their own and land (aiogram_dialog's background
+    updates do this); a read while the handler still holds the turn returns the committed
+    value at once, without waiting for the handler."""
+    fsm = ActorFSMStorage.from_url(redis_url)
+    dp = Dispatcher(storage=fsm, events_isolation=fsm.create_isolation())
+    fsm.setup(dp)
+    background: list[asyncio.Task[None]] = []
+    seen: list[str | None] = []
+
+    class Job(StatesGroup):
+        running = State()
+        done = State()
+
+    async def finish_later(state: FSMContext) -> None:
+        seen.append(await state.get_state())  # committed so far: nothing
+        await asyncio.sleep(0.05)  # the handler has returned by now
+        await state.set_state(Job.done)
+        await state.update_data(progress=100)
+
+    @dp.message()
+    async def start_job(message: Message, state: FSMContext) -> None:
+        await state.set_state(Job.running)
+        background.append(asyncio.create_task(finish_later(state)))
+        await asyncio.sleep(0.01)
+
+    bot = Bot("42:TEST")
+    await dp.emit_startup()
+    await dp.feed_update(bot, message_update(5, "go"))
+    await asyncio.wait_for(asyncio.gather(*background), 5)
+    key = StorageKey(bot_id=42, chat_id=5, user_id=5)
+    assert seen == [None]
+    assert await fsm.get_state(key) == "Job:done"
+    assert await fsm.get_data(key) == {"progress": 100}
+    await dp.emit_shutdown()
+    await bot.session.close()

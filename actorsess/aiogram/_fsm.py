@@ -10,11 +10,12 @@ trip at all when the key is cached.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import copy
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiogram import Dispatcher
 from aiogram.exceptions import DataNotDictLikeError
@@ -29,6 +30,13 @@ from actorsess.storage.base import Storage
 from actorsess.storage.redis import RedisStorage
 
 FSMRecord = dict[str, Any]
+
+
+class _Held(NamedTuple):
+    """The FSM turns one task holds through ActorEventIsolation."""
+
+    task: asyncio.Task[Any] | None
+    turns: dict[str, SessionTurn[FSMRecord]]
 
 
 def _empty_record() -> FSMRecord:
@@ -55,8 +63,10 @@ class ActorFSMStorage(BaseStorage):
             self.manager: SessionManager[FSMRecord] = storage
         else:
             self.manager = SessionManager(storage, initial=_empty_record, config=config)
-        # The turns the current update holds through ActorEventIsolation, by key.
-        self._held: contextvars.ContextVar[dict[str, SessionTurn[FSMRecord]] | None] = (
+        # The turns the current update holds through ActorEventIsolation, by key, with
+        # the task that holds them: a task the handler spawns inherits this context
+        # (asyncio copies it), but it is not the holder and must take turns of its own.
+        self._held: contextvars.ContextVar[_Held | None] = (
             contextvars.ContextVar(f"actorsess_fsm_held_{id(self)}", default=None)
         )
 
@@ -94,10 +104,11 @@ class ActorFSMStorage(BaseStorage):
     # -- access: the held turn if this update has one, else a turn per call --
 
     def _held_record(self, key: str) -> FSMRecord | None:
+        """The record of ``key`` if this very task holds its turn, else None."""
         held = self._held.get()
-        if held is None:
+        if held is None or held.task is not asyncio.current_task():
             return None
-        turn = held.get(key)
+        turn = held.turns.get(key)
         return None if turn is None else turn.value
 
     async def _read(self, key: StorageKey) -> FSMRecord:
@@ -178,15 +189,18 @@ class ActorEventIsolation(BaseEventIsolation):
     async def lock(self, key: StorageKey) -> AsyncGenerator[None, None]:
         storage = self.storage
         name = storage.session_key(key)
+        task = asyncio.current_task()
         outer = storage._held.get()
-        if outer is not None and name in outer:
+        if outer is not None and outer.task is not task:
+            outer = None  # inherited from the task that spawned this one: not ours
+        if outer is not None and name in outer.turns:
             yield  # already held by this update (nested dispatch)
             return
         turn = storage.manager.session(name)
         await turn.__aenter__()
-        held = dict(outer or {})
-        held[name] = turn
-        token = storage._held.set(held)
+        turns = dict(outer.turns) if outer is not None else {}
+        turns[name] = turn
+        token = storage._held.set(_Held(task, turns))
         try:
             yield
         finally:
