@@ -120,3 +120,22 @@ class KeySpaceInUseError(ActorSessError, RuntimeError):
             f"(ownership={ownership!r}) cannot share it: run one process per key space in "
             "local mode, or set ownership='shared' in every process (Redis only)"
         )
+
+
+class SessionDeadlockError(ActorSessError, RuntimeError):
+    """Waiting for a session's turn would never end: the wait closes a cycle.
+
+    Raised, promptly, in the task whose wait closes it: a task that holds session A
+    and asks for B, while B's holder waits for A (two handlers writing each other's
+    FSM state, say). Its block rolls back and its turns are released, so the other
+    task goes on.
+    """
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        chain = " -> ".join(repr(key) for key in keys)
+        super().__init__(
+            f"waiting for session {keys[0]!r} would deadlock: its holder waits, through "
+            f"{chain}, for a session this task holds; take turns one at a time, or "
+            "write the other session after this block ends"
+        )

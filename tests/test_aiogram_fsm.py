@@ -19,7 +19,7 @@ from aiogram.types import Message
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from actorsess import RedisStorage, SessionConfig
+from actorsess import RedisStorage, SessionConfig, SessionDeadlockError
 from actorsess.aiogram import ActorFSMStorage
 
 from .aiogram_helpers import message_update
@@ -457,5 +457,45 @@ async def test_a_task_spawned_by_a_handler_is_a_caller_from_outside(
     assert seen == [None]
     assert await fsm.get_state(key) == "Job:done"
     assert await fsm.get_data(key) == {"progress": 100}
+    await dp.emit_shutdown()
+    await bot.session.close()
+
+
+async def test_two_handlers_writing_each_others_state_do_not_hang(
+    redis_client: Any, redis_url: str
+) -> None:
+    """Two users' handlers each hold their own FSM turn and write the other's state (a
+    "send to another user" flow) at the same time: the wait that closes the cycle raises
+    SessionDeadlockError at once, naming the keys; the other handler completes."""
+    fsm = ActorFSMStorage.from_url(redis_url)
+    dp = Dispatcher(storage=fsm, events_isolation=fsm.create_isolation())
+    fsm.setup(dp)
+    both_inside = asyncio.Barrier(2)
+    outcome: dict[int, str] = {}
+
+    @dp.message()
+    async def invite(message: Message, state: FSMContext, bot: Bot) -> None:
+        me = message.chat.id
+        other = 2 if me == 1 else 1
+        await state.set_state("inviting")
+        await both_inside.wait()  # each now holds its own turn
+        theirs = FSMContext(fsm, StorageKey(bot_id=bot.id, chat_id=other, user_id=other))
+        try:
+            await theirs.set_state("invited")
+        except SessionDeadlockError as exc:
+            outcome[me] = f"refused {exc.keys}"
+            raise
+        outcome[me] = "wrote"
+
+    bot = Bot("42:TEST")
+    await dp.emit_startup()
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(
+            dp.feed_update(bot, message_update(1, "hi")),
+            dp.feed_update(bot, message_update(2, "hi")),
+            return_exceptions=True,
+        )
+    assert sorted(outcome.values())[0].startswith("refused") and "wrote" in outcome.values()
+    assert sum(isinstance(r, SessionDeadlockError) for r in results) == 1
     await dp.emit_shutdown()
     await bot.session.close()

@@ -26,6 +26,7 @@ from actorsess._config import SessionConfig
 from actorsess._manager import SessionManager
 from actorsess._turn import SessionTurn
 from actorsess.aiogram._keys import escape_destiny, escape_part
+from actorsess.aiogram._waits import WaitGraph
 from actorsess.storage.base import Storage
 from actorsess.storage.redis import RedisStorage
 
@@ -69,6 +70,7 @@ class ActorFSMStorage(BaseStorage):
         self._held: contextvars.ContextVar[_Held | None] = (
             contextvars.ContextVar(f"actorsess_fsm_held_{id(self)}", default=None)
         )
+        self._waits = WaitGraph()
 
     @classmethod
     def from_url(cls, url: str, *, config: SessionConfig | None = None) -> ActorFSMStorage:
@@ -124,7 +126,8 @@ class ActorFSMStorage(BaseStorage):
         if record is not None:
             record[field] = value
             return
-        await self.manager.update(name, lambda r: r.__setitem__(field, value))
+        with self._waits.waiting(name):
+            await self.manager.update(name, lambda r: r.__setitem__(field, value))
 
     # -- BaseStorage ---------------------------------------------------------
 
@@ -166,7 +169,8 @@ class ActorFSMStorage(BaseStorage):
             result: dict[str, Any] = copy.deepcopy(r["data"])
             return result
 
-        return await self.manager.update(name, merge)
+        with self._waits.waiting(name):
+            return await self.manager.update(name, merge)
 
     async def close(self) -> None:
         await self.manager.close()
@@ -197,7 +201,9 @@ class ActorEventIsolation(BaseEventIsolation):
             yield  # already held by this update (nested dispatch)
             return
         turn = storage.manager.session(name)
-        await turn.__aenter__()
+        with storage._waits.waiting(name):
+            await turn.__aenter__()
+        storage._waits.hold(name, task)
         turns = dict(outer.turns) if outer is not None else {}
         turns[name] = turn
         token = storage._held.set(_Held(task, turns))
@@ -205,6 +211,7 @@ class ActorEventIsolation(BaseEventIsolation):
             yield
         finally:
             storage._held.reset(token)
+            storage._waits.release(name, task)
             await turn.__aexit__(None, None, None)
 
     async def close(self) -> None:
