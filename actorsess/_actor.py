@@ -63,7 +63,10 @@ class SessionActor(Generic[T]):
         self.deleted = False
         #: Clock time after which the cached value counts as expired (ttl), or None.
         self.expires_at: float | None = None
-        self.held = False
+        #: Falsy when the turn is free. When held: the holder if known (its task, or
+        #: the SessionTurn that took it on the fast path), else True. Only the
+        #: deadlock check (``_deadlock``) looks at who it is.
+        self.held: object = False
         self.waiters: deque[asyncio.Future[None]] | None = None
         self.status = Status.LOADING
         self.load_future: asyncio.Future[None] | None = None
@@ -122,6 +125,7 @@ class SessionActor(Generic[T]):
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self.held = True  # the waiter's, once it runs; until then: unknown
                 return False
         self.held = False
         return True

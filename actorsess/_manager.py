@@ -20,6 +20,7 @@ from actorsess._claim import KeySpaceClaim
 from actorsess._clock import Clock, MonotonicClock
 from actorsess._codec import Codec
 from actorsess._config import SessionConfig
+from actorsess._deadlock import wait_for_turn
 from actorsess._flusher import Flusher
 from actorsess._leases import LeaseKeeper
 from actorsess._loader import Loader
@@ -518,7 +519,7 @@ class SessionManager(Generic[T]):
             evictions=c.evictions,
             errors=c.errors,
             parked=len(self._registry.parked),
-            active=sum(actor.held + actor.queued() for actor in self._registry.actors()),
+            active=sum(bool(actor.held) + actor.queued() for actor in self._registry.actors()),
             conflicts=c.conflicts,
             handovers=c.handovers,
         )
@@ -572,9 +573,9 @@ class SessionManager(Generic[T]):
         if actor is None:
             actor = self._new_actor(key)
         if actor.held:
-            await actor.acquire()
+            await wait_for_turn(actor)
         else:
-            actor.held = True
+            actor.held = asyncio.current_task() or True
         if actor.status is not Status.READY:
             await self._ready(actor)
         elif self._expired(actor):

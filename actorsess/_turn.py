@@ -82,7 +82,7 @@ class SessionTurn(Generic[T]):
         ):
             actor = await manager._enter(self._key)
         else:
-            actor.held = True
+            actor.held = self  # the holder, for the deadlock check; free as True is
             actor.referenced = True
         self._actor = actor
         return actor.value  # type: ignore[return-value]

@@ -8,7 +8,7 @@ from collections import deque
 
 import pytest
 
-from actorsess import SessionConfig, SessionManager
+from actorsess import SessionConfig, SessionDeadlockError, SessionManager
 from actorsess._actor import SessionActor
 
 from .helpers import RecordingStorage, counter
@@ -203,3 +203,59 @@ async def test_cancelling_waiters_never_searches_the_queue(order: str) -> None:
         await asyncio.gather(*waiters, return_exceptions=True)
         assert await m.get("k") == {"n": 30}  # 3, then 1500 % 10 == 0
         assert not actor.waiters and not actor.held
+
+
+async def test_a_block_that_opens_its_own_key_again_raises_instead_of_hanging() -> None:
+    """Re-entry is a wait-for cycle of one: the inner block raises SessionDeadlockError
+    naming the key, promptly; the outer block rolls back; the key stays usable."""
+    async with SessionManager(RecordingStorage(), initial=counter) as m:
+        async with asyncio.timeout(2):
+            with pytest.raises(SessionDeadlockError, match="'a'"):
+                async with m.session("a") as outer:
+                    outer["n"] = 5
+                    async with m.session("a"):
+                        pass
+            with pytest.raises(SessionDeadlockError, match="'b'"):
+                async with m.session("b"):
+                    await m.update("b", lambda s: s.update(n=1))
+        assert await m.get("a") == {"n": 0}
+        await m.update("a", lambda s: s.update(n=1))
+        assert await m.get("a") == {"n": 1}
+
+
+async def test_two_tasks_waiting_for_each_others_session_do_not_hang() -> None:
+    """Task one holds a and waits for b; task two holds b and waits for a: the wait that
+    closes the cycle raises SessionDeadlockError, the other task completes."""
+    async with SessionManager(RecordingStorage(), initial=counter) as m:
+        both = asyncio.Barrier(2)
+
+        async def transfer(mine: str, theirs: str) -> str:
+            async with m.session(mine) as own:
+                own["n"] -= 1
+                await both.wait()
+                try:
+                    await m.update(theirs, lambda s: s.update(n=s["n"] + 1))
+                except SessionDeadlockError as exc:
+                    return f"refused {exc.keys}"
+                return "done"
+
+        async with asyncio.timeout(2):
+            results = await asyncio.gather(transfer("a", "b"), transfer("b", "a"))
+        assert sorted(results)[0] == "done" and sorted(results)[1].startswith("refused")
+
+
+async def test_a_long_wait_behind_a_busy_holder_is_not_taken_for_a_deadlock() -> None:
+    """A holder that is merely slow (it waits for nothing of ours) keeps its waiters
+    waiting, however long: no false alarm."""
+    async with SessionManager(RecordingStorage(), initial=counter) as m:
+
+        async def slow() -> None:
+            async with m.session("k") as s:
+                await asyncio.sleep(0.3)
+                s["n"] += 1
+
+        holder = asyncio.create_task(slow())
+        await asyncio.sleep(0.01)
+        await m.update("k", lambda s: s.update(n=s["n"] + 10))
+        await holder
+        assert await m.get("k") == {"n": 11}

@@ -26,7 +26,6 @@ from actorsess._config import SessionConfig
 from actorsess._manager import SessionManager
 from actorsess._turn import SessionTurn
 from actorsess.aiogram._keys import escape_destiny, escape_part
-from actorsess.aiogram._waits import WaitGraph
 from actorsess.storage.base import Storage
 from actorsess.storage.redis import RedisStorage
 
@@ -67,10 +66,9 @@ class ActorFSMStorage(BaseStorage):
         # The turns the current update holds through ActorEventIsolation, by key, with
         # the task that holds them: a task the handler spawns inherits this context
         # (asyncio copies it), but it is not the holder and must take turns of its own.
-        self._held: contextvars.ContextVar[_Held | None] = (
-            contextvars.ContextVar(f"actorsess_fsm_held_{id(self)}", default=None)
+        self._held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
+            f"actorsess_fsm_held_{id(self)}", default=None
         )
-        self._waits = WaitGraph()
 
     @classmethod
     def from_url(cls, url: str, *, config: SessionConfig | None = None) -> ActorFSMStorage:
@@ -126,8 +124,7 @@ class ActorFSMStorage(BaseStorage):
         if record is not None:
             record[field] = value
             return
-        with self._waits.waiting(name):
-            await self.manager.update(name, lambda r: r.__setitem__(field, value))
+        await self.manager.update(name, lambda r: r.__setitem__(field, value))
 
     # -- BaseStorage ---------------------------------------------------------
 
@@ -169,8 +166,7 @@ class ActorFSMStorage(BaseStorage):
             result: dict[str, Any] = copy.deepcopy(r["data"])
             return result
 
-        with self._waits.waiting(name):
-            return await self.manager.update(name, merge)
+        return await self.manager.update(name, merge)
 
     async def close(self) -> None:
         await self.manager.close()
@@ -201,9 +197,7 @@ class ActorEventIsolation(BaseEventIsolation):
             yield  # already held by this update (nested dispatch)
             return
         turn = storage.manager.session(name)
-        with storage._waits.waiting(name):
-            await turn.__aenter__()
-        storage._waits.hold(name, task)
+        await turn.__aenter__()
         turns = dict(outer.turns) if outer is not None else {}
         turns[name] = turn
         token = storage._held.set(_Held(task, turns))
@@ -211,7 +205,6 @@ class ActorEventIsolation(BaseEventIsolation):
             yield
         finally:
             storage._held.reset(token)
-            storage._waits.release(name, task)
             await turn.__aexit__(None, None, None)
 
     async def close(self) -> None:

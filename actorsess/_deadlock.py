@@ -1,0 +1,121 @@
+"""Wait-for cycles between session turns, found by the wait that closes one.
+
+A block that opens its own key again, or two tasks that each hold one session and
+wait for the other's, would wait forever. Every wait for a held turn arms a check
+that runs if the wait lasts ``CHECK_AFTER`` (ordinary contention is over long
+before): it follows holder -> the session that holder waits for -> its holder ...
+and if the chain comes back to the waiting task, that wait ends with
+SessionDeadlockError naming the keys; its block rolls back and the others go on.
+
+Nothing here runs on the fast path. A turn taken there records only its
+SessionTurn as the holder (no ``asyncio.current_task()``, which costs a quarter of
+a cached turn); the check finds that turn's task by looking for it in the frames
+of each task's await chain, which is affordable for the rare wait that lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from typing import Any
+
+from actorsess._actor import SessionActor
+from actorsess.exceptions import SessionDeadlockError
+
+#: Seconds a wait lasts before it is checked for a cycle.
+CHECK_AFTER = 0.05
+
+# What each waiting task waits for, and since when, across every manager of the
+# process: a cycle can run through two managers (a session namespace and the FSM).
+_waiting: weakref.WeakKeyDictionary[asyncio.Task[Any], tuple[SessionActor[Any], float]] = (
+    weakref.WeakKeyDictionary()
+)
+# Waits ended by the check, with the cycle found.
+_broken: weakref.WeakKeyDictionary[asyncio.Task[Any], list[str]] = weakref.WeakKeyDictionary()
+
+
+async def wait_for_turn(actor: SessionActor[Any]) -> None:
+    """``actor.acquire()``, ended with SessionDeadlockError if the wait closes a cycle."""
+    task = asyncio.current_task()
+    if task is None:
+        await actor.acquire()
+        return
+    loop = asyncio.get_running_loop()
+    check = loop.call_later(CHECK_AFTER, _check, task)
+    _waiting[task] = (actor, loop.time())
+    try:
+        await actor.acquire()
+    except asyncio.CancelledError:
+        cycle = _broken.pop(task, None)
+        if cycle is None:
+            raise
+        task.uncancel()
+        raise SessionDeadlockError(cycle) from None
+    finally:
+        check.cancel()
+        entry = _waiting.get(task)
+        if entry is not None and entry[0] is actor:
+            del _waiting[task]
+    actor.held = task
+
+
+def _check(task: asyncio.Task[Any]) -> None:
+    cycle = find_cycle(task)
+    if cycle is None or any(t in _broken for t, _ in cycle):
+        return  # no cycle, or one already being broken
+    # The wait that closed the cycle is the one that began last: it gives way.
+    position = max(range(len(cycle)), key=lambda i: _waiting[cycle[i][0]][1])
+    victim = cycle[position][0]
+    _broken[victim] = [key for _, key in cycle[position:] + cycle[:position]]
+    victim.cancel()
+
+
+def find_cycle(task: asyncio.Task[Any]) -> list[tuple[asyncio.Task[Any], str]] | None:
+    """The (waiting task, key it waits for) steps of a wait-for cycle through ``task``,
+    starting with ``task``, or None."""
+    steps: list[tuple[asyncio.Task[Any], str]] = []
+    seen: set[asyncio.Task[Any]] = set()
+    waiter = task
+    while waiter not in seen:
+        seen.add(waiter)
+        entry = _waiting.get(waiter)
+        if entry is None:
+            return None
+        actor = entry[0]
+        steps.append((waiter, actor.key))
+        holder = _holder_task(actor)
+        if holder is None:
+            return None
+        if holder is task:
+            return steps
+        waiter = holder
+    return None
+
+
+def _holder_task(actor: SessionActor[Any]) -> asyncio.Task[Any] | None:
+    held = actor.held
+    if isinstance(held, asyncio.Task):
+        return held
+    if isinstance(held, bool):
+        return None  # free, or handed over and not yet running
+    for task in asyncio.all_tasks():
+        if _awaits_within(task, held):
+            return task
+    return None
+
+
+def _awaits_within(task: asyncio.Task[Any], turn: object) -> bool:
+    """Whether a frame of ``task``'s await chain refers to ``turn`` (the block that
+    holds it: ``async with`` keeps its bound ``__aexit__`` on the frame's stack)."""
+    awaitable: Any = task.get_coro()
+    for _ in range(200):  # await chains are short; a bound keeps the look cheap
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is not None:
+            for ref in gc.get_referents(frame):
+                if ref is turn or getattr(ref, "__self__", None) is turn:
+                    return True
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+        if awaitable is None:
+            return False
+    return False
