@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -498,4 +499,43 @@ async def test_two_handlers_writing_each_others_state_do_not_hang(
     assert sorted(outcome.values())[0].startswith("refused") and "wrote" in outcome.values()
     assert sum(isinstance(r, SessionDeadlockError) for r in results) == 1
     await dp.emit_shutdown()
+    await bot.session.close()
+
+
+async def test_fsm_data_reads_back_as_a_reload_gives_and_errors_come_from_set_data(
+    redis_client: Any, redis_url: str
+) -> None:
+    """As with aiogram's RedisStorage: set_data/update_data accept what json.dumps
+    accepts, normalised at once (tuples -> lists, int keys -> strings), so the same
+    update reads what a reload gives; what JSON cannot hold raises inside the call,
+    where the handler catches it, and the earlier set_state of the update is kept."""
+    fsm = ActorFSMStorage.from_url(redis_url)
+    dp = Dispatcher(storage=fsm, events_isolation=fsm.create_isolation())
+    fsm.setup(dp)
+    seen: dict[str, Any] = {}
+
+    @dp.message()
+    async def handler(message: Message, state: FSMContext) -> None:
+        await state.set_state("form:when")
+        await state.set_data({"pair": (1, 2), "by_user": {5000: 1}})
+        seen["same_update"] = await state.get_data()
+        await state.update_data(extra=(3,))
+        seen["merged"] = await state.get_data()
+        with pytest.raises(TypeError):
+            await state.set_data({"when": datetime.datetime.now(datetime.UTC)})
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            await state.update_data(ratio=float("nan"))
+
+    bot = Bot("42:TEST")
+    await dp.emit_startup()
+    await dp.feed_update(bot, message_update(9, "x"))
+    await dp.emit_shutdown()
+    expected = {"pair": [1, 2], "by_user": {"5000": 1}}
+    assert seen["same_update"] == expected
+    assert seen["merged"] == {**expected, "extra": [3]}
+    reloaded = ActorFSMStorage.from_url(redis_url)
+    key = StorageKey(bot_id=42, chat_id=9, user_id=9)
+    assert await reloaded.get_data(key) == {**expected, "extra": [3]}
+    assert await reloaded.get_state(key) == "form:when"
+    await reloaded.close()
     await bot.session.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import json
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
@@ -30,6 +31,18 @@ from actorsess.storage.base import Storage
 from actorsess.storage.redis import RedisStorage
 
 FSMRecord = dict[str, Any]
+
+
+def _as_json(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` as JSON keeps it, made where the handler can catch the error.
+
+    Like aiogram's RedisStorage (``json.dumps``): tuples become lists and int keys
+    strings, so what the handler reads back in the same update is what a reload
+    gives; what JSON cannot hold (a datetime, NaN) raises TypeError / ValueError
+    here, in ``set_data`` / ``update_data``, and the record keeps its last value.
+    """
+    copied: dict[str, Any] = json.loads(json.dumps(data, allow_nan=False))
+    return copied
 
 
 class _Held(NamedTuple):
@@ -139,7 +152,7 @@ class ActorFSMStorage(BaseStorage):
         if not isinstance(data, dict):
             msg = f"Data must be a dict or dict-like object, got {type(data).__name__}"
             raise DataNotDictLikeError(msg)
-        await self._write(key, "data", copy.deepcopy(data))
+        await self._write(key, "data", _as_json(data))
 
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
         data: dict[str, Any] = copy.deepcopy((await self._read(key)).get("data", {}))
@@ -154,7 +167,7 @@ class ActorFSMStorage(BaseStorage):
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``data`` in one turn (atomic even without an events isolation)."""
         name = self.session_key(key)
-        patch = copy.deepcopy(dict(data))
+        patch = _as_json(dict(data))
         record = self._held_record(name)
         if record is not None:
             record.setdefault("data", {}).update(patch)
