@@ -41,7 +41,7 @@ from benchmarks._common import (
     table,
 )
 from benchmarks._http import Pool
-from examples.shared_webhook import stored_apples
+from examples.shared_webhook import OFFLINE_TOKEN, stored_apples
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +75,7 @@ ROWS = [
         ("--isolation", "redis"),
     ),
     Row(
-        "actorsess ownership=local (one process only!)",
+        "actorsess ownership=local, a key prefix per process (no coordination: the bound)",
         "examples.shared_webhook",
         ownership="local",
     ),
@@ -97,8 +97,18 @@ class Result:
 async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Result:
     flush_redis(url)
     env = {"ACTORSESS_REDIS_URL": url, "ACTORSESS_OWNERSHIP": row.ownership}
+    # Local mode serves one key space per process (a second one is refused), so the
+    # no-coordination bound gives each process its own prefix: each counts its share
+    # of a chat's updates, and the stored counts are summed over the prefixes.
+    prefixes = [f"w{i}:" for i in range(args.workers)] if row.ownership == "local" else []
     workers = [
-        WebhookWorker(row.module, logs / f"{i}.log", args=list(row.args), env=env, cwd=ROOT)
+        WebhookWorker(
+            row.module,
+            logs / f"{i}.log",
+            args=list(row.args),
+            env={**env, "ACTORSESS_KEY_PREFIX": prefixes[i]} if prefixes else env,
+            cwd=ROOT,
+        )
         for i in range(args.workers)
     ]
     try:
@@ -137,7 +147,10 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
     finally:
         for worker in workers:
             worker.kill()
-    stored = await (stored_actorsess if row.actorsess else stored_aiogram)(url, chats)
+    if prefixes:
+        stored = stored_per_prefix(url, chats, prefixes)
+    else:
+        stored = await (stored_actorsess if row.actorsess else stored_aiogram)(url, chats)
     lost = len(plan) - sum(stored)  # failed requests included: their updates are missing
     return Result(
         len(plan) / elapsed,
@@ -159,6 +172,21 @@ def cpu_seconds(pid: int) -> float:
 async def stored_actorsess(url: str, chats: list[int]) -> list[int]:
     apples = await stored_apples(url, chats)
     return [apples[chat] for chat in chats]
+
+
+def stored_per_prefix(url: str, chats: list[int], prefixes: list[str]) -> list[int]:
+    """Apples per chat summed over the key prefixes of local-mode processes."""
+    bot_id = OFFLINE_TOKEN.split(":", 1)[0]
+    client = redis.Redis.from_url(url)
+    totals = []
+    for chat in chats:
+        names = [f"{prefix}session:{bot_id}:{chat}:{chat}" for prefix in prefixes]
+        records: list[bytes | None] = client.mget(names)  # type: ignore[assignment]
+        totals.append(
+            sum(json.loads(r.split(b":", 2)[2] or b"{}").get("apple", 0) for r in records if r)
+        )
+    client.close()
+    return totals
 
 
 async def stored_aiogram(url: str, chats: list[int]) -> list[int]:
