@@ -23,6 +23,10 @@ from actorsess import (
 
 from .helpers import counter
 
+# Starts real processes, or private servers that it faults: -m 'not process' skips it.
+pytestmark = pytest.mark.process
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # A bot process in miniature: starts a manager, writes one session, says so, and

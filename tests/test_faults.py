@@ -26,6 +26,9 @@ from actorsess.testing import LocalRedisCluster, RedisServer
 from .conftest import Events
 from .helpers import counter, read_all
 
+# Starts real processes, or private servers that it faults: -m 'not process' skips it.
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:

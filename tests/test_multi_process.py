@@ -9,11 +9,15 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis
 
 from actorsess.testing import RedisServer
 from examples.shared_webhook import stored_apples
 from tests.workers import Feed, stop, workers
+
+# Starts real processes, or private servers that it faults: -m 'not process' skips it.
+pytestmark = pytest.mark.process
 
 
 async def test_updates_routed_at_random_to_three_workers_lose_nothing(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
 from aiogram import Dispatcher
 from aiogram.fsm.strategy import FSMStrategy
 from aiogram.types import Message
@@ -12,6 +13,9 @@ from aiogram.types import Message
 from actorsess import MemoryStorage, SessionConfig, SessionManager
 from actorsess.aiogram import SessionMiddleware
 from actorsess.testing import LocalBotAPI
+
+# Starts real processes, or private servers that it faults: -m 'not process' skips it.
+pytestmark = pytest.mark.process
 
 
 async def test_topic_sessions_under_real_polling() -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
 import redis
 
 from .bot_process import spawn, stored_gains
+
+# Starts real processes, or private servers that it faults: -m 'not process' skips it.
+pytestmark = pytest.mark.process
 
 
 def test_sigterm_under_load_flushes_everything(redis_url: str) -> None:
