@@ -13,6 +13,7 @@ hold, are written as null by every path. Nothing is ever pickled.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import typing
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -35,7 +36,15 @@ class DecodeFailure(ValueError):
 class Codec(Generic[T]):
     """Turns session values into bytes and back, validating the shape on the way in."""
 
-    __slots__ = ("_decode", "encode", "encode_common", "initial", "runtime_type", "value_type")
+    __slots__ = (
+        "_decode",
+        "encode",
+        "encode_common",
+        "encode_option",
+        "initial",
+        "runtime_type",
+        "value_type",
+    )
 
     def __init__(self, initial: Callable[[], T]) -> None:
         self.initial = initial
@@ -45,11 +54,16 @@ class Codec(Generic[T]):
         #: The bare function (no wrapper call), since every commit calls it.
         self.encode: Callable[[T], bytes]
         self.encode, self._decode = _build(self.value_type)
-        #: ``encode`` for the common values, as one C call (no wrapper: every cached
-        #: turn calls it). It may raise for a value ``encode`` handles; then call that.
-        self.encode_common: Callable[[T], bytes] = (
-            orjson.dumps if self.encode is _dict_to_json else self.encode
-        )
+        #: ``encode`` for the common values, called as ``encode_common(value, None,
+        #: encode_option)``: for dict sessions the bare orjson call (no wrapper: every
+        #: cached turn calls it). It may raise for a value ``encode`` handles (or
+        #: refuses, naming why); then call that.
+        self.encode_common: Callable[[T, None, int], bytes]
+        self.encode_option = 0
+        if self.encode is _dict_to_json:
+            self.encode_common, self.encode_option = orjson.dumps, STRICT_JSON
+        else:
+            self.encode_common = _ignoring_options(self.encode)
 
     def decode(self, payload: bytes) -> T:
         """Value from JSON bytes; raises :class:`DecodeFailure` naming what was wrong."""
@@ -126,11 +140,81 @@ def _build(value_type: Any) -> tuple[Encoder, Decoder]:
     )
 
 
+#: The fast encoding of dict sessions leaves to ``_dict_to_json`` what JSON would
+#: turn into something else (datetimes, dict and list subclasses, dataclasses), as
+#: orjson itself does with non-str keys, sets and integers beyond 64 bits.
+STRICT_JSON = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _ignoring_options(encode: Encoder) -> Callable[[Any, None, int], bytes]:
+    def call(value: Any, default: None = None, option: int = 0) -> bytes:
+        return encode(value)
+
+    return call
+
+
 def _dict_to_json(value: Any) -> bytes:
+    """JSON of a dict session, refusing what a reload would give back changed.
+
+    A dict session holds what JSON holds, so that what a block reads after a
+    reload is what it committed: a non-str key (``5000`` would come back as
+    ``"5000"``, and a second key be added next to it), a set, a datetime, a dict
+    or list subclass, or any other object raises ValueError naming where it is.
+    Integers of any size stay exact. Not caught (the fast path cannot see them
+    without a cost on every turn): tuples come back as lists, NaN and infinities
+    as null, enum members as their values, UUIDs as strings.
+    """
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, None, STRICT_JSON)
     except TypeError:
+        _refuse_what_json_would_change(value)
         return pydantic_core.to_json(value, inf_nan_mode="null")
+
+
+def _refuse_what_json_would_change(value: Any) -> None:
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    shown = f"<{type(key).__name__} {key!r}>"
+                    raise ValueError(
+                        f"{_join(where, shown)}: dict keys must be str; JSON would store "
+                        f"{key!r} as {str(key)!r} and a reload would read it back changed"
+                    )
+                stack.append((child, _join(where, key)))
+        elif kind is list or kind is tuple:
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+        elif item is None or isinstance(item, (str, int, float)):
+            continue  # subclasses too: a reload gives an equal str, int or float
+        else:
+            raise ValueError(f"{where or 'the session'}: {_why_not_json(item)}")
+
+
+def _why_not_json(item: Any) -> str:
+    name = type(item).__name__
+    if isinstance(item, (set, frozenset)):
+        return f"a {name}; JSON would store a list (use a list, or a typed session)"
+    if isinstance(item, (datetime.date, datetime.time, datetime.timedelta)):
+        return (
+            f"a {name}; JSON would store a string (store item.isoformat(), or use a "
+            "typed session, which keeps the type)"
+        )
+    if isinstance(item, dict):
+        return f"a {name} (a dict subclass); JSON would store a plain dict"
+    if isinstance(item, list):
+        return f"a {name} (a list subclass); JSON would store a plain list"
+    return f"a {name} is not JSON (use a typed session to keep it)"
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def _dict_from_json(payload: bytes) -> dict[str, Any]:

@@ -112,6 +112,7 @@ class SessionManager(Generic[T]):
         self._codec: Codec[T] = Codec(initial)
         self._encode = self._codec.encode
         self._encode_common = self._codec.encode_common
+        self._encode_option = self._codec.encode_option
         #: The encoded initial value: a session committed back to it is deleted.
         self._empty_blob = self._codec.empty_blob()
         self._prefix = config.key_prefix

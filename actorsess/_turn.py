@@ -105,7 +105,7 @@ class SessionTurn(Generic[T]):
         # too large value, room for a newly dirty session) goes to ``_exit``,
         # which encodes again and handles it.
         try:
-            blob = manager._encode_common(actor.value)  # type: ignore[arg-type]
+            blob = manager._encode_common(actor.value, None, manager._encode_option)  # type: ignore[arg-type]
         except Exception:
             await manager._exit(actor, True)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime
 import random
@@ -332,23 +333,19 @@ async def test_unencodable_value_is_refused_and_rolled_back() -> None:
 
 
 async def test_dict_sessions_keep_what_json_can_hold_exactly(storage_factory: Any) -> None:
-    """Values the fast encoder refuses take the general one; all come back as JSON says.
-
-    Integers beyond 64 bits stay exact, non-str keys become strings, sets become
-    lists, and NaN/infinity (which JSON cannot hold) become null, as in pydantic
-    models; nothing is refused that JSON can represent.
-    """
+    """A dict session holds what JSON holds: integers beyond 64 bits stay exact;
+    NaN/infinity (which JSON cannot hold) become null and tuples lists, as documented.
+    What a reload would give back changed is refused (see the next test)."""
     big = 2**70 + 1
     config = SessionConfig(flush_interval=3600)
     async with SessionManager[dict[str, Any]](storage_factory(), initial=dict, config=config) as m:
         async with m.session("k") as s:
-            s.update(big=big, keys={1: "one"}, tags={"a"}, when=datetime.date(2026, 1, 2))
+            s.update(big=big, pair=[1, 2], keys={"1": "one"})
             s.update(nan=float("nan"), inf=float("-inf"), none=None, text="é\u2028")
         expected = {
             "big": big,
+            "pair": [1, 2],
             "keys": {"1": "one"},
-            "tags": ["a"],
-            "when": "2026-01-02",
             "nan": None,
             "inf": None,
             "none": None,
@@ -362,6 +359,51 @@ async def test_dict_sessions_keep_what_json_can_hold_exactly(storage_factory: An
         async with again.session("k") as s:
             s["big"] += 1
         assert (await again.get("k"))["big"] == big + 1
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"by_user": {5000: 1}}, r"by_user\.<int 5000>: dict keys must be str"),
+        ({"tags": {"a"}}, "tags: a set"),
+        ({"when": datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)}, "when: a datetime"),
+        ({"log": [{"at": datetime.date(2026, 1, 2)}]}, r"log\[0\]\.at: a date"),
+        ({"counts": collections.defaultdict(int)}, "counts: a defaultdict"),
+        ({"big": 2**70, "blob": b"x"}, "blob: a bytes is not JSON"),
+    ],
+)
+async def test_what_a_reload_would_change_is_refused_at_commit(
+    value: dict[str, Any], where: str
+) -> None:
+    """Int keys (a reload turns 5000 into "5000", and the next commit adds a second key),
+    sets, datetimes, dict subclasses and other objects are refused at commit with
+    SessionEncodeError naming the path; the session keeps its committed value."""
+    async with SessionManager[dict[str, Any]](MemoryStorage(), initial=dict) as m:
+        await m.update("k", lambda s: s.update(n=1))
+        with pytest.raises(SessionEncodeError, match=where):
+            async with m.session("k") as s:
+                s.update(value)
+        assert await m.get("k") == {"n": 1}
+
+
+async def test_a_per_user_counter_survives_restarts(storage_factory: Any) -> None:
+    """The reported loss: counting per user under int keys across restarts stored a
+    record with a duplicate key and never passed 3. Int keys are refused at once;
+    str keys count across every restart."""
+    config = SessionConfig(flush_interval=3600)
+    for _ in range(3):
+        async with SessionManager[dict[str, Any]](
+            storage_factory(), initial=dict, config=config
+        ) as m:
+            with pytest.raises(SessionEncodeError, match="dict keys must be str"):
+                async with m.session("chat") as s:
+                    s.setdefault("by_user", {})[5000] = 1
+            for _ in range(2):
+                async with m.session("chat") as s:
+                    by_user = s.setdefault("by_user", {})
+                    by_user["5000"] = by_user.get("5000", 0) + 1
+    async with SessionManager[dict[str, Any]](storage_factory(), initial=dict) as m:
+        assert await m.get("chat") == {"by_user": {"5000": 6}}
 
 
 async def test_delete_passes_the_version_fence(storage_factory: Any) -> None:
