@@ -52,6 +52,20 @@ class _Held(NamedTuple):
     turns: dict[str, SessionTurn[FSMRecord]]
 
 
+class _Lent(NamedTuple):
+    """An isolation turn held by a task that was started, with a copy of its context,
+    by a task holding turns of its own (its parent): the parent may act in it.
+
+    aiogram_dialog's ``fg()`` is the case: the handler starts a task that takes the
+    other user's turn, hands the handler that user's dialog manager and waits for
+    the handler's block to end; the handler's writes belong to that turn, and
+    waiting for it would never end.
+    """
+
+    turn: SessionTurn[FSMRecord]
+    parent: asyncio.Task[Any] | None
+
+
 def _empty_record() -> FSMRecord:
     return {"state": None, "data": {}}
 
@@ -82,6 +96,8 @@ class ActorFSMStorage(BaseStorage):
         self._held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
             f"actorsess_fsm_held_{id(self)}", default=None
         )
+        #: Isolation turns whose holder's parent task may act in them, by key.
+        self._lent: dict[str, _Lent] = {}
 
     @classmethod
     def from_url(cls, url: str, *, config: SessionConfig | None = None) -> ActorFSMStorage:
@@ -117,12 +133,18 @@ class ActorFSMStorage(BaseStorage):
     # -- access: the held turn if this update has one, else a turn per call --
 
     def _held_record(self, key: str) -> FSMRecord | None:
-        """The record of ``key`` if this very task holds its turn, else None."""
+        """The record of ``key`` if this very task holds its turn, or the task it
+        started to hold it for it (see ``_Lent``); else None."""
+        task = asyncio.current_task()
         held = self._held.get()
-        if held is None or held.task is not asyncio.current_task():
-            return None
-        turn = held.turns.get(key)
-        return None if turn is None else turn.value
+        if held is not None and held.task is task:
+            turn = held.turns.get(key)
+            if turn is not None:
+                return turn.value
+        lent = self._lent.get(key)
+        if lent is not None and lent.parent is task:
+            return lent.turn.value
+        return None
 
     async def _read(self, key: StorageKey) -> FSMRecord:
         name = self.session_key(key)
@@ -204,8 +226,11 @@ class ActorEventIsolation(BaseEventIsolation):
         name = storage.session_key(key)
         task = asyncio.current_task()
         outer = storage._held.get()
+        parent = None
         if outer is not None and outer.task is not task:
-            outer = None  # inherited from the task that spawned this one: not ours
+            # Inherited from the task that started this one: not ours, but that task
+            # may act in the turns this one takes (see _Lent).
+            parent, outer = outer.task, None
         if outer is not None and name in outer.turns:
             yield  # already held by this update (nested dispatch)
             return
@@ -214,10 +239,15 @@ class ActorEventIsolation(BaseEventIsolation):
         turns = dict(outer.turns) if outer is not None else {}
         turns[name] = turn
         token = storage._held.set(_Held(task, turns))
+        lent = _Lent(turn, parent)
+        if parent is not None:
+            storage._lent[name] = lent
         try:
             yield
         finally:
             storage._held.reset(token)
+            if storage._lent.get(name) is lent:
+                del storage._lent[name]
             await turn.__aexit__(None, None, None)
 
     async def close(self) -> None:
