@@ -12,8 +12,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
-import structlog
-
 from actorsess._actor import SessionActor, Status
 from actorsess._backoff import Backoff
 from actorsess._claim import KeySpaceClaim
@@ -24,6 +22,7 @@ from actorsess._deadlock import wait_for_turn
 from actorsess._flusher import Flusher
 from actorsess._leases import LeaseKeeper
 from actorsess._loader import Loader
+from actorsess._log import DefaultLogger
 from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
 from actorsess._turn import SessionTurn
@@ -108,7 +107,7 @@ class SessionManager(Generic[T]):
         _use_storage(storage)
         self._config = config
         self._clock: Clock = clock or MonotonicClock()
-        self._log = logger if logger is not None else structlog.get_logger("actorsess")
+        self._log = logger if logger is not None else DefaultLogger()
         self._codec: Codec[T] = Codec(initial)
         self._encode = self._codec.encode
         self._encode_common = self._codec.encode_common
