@@ -148,7 +148,9 @@ class SessionManager(Generic[T]):
         storage, config = self._storage, self._config
         self._keeper: LeaseKeeper | None = None
         if isinstance(storage, LeaseStorage) and config.ownership == "shared":
-            self._registry = Registry(config.max_cached, self._on_evict, self._release_lease)
+            self._registry = Registry(
+                config.max_cached, self._on_evict, self._release_lease, self._on_park
+            )
             self._keeper = LeaseKeeper(
                 storage,
                 config,
@@ -159,7 +161,7 @@ class SessionManager(Generic[T]):
                 self._log,
             )
         else:
-            self._registry = Registry(config.max_cached, self._on_evict)
+            self._registry = Registry(config.max_cached, self._on_evict, on_park=self._on_park)
         #: The cached actor of a key for the turn's fast path: the LRU index's lookup, bound
         #: once; in shared mode it also misses actors whose lease is not good now.
         self._lookup: Callable[[str], SessionActor[T] | None] = (
@@ -719,5 +721,10 @@ class SessionManager(Generic[T]):
             self._keeper.forgotten(actor)
 
     def _on_evict(self, actor: SessionActor[Any]) -> None:
+        # A session leaves memory only once idle and written (rule 4): never dirty here.
         self._counters.evictions += 1
         self._log.debug("session.evict", key=actor.key, was_dirty=actor.dirty)
+
+    def _on_park(self, actor: SessionActor[Any]) -> None:
+        # Pushed out of the LRU while busy or dirty: kept (findable) until it is not.
+        self._log.debug("session.park", key=actor.key, was_dirty=actor.dirty, held=bool(actor.held))

@@ -49,12 +49,19 @@ class _ActorLRU(cachetools.LRUCache[str, SessionActor[Any]]):
 class Registry:
     """Finds the one live actor of a key, creating none itself."""
 
-    __slots__ = ("_cache", "_forget", "_index", "_on_drop", "parked")
+    __slots__ = ("_cache", "_forget", "_index", "_on_drop", "_on_park", "parked")
 
     def __init__(
-        self, max_cached: int, on_evict: EvictHook, on_forget: EvictHook = _nothing
+        self,
+        max_cached: int,
+        on_evict: EvictHook,
+        on_forget: EvictHook = _nothing,
+        on_park: EvictHook = _nothing,
     ) -> None:
+        #: Called for every session that leaves memory because the LRU pushed it out.
         self._on_drop = on_evict
+        #: Called for a session the LRU pushed out that stays (busy or dirty): parked.
+        self._on_park = on_park
         #: Called once for every actor that leaves the registry for good.
         self._forget = on_forget
         self._cache = _ActorLRU(max_cached, self._leave_lru)
@@ -124,13 +131,15 @@ class Registry:
         if actor.parked and actor.droppable and self.parked.get(actor.key) is actor:
             del self.parked[actor.key]
             actor.parked = False
+            self._on_drop(actor)
             self._forget(actor)
 
     def _leave_lru(self, actor: SessionActor[Any]) -> None:
         del self._index[actor.key]
-        if not actor.droppable:
+        if actor.droppable:
+            self._on_drop(actor)
+            self._forget(actor)
+        else:
             actor.parked = True
             self.parked[actor.key] = actor
-        self._on_drop(actor)
-        if not actor.parked:
-            self._forget(actor)
+            self._on_park(actor)

@@ -29,7 +29,8 @@ async def test_eviction_pressure_loses_nothing(storage_factory: Any) -> None:
 
 
 async def test_dirty_evicted_session_is_parked_and_still_readable(events: Events) -> None:
-    """A dirty session pushed out of the LRU stays findable with its latest value."""
+    """A dirty session pushed out of the LRU stays findable with its latest value; the
+    logs say it was parked, and evicted only once it really leaves memory."""
     storage = RecordingStorage()
     config = SessionConfig(max_cached=2, flush_interval=3600)
     m = SessionManager(storage, initial=counter, config=config, logger=events.logger)
@@ -41,16 +42,25 @@ async def test_dirty_evicted_session_is_parked_and_still_readable(events: Events
         assert storage.load_batches.count(["actorsess:a"]) == 1
         assert await m.get("a") == {"n": 1}
         assert storage.load_batches.count(["actorsess:a"]) == 1, "read hit the parked actor"
-        evicted = events.named("session.evict")
-        assert evicted[0] == {
-            "event": "session.evict",
-            "key": "a",
-            "was_dirty": True,
-            "log_level": "debug",
-        }
+        # Pushed out while dirty: parked (kept), not evicted.
+        assert events.named("session.evict") == []
+        assert events.named("session.park") == [
+            {
+                "event": "session.park",
+                "key": "a",
+                "was_dirty": True,
+                "held": False,
+                "log_level": "debug",
+            }
+        ]
+        assert m.stats().evictions == 0
         await m.flush()
         assert m.stats().parked == 0
         assert m.stats().cached <= 2
+        # Written, it leaves memory: now it is an eviction, and a clean one.
+        [evicted] = events.named("session.evict")
+        assert evicted["key"] == "a" and evicted["was_dirty"] is False
+        assert m.stats().evictions == 1
 
 
 async def test_clean_idle_sessions_are_dropped_at_the_bound() -> None:
@@ -104,3 +114,21 @@ async def test_recently_used_sessions_outlive_idle_ones() -> None:
         loads_of_hot = sum(batch.count("actorsess:hot") for batch in storage.load_batches)
         assert loads_of_hot == 1
         assert m.stats().cached == 4
+
+
+async def test_evictions_count_only_sessions_that_left_memory(events: Events) -> None:
+    """With max_cached=10 and 5,000 turns over 50 keys at once, busy or dirty sessions
+    pushed out are parked (session.park), not reported as evicted; every session.evict
+    is a clean session leaving memory, and stats().evictions counts exactly those."""
+    config = SessionConfig(max_cached=10, flush_interval=0.01)
+    m = SessionManager(RecordingStorage(), initial=counter, config=config, logger=events.logger)
+    async with m:
+        keys = [f"k{i % 50}" for i in range(5000)]
+        await asyncio.gather(*(m.update(k, lambda s: s.update(n=s["n"] + 1)) for k in keys))
+        await m.flush()
+        evicted = events.named("session.evict")
+        assert all(e["was_dirty"] is False for e in evicted)
+        assert len(evicted) == m.stats().evictions
+        assert events.named("session.park")
+        values = await m.get_many(sorted(set(keys)))
+    assert all(v == {"n": 100} for v in values.values())
