@@ -7,10 +7,11 @@ before): it follows holder -> the session that holder waits for -> its holder ..
 and if the chain comes back to the waiting task, that wait ends with
 SessionDeadlockError naming the keys; its block rolls back and the others go on.
 
-Nothing here runs on the fast path. A turn taken there records only its
-SessionTurn as the holder (no ``asyncio.current_task()``, which costs a quarter of
-a cached turn); the check finds that turn's task by looking for it in the frames
-of each task's await chain, which is affordable for the rare wait that lasts.
+Nothing here runs on the fast path. A turn records only its SessionTurn as the
+holder (no ``asyncio.current_task()``, which costs a quarter of a cached turn);
+the check finds that turn's task by looking for it in the frames of each task's
+await chain, which is affordable for the rare wait that lasts. A wait costs a
+dict entry; one sweep per event loop checks the waits that have lasted.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from actorsess.exceptions import SessionDeadlockError
 #: Seconds a wait lasts before it is checked for a cycle.
 CHECK_AFTER = 0.05
 
-# What each waiting task waits for, and since when, across every manager of the
-# process: a cycle can run through two managers (a session namespace and the FSM).
-_waiting: weakref.WeakKeyDictionary[asyncio.Task[Any], tuple[SessionActor[Any], float]] = (
+# What each waiting task waits for, since when, and whether it was checked, across
+# every manager of the process: a cycle can run through two managers (a session
+# namespace and the FSM). Entries leave when their wait ends.
+_waiting: dict[asyncio.Task[Any], tuple[SessionActor[Any], float, bool]] = {}
+# Waits ended by the check, with the cycle found.
+_broken: dict[asyncio.Task[Any], list[str]] = {}
+# One sweep per event loop looks at the waits that have lasted (no timer per wait).
+_sweeps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.TimerHandle] = (
     weakref.WeakKeyDictionary()
 )
-# Waits ended by the check, with the cycle found.
-_broken: weakref.WeakKeyDictionary[asyncio.Task[Any], list[str]] = weakref.WeakKeyDictionary()
 
 
 async def wait_for_turn(actor: SessionActor[Any]) -> None:
@@ -42,8 +46,9 @@ async def wait_for_turn(actor: SessionActor[Any]) -> None:
         await actor.acquire()
         return
     loop = asyncio.get_running_loop()
-    check = loop.call_later(CHECK_AFTER, _check, task)
-    _waiting[task] = (actor, loop.time())
+    _waiting[task] = (actor, loop.time(), False)
+    if loop not in _sweeps:
+        _sweeps[loop] = loop.call_later(CHECK_AFTER, _sweep, loop)
     try:
         await actor.acquire()
     except asyncio.CancelledError:
@@ -53,11 +58,26 @@ async def wait_for_turn(actor: SessionActor[Any]) -> None:
         task.uncancel()
         raise SessionDeadlockError(cycle) from None
     finally:
-        check.cancel()
         entry = _waiting.get(task)
         if entry is not None and entry[0] is actor:
             del _waiting[task]
-    actor.held = task
+
+
+def _sweep(loop: asyncio.AbstractEventLoop) -> None:
+    """Check, once each, the waits of ``loop`` that have lasted ``CHECK_AFTER``."""
+    del _sweeps[loop]
+    due = loop.time() - CHECK_AFTER
+    pending = False
+    for task, (actor, since, checked) in list(_waiting.items()):
+        if checked or task.get_loop() is not loop:
+            continue
+        if since > due:
+            pending = True
+            continue
+        _waiting[task] = (actor, since, True)
+        _check(task)
+    if pending:
+        _sweeps[loop] = loop.call_later(CHECK_AFTER, _sweep, loop)
 
 
 def _check(task: asyncio.Task[Any]) -> None:
@@ -106,16 +126,24 @@ def _holder_task(actor: SessionActor[Any]) -> asyncio.Task[Any] | None:
 
 
 def _awaits_within(task: asyncio.Task[Any], turn: object) -> bool:
-    """Whether a frame of ``task``'s await chain refers to ``turn`` (the block that
-    holds it: ``async with`` keeps its bound ``__aexit__`` on the frame's stack)."""
+    """Whether a coroutine of ``task``'s await chain refers to ``turn`` (the block that
+    holds it: ``async with`` keeps its bound ``__aexit__`` on the frame's stack, which
+    the collector's view of a suspended coroutine includes)."""
     awaitable: Any = task.get_coro()
     for _ in range(200):  # await chains are short; a bound keeps the look cheap
-        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
-        if frame is not None:
-            for ref in gc.get_referents(frame):
-                if ref is turn or getattr(ref, "__self__", None) is turn:
-                    return True
-        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
         if awaitable is None:
             return False
+        for ref in gc.get_referents(awaitable):
+            if _is_or_holds(ref, turn):
+                return True
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
     return False
+
+
+def _is_or_holds(ref: object, turn: object) -> bool:
+    if ref is turn or getattr(ref, "__self__", None) is turn:
+        return True
+    # A block entered through an @asynccontextmanager (aiogram's event isolation):
+    # the turn is a local of the suspended generator the context manager drives.
+    gen = getattr(getattr(ref, "__self__", ref), "gen", None)
+    return gen is not None and any(r is turn for r in gc.get_referents(gen))

@@ -577,7 +577,7 @@ class SessionManager(Generic[T]):
         if actor.held:
             await wait_for_turn(actor)
         else:
-            actor.held = asyncio.current_task() or True
+            actor.held = True  # SessionTurn.__aenter__ names itself the holder
         if actor.status is not Status.READY:
             await self._ready(actor)
         elif self._expired(actor):

@@ -81,6 +81,7 @@ class SessionTurn(Generic[T]):
             or (actor.expires_at is not None and manager._clock.now() >= actor.expires_at)
         ):
             actor = await manager._enter(self._key)
+            actor.held = self  # the holder, for the deadlock check
         else:
             actor.held = self  # the holder, for the deadlock check; free as True is
             actor.referenced = True
