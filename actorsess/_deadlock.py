@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from actorsess._actor import SessionActor
+from actorsess._turn import SessionTurn
 from actorsess.exceptions import SessionDeadlockError
 
 #: Seconds a wait lasts before it is checked for a cycle.
@@ -81,6 +83,8 @@ def _sweep(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _check(task: asyncio.Task[Any]) -> None:
+    if not _holds_a_turn(task):
+        return
     cycle = find_cycle(task)
     if cycle is None or any(t in _broken for t, _ in cycle):
         return  # no cycle, or one already being broken
@@ -126,24 +130,33 @@ def _holder_task(actor: SessionActor[Any]) -> asyncio.Task[Any] | None:
 
 
 def _awaits_within(task: asyncio.Task[Any], turn: object) -> bool:
-    """Whether a coroutine of ``task``'s await chain refers to ``turn`` (the block that
-    holds it: ``async with`` keeps its bound ``__aexit__`` on the frame's stack, which
-    the collector's view of a suspended coroutine includes)."""
-    awaitable: Any = task.get_coro()
-    for _ in range(200):  # await chains are short; a bound keeps the look cheap
-        if awaitable is None:
-            return False
-        for ref in gc.get_referents(awaitable):
-            if _is_or_holds(ref, turn):
+    return any(found is turn for found in _objects_held_by(task))
+
+
+def _holds_a_turn(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` holds any session's turn: without one it closes no cycle, and
+    most long waits (a task waiting for its first turn) end the check here."""
+    for found in _objects_held_by(task):
+        if isinstance(found, SessionTurn):
+            actor = found._actor
+            if actor is not None and actor.held is found:
                 return True
-        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
     return False
 
 
-def _is_or_holds(ref: object, turn: object) -> bool:
-    if ref is turn or getattr(ref, "__self__", None) is turn:
-        return True
-    # A block entered through an @asynccontextmanager (aiogram's event isolation):
-    # the turn is a local of the suspended generator the context manager drives.
-    gen = getattr(getattr(ref, "__self__", ref), "gen", None)
-    return gen is not None and any(r is turn for r in gc.get_referents(gen))
+def _objects_held_by(task: asyncio.Task[Any]) -> Iterator[object]:
+    """What the coroutines of ``task``'s await chain refer to: their locals and stack
+    (``async with`` keeps its bound ``__aexit__`` there, which the collector's view of
+    a suspended coroutine includes), and the locals of the generators behind
+    ``@asynccontextmanager`` blocks (aiogram's event isolation)."""
+    awaitable: Any = task.get_coro()
+    for _ in range(200):  # await chains are short; a bound keeps the look cheap
+        if awaitable is None:
+            return
+        for ref in gc.get_referents(awaitable):
+            owner = getattr(ref, "__self__", ref)
+            yield owner
+            gen = getattr(owner, "gen", None)
+            if gen is not None:
+                yield from gc.get_referents(gen)
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
