@@ -63,9 +63,9 @@ class SessionActor(Generic[T]):
         self.deleted = False
         #: Clock time after which the cached value counts as expired (ttl), or None.
         self.expires_at: float | None = None
-        #: Falsy when the turn is free. When held: the holder if known (its task, or
-        #: the SessionTurn that took it on the fast path), else True. Only the
-        #: deadlock check (``_deadlock``) looks at who it is.
+        #: Falsy when the turn is free. When held: the SessionTurn that holds it, or
+        #: True when that is not known (a hand-off not yet run, get() or delete()).
+        #: Only the deadlock check (``_deadlock``) looks at who it is.
         self.held: object = False
         self.waiters: deque[asyncio.Future[None]] | None = None
         self.status = Status.LOADING

@@ -119,10 +119,8 @@ def find_cycle(task: asyncio.Task[Any]) -> list[tuple[asyncio.Task[Any], str]] |
 
 def _holder_task(actor: SessionActor[Any]) -> asyncio.Task[Any] | None:
     held = actor.held
-    if isinstance(held, asyncio.Task):
-        return held
-    if isinstance(held, bool):
-        return None  # free, or handed over and not yet running
+    if not isinstance(held, SessionTurn):
+        return None  # free, handed over and not yet running, or held by get()/delete()
     for task in asyncio.all_tasks():
         if _awaits_within(task, held):
             return task

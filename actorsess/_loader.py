@@ -133,30 +133,26 @@ class Loader:
 
     def _apply(self, actor: SessionActor[Any], raw: LoadResult) -> None:
         try:
-            if raw is None:
-                actor.value, actor.blob = self._codec.fresh()
-                actor.version = actor.persisted_version = 0
-            elif isinstance(raw, BadValue):
+            if isinstance(raw, BadValue):
                 raise CorruptSessionError(actor.key, raw.reason)
+            # Absent is version 0; a tombstone is "absent" at the deleted one's version,
+            # so that the versions of this key go on above it.
+            version, payload = (0, b"") if raw is None else decode_record(actor.key, raw)
+            limit = self._config.max_session_bytes
+            if len(payload) > limit:
+                raise CorruptSessionError(
+                    actor.key,
+                    f"stored session is {len(payload)} bytes, over max_session_bytes={limit}",
+                )
+            if payload:
+                try:
+                    actor.value = self._codec.decode(payload)
+                except DecodeFailure as exc:
+                    raise CorruptSessionError(actor.key, str(exc)) from exc
+                actor.blob = payload
             else:
-                version, payload = decode_record(actor.key, raw)
-                limit = self._config.max_session_bytes
-                if not payload:
-                    # A tombstone: no session, but versions go on from the deleted one's.
-                    actor.value, actor.blob = self._codec.fresh()
-                    actor.version = actor.persisted_version = version
-                elif len(payload) > limit:
-                    raise CorruptSessionError(
-                        actor.key,
-                        f"stored session is {len(payload)} bytes, over max_session_bytes={limit}",
-                    )
-                else:
-                    try:
-                        actor.value = self._codec.decode(payload)
-                    except DecodeFailure as exc:
-                        raise CorruptSessionError(actor.key, str(exc)) from exc
-                    actor.blob = payload
-                    actor.version = actor.persisted_version = version
+                actor.value, actor.blob = self._codec.fresh()
+            actor.version = actor.persisted_version = version
         except CorruptSessionError as exc:
             self._counters.errors += 1
             self._log.error("session.corrupt", key=actor.key, error=exc.reason)

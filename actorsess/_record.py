@@ -34,8 +34,20 @@ def tombstone(version: int) -> bytes:
     return b"%b%d:" % (_HEADER_PREFIX, version)
 
 
+def _split_header(blob: bytes) -> tuple[int, bytes] | None:
+    """``(version, payload)`` of a record, or None when ``blob`` has no valid header."""
+    if not blob.startswith(_HEADER_PREFIX):
+        return None
+    end = blob.find(b":", len(_HEADER_PREFIX), len(_HEADER_PREFIX) + _MAX_VERSION_DIGITS + 1)
+    digits = blob[len(_HEADER_PREFIX) : end] if end > 0 else b""
+    return (int(digits), blob[end + 1 :]) if digits.isdigit() else None
+
+
 def decode_record(key: str, blob: bytes) -> tuple[int, bytes]:
     """Split a stored record into ``(version, payload)`` or raise CorruptSessionError."""
+    split = _split_header(blob)
+    if split is not None:
+        return split
     if not blob.startswith(_HEADER_PREFIX):
         tag = blob.split(b":", 1)[0][:16] if b":" in blob[:17] else b""
         if tag[:2] == b"as" and tag[2:].isdigit():
@@ -43,17 +55,10 @@ def decode_record(key: str, blob: bytes) -> tuple[int, bytes]:
                 key, f"record format {tag.decode()!r} is newer than this actorsess understands"
             )
         raise CorruptSessionError(key, "not an actorsess record (missing 'as1:' header)")
-    end = blob.find(b":", len(_HEADER_PREFIX), len(_HEADER_PREFIX) + _MAX_VERSION_DIGITS + 1)
-    digits = blob[len(_HEADER_PREFIX) : end] if end > 0 else b""
-    if not digits.isdigit():
-        raise CorruptSessionError(key, "record header has no valid version number")
-    return int(digits), blob[end + 1 :]
+    raise CorruptSessionError(key, "record header has no valid version number")
 
 
 def version_of(blob: bytes) -> int:
     """The version in ``blob``'s header, or -1 when it is not a record (older than any)."""
-    if not blob.startswith(_HEADER_PREFIX):
-        return -1
-    end = blob.find(b":", len(_HEADER_PREFIX), len(_HEADER_PREFIX) + _MAX_VERSION_DIGITS + 1)
-    digits = blob[len(_HEADER_PREFIX) : end] if end > 0 else b""
-    return int(digits) if digits.isdigit() else -1
+    split = _split_header(blob)
+    return -1 if split is None else split[0]

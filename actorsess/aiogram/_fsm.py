@@ -63,7 +63,7 @@ class _Lent(NamedTuple):
     """
 
     turn: SessionTurn[FSMRecord]
-    parent: asyncio.Task[Any] | None
+    parent: asyncio.Task[Any]
 
 
 def _empty_record() -> FSMRecord:
@@ -239,14 +239,14 @@ class ActorEventIsolation(BaseEventIsolation):
         turns = dict(outer.turns) if outer is not None else {}
         turns[name] = turn
         token = storage._held.set(_Held(task, turns))
-        lent = _Lent(turn, parent)
-        if parent is not None:
+        lent = None if parent is None else _Lent(turn, parent)
+        if lent is not None:
             storage._lent[name] = lent
         try:
             yield
         finally:
             storage._held.reset(token)
-            if storage._lent.get(name) is lent:
+            if lent is not None and storage._lent.get(name) is lent:
                 del storage._lent[name]
             await turn.__aexit__(None, None, None)
 

@@ -48,6 +48,13 @@ local function set_record(key, record, px)
   end
   return redis.pcall('SET', key, record, 'GET')
 end
+local function read_record(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' and value.err then
+    return '\\0actorsess:wrongtype'  -- another type: reported as such, not as absent
+  end
+  return value
+end
 local function stored_version(key)
   local head = redis.pcall('GETRANGE', key, 0, 40)
   if type(head) ~= 'string' then return false end
@@ -130,17 +137,16 @@ local function holds(key, lease, token, expected, ms)
 end
 """
 
-LOAD_LUA = """
+LOAD_LUA = (
+    _COMMON_LUA
+    + """
 local out = {}
 for i, key in ipairs(KEYS) do
-  local value = redis.pcall('GET', key)
-  if type(value) == 'table' and value.err then
-    value = '\\0actorsess:wrongtype'
-  end
-  out[i] = value
+  out[i] = read_record(key)
 end
 return out
 """
+)
 
 # ARGV: TTL ms ("0": none), tombstone ms, then per key its version and record
 # ("" deletes: a tombstone at the version). Every item is fenced (see put).
@@ -205,12 +211,8 @@ for i = 1, #KEYS / 2 do
   end
   if take then
     set_lease(lease, token, ms)
-    local value = redis.pcall('GET', key)
-    if type(value) == 'table' and value.err then
-      value = '\\0actorsess:wrongtype'
-    end
     out[2 * i - 1] = 1
-    out[2 * i] = value
+    out[2 * i] = read_record(key)
   end
 end
 return out

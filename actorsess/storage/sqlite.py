@@ -13,10 +13,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from actorsess._record import TOMBSTONE_TTL_S, tombstone, version_of
 from actorsess.storage.base import (
@@ -150,19 +150,13 @@ class SqliteStorage:
 
         def load(conn: sqlite3.Connection) -> dict[str, LoadResult]:
             found: dict[str, LoadResult] = {}
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    "SELECT key, value, version, expires_at FROM actorsess_sessions "
-                    f"WHERE key IN ({marks})",
-                    chunk,
-                )
-                for key, value, version, expires_at in rows:
-                    if expires_at is not None and expires_at <= now:
-                        found[key] = tombstone(version)
-                    else:
-                        found[key] = _as_record(value)
+            for key, value, version, expires_at in _select(
+                conn, "key, value, version, expires_at", wanted
+            ):
+                if expires_at is not None and expires_at <= now:
+                    found[key] = tombstone(version)
+                else:
+                    found[key] = _as_record(value)
             return found
 
         found = await self._run(load)
@@ -260,16 +254,18 @@ class SqliteStorage:
         self._executor.shutdown(wait=False)
 
 
-def _stored_versions(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
-    versions: dict[str, int] = {}
+def _select(conn: sqlite3.Connection, columns: str, keys: list[str]) -> Iterator[Any]:
+    """Rows of ``columns`` for ``keys``, in statements of at most ``_CHUNK`` keys."""
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            f"SELECT key, version FROM actorsess_sessions WHERE key IN ({marks})", chunk
+        yield from conn.execute(
+            f"SELECT {columns} FROM actorsess_sessions WHERE key IN ({marks})", chunk
         )
-        versions.update(rows)
-    return versions
+
+
+def _stored_versions(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
+    return dict(_select(conn, "key, version", keys))
 
 
 def _as_record(value: object) -> LoadResult:
