@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 import redis
 
+from actorsess import RedisStorage, SessionConfig, SessionManager
 from actorsess.testing import RedisServer
-from examples.shared_webhook import stored_apples
+from examples.shared_webhook import OFFLINE_TOKEN, new_session, stored_apples
 from tests.workers import Feed, stop, workers
 
 # Starts real processes, or private servers that it faults: -m 'not process' skips it.
@@ -149,3 +150,34 @@ async def test_redis_paused_past_the_lease_under_three_live_workers_loses_nothin
     assert all(n <= 0 for n in lost.values()), lost
     assert all(stored[chat] <= feed.sent[chat] for chat in chats)
     assert sum(feed.acked.values()) > 300
+
+
+async def test_a_delete_made_while_a_worker_was_stopped_is_not_undone(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A worker holds 3 unwritten apples of a new chat and is SIGSTOPped past its lease;
+    an admin process (a shared-mode manager) deletes the chat's session meanwhile. On
+    SIGCONT and shutdown the stopped worker's write is refused: the delete's tombstone
+    carries a version, so "absent" no longer looks like the version 0 it had loaded."""
+    redis.Redis.from_url(redis_url).flushdb()
+    with workers(redis_url, tmp_path, 1, flush_interval=30, lease_time=1) as [stale]:
+        feed = Feed()
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                assert await feed.post(http, stale.url, 1)  # never written: flush in 30 s
+        stale.signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.5)  # past the lease
+            admin = SessionManager(
+                RedisStorage.from_url(redis_url),
+                initial=new_session,
+                config=SessionConfig(ownership="shared", lease_time=1),
+            )
+            async with admin:
+                await admin.delete(f"session:{OFFLINE_TOKEN.split(':')[0]}:1:1")
+        finally:
+            stale.signal(signal.SIGCONT)
+        await asyncio.sleep(1.0)
+        stale.stop()  # SIGTERM: it tries its final write
+    assert await stored_apples(redis_url, [1]) == {1: 0}
+    assert "session.conflict" in stale.output() or "session.lease_lost" in stale.output()
