@@ -6,14 +6,16 @@ not take: non-str keys, integers beyond 64 bits, sets, bytes, Decimals, models
 inside the dict) and read by ``pydantic_core.from_json`` (which keeps big
 integers exact, where ``orjson.loads`` would turn them into floats); pydantic
 models through their own validators; dataclasses, TypedDicts and annotated
-containers through a ``TypeAdapter``. NaN and infinities, which JSON cannot
-hold, are written as null by every path. Nothing is ever pickled.
+containers through a ``TypeAdapter``. A dict session refuses at commit what a
+reload would give back changed (with ``strict_json``, the default, by reading
+every commit's bytes back). Nothing is ever pickled.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import typing
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -42,26 +44,35 @@ class Codec(Generic[T]):
         "encode_common",
         "encode_option",
         "initial",
+        "read_back",
         "runtime_type",
         "value_type",
     )
 
-    def __init__(self, initial: Callable[[], T]) -> None:
+    def __init__(self, initial: Callable[[], T], *, strict_json: bool = True) -> None:
         self.initial = initial
         self.value_type = _value_type(initial)
         self.runtime_type = _runtime_type(self.value_type)
         #: JSON bytes of a value; raises ValueError/TypeError for unencodable values.
         #: The bare function (no wrapper call), since every commit calls it.
         self.encode: Callable[[T], bytes]
-        self.encode, self._decode = _build(self.value_type)
+        self.encode, self._decode = _build(self.value_type, strict_json)
+        #: For dict sessions with ``strict_json``: what a reload gives for the bytes
+        #: ``encode_common`` returned. A value not equal to it must go to ``encode``,
+        #: which refuses it naming the path. None where the bytes need no check
+        #: (typed sessions keep their types through their schema).
+        self.read_back: Callable[[bytes], Any] | None = None
         #: ``encode`` for the common values, called as ``encode_common(value, None,
         #: encode_option)``: for dict sessions the bare orjson call (no wrapper: every
         #: cached turn calls it). It may raise for a value ``encode`` handles (or
         #: refuses, naming why); then call that.
         self.encode_common: Callable[[T, None, int], bytes]
         self.encode_option = 0
-        if self.encode is _dict_to_json:
+        if self.encode in (_dict_to_json, _dict_to_json_unchecked):
             self.encode_common, self.encode_option = orjson.dumps, STRICT_JSON
+            if strict_json:
+                # Exact for what orjson.dumps wrote: it refuses integers beyond 64 bits.
+                self.read_back = orjson.loads
         else:
             self.encode_common = _ignoring_options(self.encode)
 
@@ -108,10 +119,14 @@ def _runtime_type(value_type: Any) -> type:
     return origin
 
 
-def _build(value_type: Any) -> tuple[Encoder, Decoder]:
+def _build(value_type: Any, strict_json: bool) -> tuple[Encoder, Decoder]:
     origin = typing.get_origin(value_type) or value_type
-    if value_type is dict:
-        return _dict_to_json, _dict_from_json
+    dict_to_json = _dict_to_json if strict_json else _dict_to_json_unchecked
+    if value_type is dict or (origin is dict and _is_any(typing.get_args(value_type)[1:])):
+        # dict[str, Any] is what an annotated ``initial`` of a dict session returns:
+        # the same JSON rules as a bare dict, not a TypeAdapter that would turn a
+        # datetime into a string on the way out.
+        return dict_to_json, _dict_from_json
     if isinstance(origin, type) and issubclass(origin, pydantic.BaseModel):
         model: type[pydantic.BaseModel] = origin
         # The model's own serializer gives bytes; model_dump_json() would decode them
@@ -132,7 +147,7 @@ def _build(value_type: Any) -> tuple[Encoder, Decoder]:
                 raise
             # typing.TypedDict before Python 3.12 cannot be validated by pydantic
             # (typing_extensions.TypedDict can): store it as a plain JSON object.
-            return _dict_to_json, _dict_from_json
+            return dict_to_json, _dict_from_json
         return (lambda v: adapter.dump_json(v, warnings="error")), adapter.validate_json
     raise TypeError(
         f"unsupported session type {value_type!r}: initial must return a dict, "
@@ -150,6 +165,10 @@ STRICT_JSON = (
 )
 
 
+def _is_any(value_args: tuple[Any, ...]) -> bool:
+    return value_args in ((Any,), (object,))
+
+
 def _ignoring_options(encode: Encoder) -> Callable[[Any, None, int], bytes]:
     def call(value: Any, default: None = None, option: int = 0) -> bytes:
         return encode(value)
@@ -162,20 +181,32 @@ def _dict_to_json(value: Any) -> bytes:
 
     A dict session holds what JSON holds, so that what a block reads after a
     reload is what it committed: a non-str key (``5000`` would come back as
-    ``"5000"``, and a second key be added next to it), a set, a datetime, a dict
-    or list subclass, or any other object raises ValueError naming where it is.
-    Integers of any size stay exact. Not caught (the fast path cannot see them
-    without a cost on every turn): tuples come back as lists, NaN and infinities
-    as null, enum members as their values, UUIDs as strings.
+    ``"5000"``, and a second key be added next to it), a set, a tuple, a
+    datetime, NaN or an infinity, an enum member, a UUID, a dict or list
+    subclass, or any other object raises ValueError naming where it is.
+    Integers of any size stay exact.
     """
+    blob = _dict_to_json_unchecked(value)
+    if _dict_from_json(blob) != value:
+        _refuse_what_json_would_change(value, strict=True)
+        # Equal to nothing the walk knows (say, a str subclass with its own __eq__).
+        raise ValueError("the session would read back changed after a reload")
+    return blob
+
+
+def _dict_to_json_unchecked(value: Any) -> bytes:
+    """JSON of a dict session under ``strict_json=False``: what orjson refuses or
+    passes through (non-str keys, sets, datetimes, subclasses, other objects) is
+    still refused; tuples are written as lists, NaN and infinities as null, enum
+    members as their values, UUIDs as strings."""
     try:
         return orjson.dumps(value, None, STRICT_JSON)
     except TypeError:
-        _refuse_what_json_would_change(value)
+        _refuse_what_json_would_change(value, strict=False)
         return pydantic_core.to_json(value, inf_nan_mode="null")
 
 
-def _refuse_what_json_would_change(value: Any) -> None:
+def _refuse_what_json_would_change(value: Any, *, strict: bool) -> None:
     stack: list[tuple[Any, str]] = [(value, "")]
     while stack:
         item, where = stack.pop()
@@ -189,8 +220,14 @@ def _refuse_what_json_would_change(value: Any) -> None:
                         f"{key!r} as {str(key)!r} and a reload would read it back changed"
                     )
                 stack.append((child, _join(where, key)))
-        elif kind is list or kind is tuple:
+        elif kind is list or (kind is tuple and not strict):
             stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, float) and strict and not math.isfinite(item):
+            shown = "NaN" if math.isnan(item) else repr(item)
+            raise ValueError(
+                f"{where or 'the session'}: {shown}; JSON would store null "
+                "(store None, or a string)"
+            )
         elif item is None or isinstance(item, (str, int, float)):
             continue  # subclasses too: a reload gives an equal str, int or float
         else:
@@ -199,6 +236,8 @@ def _refuse_what_json_would_change(value: Any) -> None:
 
 def _why_not_json(item: Any) -> str:
     name = type(item).__name__
+    if isinstance(item, tuple):
+        return f"a {name}; JSON would store a list (use a list)"
     if isinstance(item, (set, frozenset)):
         return f"a {name}; JSON would store a list (use a list, or a typed session)"
     if isinstance(item, (datetime.date, datetime.time, datetime.timedelta)):

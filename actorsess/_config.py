@@ -18,6 +18,8 @@ Ownership = Literal["local", "shared"]
 _ENV_PREFIX = "ACTORSESS_"
 #: ``ACTORSESS_*`` variables that are not settings: the examples' Redis URL.
 _OTHER_VARIABLES = frozenset({"ACTORSESS_REDIS_URL"})
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,6 +77,13 @@ class SessionConfig:
     backpressure_timeout: float | None = 30.0
     #: Seconds ``close()`` spends letting holders finish and writing what is dirty.
     close_timeout: float = 15.0
+    #: Dict sessions: refuse at commit a tuple, NaN or an infinity, an enum member
+    #: or a UUID, which JSON would store as a list, null, the member's value or a
+    #: string. It reads every commit's bytes back (about 0.4 µs for a small
+    #: session, 1 µs for a 70-byte one). With ``False`` those come back changed
+    #: after a reload; non-str keys, sets, datetimes and other objects are refused
+    #: either way. Typed sessions keep their types through their schema.
+    strict_json: bool = True
 
     def __post_init__(self) -> None:
         _non_negative_finite("flush_interval", self.flush_interval)
@@ -116,6 +125,8 @@ class SessionConfig:
                 f"must be at most {TOMBSTONE_TTL_S // 2} s: a deleted session's tombstone "
                 f"({TOMBSTONE_TTL_S} s) must outlive any lease",
             )
+        if not isinstance(self.strict_json, bool):
+            raise ConfigError("strict_json", f"must be True or False, got {self.strict_json!r}")
         if self.ownership not in get_args(Ownership):
             raise ConfigError("ownership", f"must be 'local' or 'shared', got {self.ownership!r}")
 
@@ -172,6 +183,12 @@ def _parse_env(name: str, type_text: str, raw: str) -> Any:
     text = raw.strip()
     if "None" in type_text and text.lower() in ("none", ""):
         return None
+    if type_text == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(name, f"{variable}={raw!r} is not true/false, yes/no, on/off or 1/0")
     if not type_text.startswith(("int", "float")):
         return text
     try:

@@ -108,10 +108,11 @@ class SessionManager(Generic[T]):
         self._config = config
         self._clock: Clock = clock or MonotonicClock()
         self._log = logger if logger is not None else DefaultLogger()
-        self._codec: Codec[T] = Codec(initial)
+        self._codec: Codec[T] = Codec(initial, strict_json=config.strict_json)
         self._encode = self._codec.encode
         self._encode_common = self._codec.encode_common
         self._encode_option = self._codec.encode_option
+        self._read_back = self._codec.read_back
         #: The encoded initial value: a session committed back to it is deleted.
         self._empty_blob = self._codec.empty_blob()
         self._prefix = config.key_prefix

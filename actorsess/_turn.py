@@ -107,6 +107,11 @@ class SessionTurn(Generic[T]):
         # which encodes again and handles it.
         try:
             blob = manager._encode_common(actor.value, None, manager._encode_option)  # type: ignore[arg-type]
+            # Also where the bytes did not change: a list replaced by an equal tuple
+            # encodes the same, and a reload would still give back the list.
+            read_back = manager._read_back
+            if read_back is not None and read_back(blob) != actor.value:
+                raise ValueError  # ``_exit`` encodes again and names what JSON changes
         except Exception:
             await manager._exit(actor, True)
             return

@@ -2,6 +2,9 @@
 
 Both do the same increment on 100 keys; the bare baseline is an
 ``asyncio.Lock`` per key and a dict, with no persistence, no rollback, no LRU.
+actorsess runs twice, with ``strict_json=False`` (no read-back of the committed
+bytes) and with the default ``strict_json=True``, to show what that check costs.
+The last shape holds a typical 70-byte session instead of ``{"n": 0}``.
 
     .venv/bin/python -m benchmarks.hot_path [--ops 200000] [--rounds 5]
 """
@@ -10,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from actorsess import MemoryStorage, SessionConfig, SessionManager
 from benchmarks._common import machine, median, quiet_logs, table
@@ -20,9 +25,17 @@ from benchmarks._common import machine, median, quiet_logs, table
 KEYS = [f"chat:{i}" for i in range(100)]
 
 
-async def bare_sequential(ops: int) -> float:
+def small() -> dict[str, Any]:
+    return {"n": 0}
+
+
+def typical() -> dict[str, Any]:
+    return {"n": 0, "name": "alice", "items": [1, 2, 3], "lang": "en", "step": "ask_name"}
+
+
+async def bare_sequential(ops: int, initial: Callable[[], dict[str, Any]] = small) -> float:
     locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-    data: dict[str, dict[str, int]] = {k: {"n": 0} for k in KEYS}
+    data: dict[str, dict[str, Any]] = {k: initial() for k in KEYS}
     started = time.perf_counter()
     for i in range(ops):
         key = KEYS[i % 100]
@@ -45,17 +58,20 @@ async def bare_gather(ops: int) -> float:
     return ops / (time.perf_counter() - started)
 
 
-async def warm_manager() -> SessionManager[dict[str, int]]:
-    manager = SessionManager(
-        MemoryStorage(), initial=lambda: {"n": 0}, config=SessionConfig(flush_interval=0.5)
-    )
+async def warm_manager(
+    strict_json: bool, initial: Callable[[], dict[str, Any]] = small
+) -> SessionManager[dict[str, Any]]:
+    config = SessionConfig(flush_interval=0.5, strict_json=strict_json)
+    manager = SessionManager(MemoryStorage(), initial=initial, config=config)
     await manager.start()
     await asyncio.gather(*(manager.get(k) for k in KEYS))
     return manager
 
 
-async def actorsess_sequential(ops: int) -> float:
-    manager = await warm_manager()
+async def actorsess_sequential(
+    ops: int, strict_json: bool, initial: Callable[[], dict[str, Any]] = small
+) -> float:
+    manager = await warm_manager(strict_json, initial)
     started = time.perf_counter()
     for i in range(ops):
         async with manager.session(KEYS[i % 100]) as s:
@@ -65,8 +81,8 @@ async def actorsess_sequential(ops: int) -> float:
     return rate
 
 
-async def actorsess_gather(ops: int) -> float:
-    manager = await warm_manager()
+async def actorsess_gather(ops: int, strict_json: bool) -> float:
+    manager = await warm_manager(strict_json)
 
     async def one(key: str) -> None:
         async with manager.session(key) as s:
@@ -80,28 +96,46 @@ async def actorsess_gather(ops: int) -> float:
     return rate
 
 
+Bench = Callable[..., Awaitable[float]]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ops", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     quiet_logs()
-    shapes: list[
-        tuple[str, Callable[[int], Awaitable[float]], Callable[[int], Awaitable[float]]]
-    ] = [
+    shapes: list[tuple[str, Bench, Bench]] = [
         ("sequential", bare_sequential, actorsess_sequential),
         ("1000-way gather", bare_gather, actorsess_gather),
+        (
+            "sequential, 70-byte session",
+            functools.partial(bare_sequential, initial=typical),
+            functools.partial(actorsess_sequential, initial=typical),
+        ),
     ]
     rows = []
     for shape, bare, ours in shapes:
-        bare_rates, our_rates = [], []
+        bare_rates: list[float] = []
+        unchecked_rates: list[float] = []
+        strict_rates: list[float] = []
         for _ in range(args.rounds):
             bare_rates.append(await bare(args.ops))
-            our_rates.append(await ours(args.ops))
-        b, o = median(bare_rates), median(our_rates)
-        rows.append([shape, b, o, f"{o / b:.2f}x"])
+            unchecked_rates.append(await ours(args.ops, strict_json=False))
+            strict_rates.append(await ours(args.ops, strict_json=True))
+        b, u, o = median(bare_rates), median(unchecked_rates), median(strict_rates)
+        rows.append([shape, b, u, f"{u / b:.2f}x", o, f"{o / b:.2f}x", f"{o / u:.2f}x"])
     print(f"\nhot path, cached keys, {args.ops} ops, median of {args.rounds}; {machine()}\n")
-    print(table(["shape", "asyncio.Lock + dict ops/s", "actorsess session() ops/s", "ratio"], rows))
+    headers = [
+        "shape",
+        "asyncio.Lock + dict ops/s",
+        "actorsess, strict_json=False",
+        "ratio",
+        "actorsess (default)",
+        "ratio",
+        "default vs unchecked",
+    ]
+    print(table(headers, rows))
 
 
 if __name__ == "__main__":

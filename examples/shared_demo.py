@@ -28,7 +28,9 @@ from examples.shared_webhook import stored_apples
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def run_shared_demo(processes: int, users: int, messages: int, in_flight: int = 64) -> int:
+async def run_shared_demo(
+    processes: int, users: int, messages: int, in_flight: int = 64, logs: Path | None = None
+) -> int:
     total = users * messages
     print(
         f"\nactorsess demo, part two: {processes} webhook worker processes on one Redis, "
@@ -36,10 +38,11 @@ async def run_shared_demo(processes: int, users: int, messages: int, in_flight: 
         f"each sent to a random process\n",
         flush=True,
     )
-    with RedisServer() as redis_server, tempfile.TemporaryDirectory() as logs:
+    with RedisServer() as redis_server, tempfile.TemporaryDirectory() as scratch:
+        log_dir = logs or Path(scratch)
         env = {"ACTORSESS_REDIS_URL": redis_server.url, "ACTORSESS_FLUSH_INTERVAL": "0.5"}
         workers = [
-            WebhookWorker("examples.shared_webhook", Path(logs) / f"{i}.log", env=env, cwd=ROOT)
+            WebhookWorker("examples.shared_webhook", log_dir / f"{i}.log", env=env, cwd=ROOT)
             for i in range(processes)
         ]
         try:
@@ -88,8 +91,13 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--messages", type=int, default=10, help="messages per user")
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="keep each worker's log in this folder"
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(run_shared_demo(args.processes, args.users, args.messages)))
+    sys.exit(
+        asyncio.run(run_shared_demo(args.processes, args.users, args.messages, logs=args.logs))
+    )
 
 
 if __name__ == "__main__":

@@ -83,6 +83,16 @@ def test_from_env_accepts_numbers_as_people_write_them() -> None:
         SessionConfig.from_env({"ACTORSESS_MAX_CACHED": "1.5"})
 
 
+def test_from_env_reads_switches_as_people_write_them() -> None:
+    """A bool setting takes true/false, yes/no, on/off, 1/0 in any case, and nothing else."""
+    for text, expected in (("off", False), ("FALSE", False), ("0", False), ("Yes", True)):
+        assert SessionConfig.from_env({"ACTORSESS_STRICT_JSON": text}).strict_json is expected
+    with pytest.raises(ConfigError, match="ACTORSESS_STRICT_JSON='maybe' is not true/false"):
+        SessionConfig.from_env({"ACTORSESS_STRICT_JSON": "maybe"})
+    with pytest.raises(ConfigError, match="SessionConfig.strict_json"):
+        SessionConfig(strict_json=1)  # type: ignore[arg-type]
+
+
 def test_from_env_warns_about_a_misspelt_variable() -> None:
     """An ACTORSESS_* variable that names no setting is not ignored silently: a warning
     names it and the closest setting. The examples' ACTORSESS_REDIS_URL is known."""

@@ -6,7 +6,9 @@ import asyncio
 import collections
 import dataclasses
 import datetime
+import enum
 import random
+import uuid
 from typing import Any
 
 import pydantic
@@ -333,32 +335,52 @@ async def test_unencodable_value_is_refused_and_rolled_back() -> None:
 
 
 async def test_dict_sessions_keep_what_json_can_hold_exactly(storage_factory: Any) -> None:
-    """A dict session holds what JSON holds: integers beyond 64 bits stay exact;
-    NaN/infinity (which JSON cannot hold) become null and tuples lists, as documented.
-    What a reload would give back changed is refused (see the next test)."""
+    """A dict session holds what JSON holds: integers beyond 64 bits stay exact, and
+    what a block committed is what it reads back after a reload."""
     big = 2**70 + 1
     config = SessionConfig(flush_interval=3600)
+    expected = {"big": big, "pair": [1, 2], "keys": {"1": "one"}, "x": -0.0, "text": "é\u2028"}
     async with SessionManager[dict[str, Any]](storage_factory(), initial=dict, config=config) as m:
         async with m.session("k") as s:
-            s.update(big=big, pair=[1, 2], keys={"1": "one"})
-            s.update(nan=float("nan"), inf=float("-inf"), none=None, text="é\u2028")
-        expected = {
-            "big": big,
-            "pair": [1, 2],
-            "keys": {"1": "one"},
-            "nan": None,
-            "inf": None,
-            "none": None,
-            "text": "é\u2028",
-        }
-        assert await m.get("k") == expected
+            s.update(expected, none=None, flag=True, ratio=0.1)
+        assert await m.get("k") == {**expected, "none": None, "flag": True, "ratio": 0.1}
     async with SessionManager[dict[str, Any]](
         storage_factory(), initial=dict, config=config
     ) as again:
-        assert await again.get("k") == expected
+        assert await again.get("k") == {**expected, "none": None, "flag": True, "ratio": 0.1}
         async with again.session("k") as s:
             s["big"] += 1
         assert (await again.get("k"))["big"] == big + 1
+
+
+async def test_without_strict_json_what_json_changes_comes_back_changed(
+    storage_factory: Any,
+) -> None:
+    """strict_json=False skips the per-commit check: tuples come back as lists, NaN
+    and infinities as null, enum members as their values, UUIDs as strings (what
+    orjson refuses or passes through, such as int keys, is still refused)."""
+    config = SessionConfig(flush_interval=3600, strict_json=False)
+    uid = uuid.UUID(int=7)
+    async with SessionManager[dict[str, Any]](storage_factory(), initial=dict, config=config) as m:
+        async with m.session("k") as s:
+            s.update(pair=(1, 2), nan=float("nan"), inf=float("-inf"), color=Color.RED, id=uid)
+        with pytest.raises(SessionEncodeError, match="dict keys must be str"):
+            async with m.session("k") as s:
+                s["by_user"] = {5000: 1}
+    async with SessionManager[dict[str, Any]](
+        storage_factory(), initial=dict, config=config
+    ) as again:
+        assert await again.get("k") == {
+            "pair": [1, 2],
+            "nan": None,
+            "inf": None,
+            "color": "red",
+            "id": str(uid),
+        }
+
+
+class Color(enum.Enum):
+    RED = "red"
 
 
 @pytest.mark.parametrize(
@@ -370,6 +392,12 @@ async def test_dict_sessions_keep_what_json_can_hold_exactly(storage_factory: An
         ({"log": [{"at": datetime.date(2026, 1, 2)}]}, r"log\[0\]\.at: a date"),
         ({"counts": collections.defaultdict(int)}, "counts: a defaultdict"),
         ({"big": 2**70, "blob": b"x"}, "blob: a bytes is not JSON"),
+        ({"pos": (1, 2)}, "pos: a tuple; JSON would store a list"),
+        ({"log": [{"pos": (1,)}]}, r"log\[0\]\.pos: a tuple"),
+        ({"score": float("nan")}, "score: NaN; JSON would store null"),
+        ({"big": 2**70, "limit": float("inf")}, "limit: inf; JSON would store null"),
+        ({"color": Color.RED}, "color: a Color is not JSON"),
+        ({"id": uuid.UUID(int=7)}, "id: a UUID is not JSON"),
     ],
 )
 async def test_what_a_reload_would_change_is_refused_at_commit(
@@ -384,6 +412,42 @@ async def test_what_a_reload_would_change_is_refused_at_commit(
             async with m.session("k") as s:
                 s.update(value)
         assert await m.get("k") == {"n": 1}
+
+
+def annotated_session() -> dict[str, Any]:
+    return {"n": 0}
+
+
+async def test_an_annotated_dict_session_keeps_the_json_rules(storage_factory: Any) -> None:
+    """``initial`` annotated as returning ``dict[str, Any]`` (as mypy users write it) is
+    a dict session like ``initial=dict``: a datetime is refused at commit, where it
+    used to be written as a string and come back as one after a reload."""
+    config = SessionConfig(flush_interval=3600)
+    when = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+    async with SessionManager(storage_factory(), initial=annotated_session, config=config) as m:
+        with pytest.raises(SessionEncodeError, match="when: a datetime"):
+            async with m.session("k") as s:
+                s["when"] = when
+        async with m.session("k") as s:
+            s["when"] = when.isoformat()
+    async with SessionManager(storage_factory(), initial=annotated_session, config=config) as m:
+        assert await m.get("k") == {"n": 0, "when": when.isoformat()}
+
+
+async def test_a_change_json_cannot_see_is_refused_too() -> None:
+    """A list replaced by an equal tuple, or a string by an enum member of that value,
+    encodes to the same bytes as before; it is still refused, since a reload would give
+    back the list or the string."""
+    async with SessionManager[dict[str, Any]](MemoryStorage(), initial=dict) as m:
+        await m.update("k", lambda s: s.update(pos=[1, 2], color="red"))
+        with pytest.raises(SessionEncodeError, match="pos: a tuple"):
+            async with m.session("k") as s:
+                s["pos"] = (1, 2)
+        with pytest.raises(SessionEncodeError, match="color: a Color"):
+            async with m.session("k") as s:
+                s["color"] = Color.RED
+        assert await m.get("k") == {"pos": [1, 2], "color": "red"}
+        assert type((await m.get("k"))["pos"]) is list
 
 
 async def test_a_per_user_counter_survives_restarts(storage_factory: Any) -> None:
