@@ -82,6 +82,7 @@ class LeaseKeeper:
         "_counters",
         "_finishing",
         "_gone",
+        "_handed_back",
         "_leaving",
         "_log",
         "_prefix",
@@ -130,6 +131,9 @@ class LeaseKeeper:
         self._releases: list[Release] = []
         #: Leaving actors whose last write rides on a release now in flight.
         self._finishing: dict[str, SessionActor[Any]] = {}
+        #: Tokens of ``_finishing`` actors that another owner handed a lease back to
+        #: while their release was in flight, by storage key.
+        self._handed_back: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Storage keys of actors being let go of (handover, lost lease, conflict).
         self._leaving: set[str] = set()
@@ -310,7 +314,12 @@ class LeaseKeeper:
             # Late, for a wait that has ended: let the reservation go, unless an actor
             # of ours already holds the lease under that token.
             actor = self._actor_of(key)
-            if actor is None or actor.lease_token != token:
+            if actor is not None and actor.lease_token == token and key in self._finishing:
+                # Its release is on its way. If that has run in Redis already, this
+                # reservation is new (another owner served a request of ours that had
+                # ended) and nobody would take it: let it go once the reply is in.
+                self._handed_back[key] = token
+            elif actor is None or actor.lease_token != token:
                 self._queue_release(Release(key, token))
             return
         if waiting.timer is None:
@@ -482,6 +491,9 @@ class LeaseKeeper:
             if final is None or actor is None:
                 continue
             flusher.unhold(release.key)
+            # Unless released just below, the actor keeps the token, and its own
+            # release (once forgotten) lets a lease handed back to it go as well.
+            handed_back = self._handed_back.pop(release.key, None) == release.token
             if failed:
                 continue
             if position in refused:
@@ -491,14 +503,14 @@ class LeaseKeeper:
             if final.version > actor.persisted_version:
                 actor.persisted_version = final.version
             flusher.drop(actor)
-            asking = self._requesters.get(release.key, {})
-            for manager, token in list(asking.items()):
-                if token in release.waiters:
-                    del asking[manager]
-            if not asking:
-                self._requesters.pop(release.key, None)
+            # Who asked while the release was on its way is not among its waiters: its
+            # wait goes on and asks the new owner. Kept, its request would hand a later
+            # actor of ours over to a wait that may have ended.
+            self._requesters.pop(release.key, None)
             actor.lease_token = None  # released: forgetting it must not release again
             self._registry.settle(actor)
+            if handed_back:
+                self._queue_release(Release(release.key, release.token))
 
     # -- fenced writes (the flusher's write in shared mode) -------------------
 

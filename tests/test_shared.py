@@ -378,3 +378,60 @@ def test_no_two_keys_and_no_key_and_lease_share_a_storage_key(keys: list[str]) -
     assert lease_key(first) != lease_key(second)
     assert "\x00" in lease_key(first)
     assert key_slot(lease_key(first).encode()) == key_slot(first.encode())
+
+
+async def test_a_lease_handed_back_while_our_release_is_on_its_way_is_let_go(
+    make_manager: MakeManager, redis_url: str, redis_client: redis_asyncio.Redis
+) -> None:
+    """Another owner may serve a request of ours that has ended (a late "hand it over"
+    notice) and reserve the lease for our old token just after our own release of that
+    token has run in Redis, before its reply is in. That reservation is for nobody: it
+    is let go once the reply arrives, so the next process waits milliseconds, not a
+    lapsed lease plus a grace period. (The demo with three webhook workers took 20 s
+    instead of 0.5 s about one run in ten.)"""
+
+    class SlowReleaseReplies(RedisStorage):
+        """Redis runs the release at once; its reply reaches us a second later."""
+
+        slow = False
+
+        async def release_many(self, *args: Any, **kwargs: Any) -> list[Conflict]:
+            conflicts = await super().release_many(*args, **kwargs)
+            if self.slow:
+                await asyncio.sleep(1.0)
+            return conflicts
+
+    config = shared(lease_time=5.0)
+    storage = SlowReleaseReplies.from_url(redis_url)
+    assert isinstance(storage, SlowReleaseReplies)
+    first = SessionManager(storage, initial=counter, config=config)
+    await first.start()
+    lease = lease_key("actorsess:k")
+
+    async def lease_owner() -> str:
+        value = await redis_client.get(lease)
+        text = value.decode() if isinstance(value, bytes) else value or ""
+        return text.split("|")[0]
+
+    try:
+        second = await make_manager(config)
+        await racy_increment(first, "k")
+        first_token = await lease_owner()
+        storage.slow = True
+        await racy_increment(second, "k")  # handed over; first's reply is still on its way
+        second_token = await lease_owner()
+        assert second_token.split(":")[0] != first_token.split(":")[0]
+        # The late request of first's ended wait reaches second, which hands k back.
+        channel = "actorsess:lease:" + second_token.rpartition(":")[0]
+        await redis_client.publish(channel, f"w {first_token} actorsess:k")
+        for _ in range(50):
+            if await lease_owner() == first_token:
+                break  # handed back, while first's reply is still delayed
+            await asyncio.sleep(0.01)
+        assert await lease_owner() == first_token
+        async with asyncio.timeout(config.lease_time * 0.8):
+            await racy_increment(second, "k")
+        await second.flush()
+        assert await stored_counts(redis_url, ["k"]) == [3]
+    finally:
+        await first.close()
