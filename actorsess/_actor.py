@@ -30,6 +30,7 @@ class SessionActor(Generic[T]):
     __slots__ = (
         "blob",
         "deleted",
+        "dirty_since",
         "error",
         "expires_at",
         "held",
@@ -61,6 +62,9 @@ class SessionActor(Generic[T]):
         self.persisted_version = 0
         #: The committed state is "no record": the flusher deletes the key.
         self.deleted = False
+        #: Clock time at which it last became dirty (set by the flusher, which keeps
+        #: dirty sessions in that order): the age of the oldest unwritten change.
+        self.dirty_since = 0.0
         #: Clock time after which the cached value counts as expired (ttl), or None.
         self.expires_at: float | None = None
         #: Falsy when the turn is free. When held: the SessionTurn that holds it, or

@@ -129,14 +129,25 @@ class Flusher:
         dirty = self.dirty
         if actor.storage_key not in dirty:
             dirty[actor.storage_key] = actor
+            actor.dirty_since = now = self._clock.now()
             size = len(dirty)
             if size == 1:
-                self._dirty_since = self._clock.now()
+                self._dirty_since = now
                 self._wake.set()
             elif size >= self._config.max_batch:
                 self._wake.set()
         if self._write_through:
             self._wake.set()
+
+    def oldest_dirty_since(self) -> float | None:
+        """When the longest-dirty session became dirty (None when nothing is dirty).
+
+        Sessions enter ``dirty`` when they become dirty and leave it only once
+        clean, so the first is the oldest; a session changed again while being
+        written keeps its place, so this may be up to one round early."""
+        for actor in self.dirty.values():
+            return actor.dirty_since
+        return None
 
     # -- shared ownership: sessions written outside the rounds --------------
 

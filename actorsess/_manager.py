@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import heapq
 import inspect
 import random
 import weakref
@@ -512,7 +513,10 @@ class SessionManager(Generic[T]):
         await self._flusher.wait_persisted(actor, version)
 
     def stats(self) -> SessionStats:
+        """Counts of this manager's sessions and storage calls, as of now (the source
+        of its Prometheus metrics, see :mod:`actorsess.prometheus`)."""
         c = self._counters
+        since = self._flusher.oldest_dirty_since()
         return SessionStats(
             cached=len(self._registry),
             dirty=len(self._flusher.dirty),
@@ -525,7 +529,20 @@ class SessionManager(Generic[T]):
             active=sum(bool(actor.held) + actor.queued() for actor in self._registry.actors()),
             conflicts=c.conflicts,
             handovers=c.handovers,
+            oldest_unwritten=0.0 if since is None else max(0.0, self._clock.now() - since),
         )
+
+    def hot_keys(self, n: int = 10) -> list[tuple[str, int]]:
+        """The ``n`` keys with the most session blocks inside or waiting for their turn
+        right now, busiest first, as ``(key, blocks)``; idle keys are left out.
+
+        For an operator looking for a hot chat (no per-key metric label needed). It
+        looks at every cached session, so call it on demand, not per update."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"hot_keys(n): n must be an integer >= 1, got {n!r}")
+        depths = ((bool(a.held) + a.queued(), a.key) for a in self._registry.actors())
+        busiest = heapq.nlargest(n, (depth for depth in depths if depth[0] > 0))
+        return [(key, blocks) for blocks, key in busiest]
 
     # -- the turn -----------------------------------------------------------
 

@@ -42,3 +42,6 @@ class SessionStats:
     conflicts: int = 0
     #: Shared ownership: sessions handed over to another process that asked for them.
     handovers: int = 0
+    #: Seconds since the longest-dirty session became dirty (0.0 when nothing is):
+    #: how old the acknowledged changes are that a crash right now would lose.
+    oldest_unwritten: float = 0.0
