@@ -241,6 +241,7 @@ class Flusher:
         timeout = self._config.backpressure_timeout
         started = self._clock.now()
         self._waiting_for_room += 1
+        self._counters.backpressure_waits += 1
         try:
             self._log.warning(
                 "session.backpressure", dirty=len(self.dirty), waiting=self._waiting_for_room
@@ -248,6 +249,7 @@ class Flusher:
             while len(self.dirty) >= limit:
                 remaining = None if timeout is None else started + timeout - self._clock.now()
                 if remaining is not None and remaining <= 0:
+                    self._counters.backpressure_timeouts += 1
                     raise BackpressureTimeoutError(len(self.dirty), limit, timeout or 0.0)
                 self._room.clear()
                 self._wake.set()
@@ -400,10 +402,12 @@ class Flusher:
         self, exc: Exception, waiters: list[asyncio.Future[None]], attempt: int
     ) -> None:
         self._counters.errors += 1
+        self._counters.write_failures += 1
         self._failures += 1
         delay = self._backoff.delay(self._failures)
         self._backoff_until = self._clock.now() + delay
         if isinstance(exc, TimeoutError):
+            self._counters.write_timeouts += 1
             reason = f"write timed out after {self._config.write_timeout:g}s (outcome unknown)"
             # Too much for one write_timeout, perhaps: the next rounds take half as many
             # sessions (down to one), and grow back as writes succeed.

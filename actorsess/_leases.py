@@ -560,8 +560,10 @@ class LeaseKeeper:
             if actor.lease_token != token or actor.lease_until == LOST:
                 continue
             if ok:
+                self._counters.leases_renewed += 1
                 actor.lease_until = sent + self._config.lease_time
             else:
+                self._counters.leases_lost += 1
                 self._log.warning("session.lease_lost", key=actor.key)
                 actor.lease_until = LOST
                 self.retire(actor)

@@ -529,6 +529,12 @@ class SessionManager(Generic[T]):
             active=sum(bool(actor.held) + actor.queued() for actor in self._registry.actors()),
             conflicts=c.conflicts,
             handovers=c.handovers,
+            write_failures=c.write_failures,
+            write_timeouts=c.write_timeouts,
+            backpressure_waits=c.backpressure_waits,
+            backpressure_timeouts=c.backpressure_timeouts,
+            leases_renewed=c.leases_renewed,
+            leases_lost=c.leases_lost,
             oldest_unwritten=0.0 if since is None else max(0.0, self._clock.now() - since),
         )
 

@@ -14,6 +14,12 @@ class Counters:
     errors: int = 0
     conflicts: int = 0
     handovers: int = 0
+    write_failures: int = 0
+    write_timeouts: int = 0
+    backpressure_waits: int = 0
+    backpressure_timeouts: int = 0
+    leases_renewed: int = 0
+    leases_lost: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,6 +48,19 @@ class SessionStats:
     conflicts: int = 0
     #: Shared ownership: sessions handed over to another process that asked for them.
     handovers: int = 0
+    #: Batched writes that failed (each is retried; ``errors`` counts them too).
+    write_failures: int = 0
+    #: Of those, writes that timed out: their outcome was unknown (writes are
+    #: idempotent and fenced, so the retry is safe).
+    write_timeouts: int = 0
+    #: Session blocks that had to wait for room (``max_dirty`` reached).
+    backpressure_waits: int = 0
+    #: Of those, blocks that gave up (:class:`~actorsess.BackpressureTimeoutError`).
+    backpressure_timeouts: int = 0
+    #: Shared ownership: leases extended by renewal.
+    leases_renewed: int = 0
+    #: Shared ownership: leases found gone or taken at renewal (the session is let go).
+    leases_lost: int = 0
     #: Seconds since the longest-dirty session became dirty (0.0 when nothing is):
     #: how old the acknowledged changes are that a crash right now would lose.
     oldest_unwritten: float = 0.0

@@ -82,6 +82,37 @@ _METRICS = (
     ),
     _Metric(
         _COUNTER,
+        "write_failures",
+        "Batched writes that failed; each is retried.",
+        "write_failures",
+    ),
+    _Metric(
+        _COUNTER,
+        "write_timeouts",
+        "Batched writes that timed out (outcome unknown; retried, fenced).",
+        "write_timeouts",
+    ),
+    _Metric(
+        _COUNTER,
+        "backpressure_waits",
+        "Session blocks that waited for room (max_dirty reached).",
+        "backpressure_waits",
+    ),
+    _Metric(
+        _COUNTER,
+        "backpressure_timeouts",
+        "Session blocks that gave up waiting for room.",
+        "backpressure_timeouts",
+    ),
+    _Metric(_COUNTER, "leases_renewed", "Shared ownership: leases extended.", "leases_renewed"),
+    _Metric(
+        _COUNTER,
+        "leases_lost",
+        "Shared ownership: leases found gone or taken at renewal.",
+        "leases_lost",
+    ),
+    _Metric(
+        _COUNTER,
         "handovers",
         "Shared ownership: sessions handed over to another process that asked.",
         "handovers",

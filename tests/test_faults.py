@@ -72,7 +72,8 @@ async def test_paused_redis_cached_sessions_keep_working(
         await m.flush()
     assert rounds > 20, "cached sessions must not wait for the paused server"
     assert slowest_round < 0.1 and cold_failure_s < 1.0
-    assert any("timed out" in e["error"] for e in events.named("session.flush_failed"))
+    timeouts = [e for e in events.named("session.flush_failed") if "timed out" in e["error"]]
+    assert timeouts and m.stats().write_timeouts == len(timeouts)
     values = await read_all(private_redis.url, keys)
     assert values == [b'as1:%d:{"n":%d}' % (rounds, rounds)] * len(keys)
 
@@ -168,13 +169,16 @@ async def test_slow_redis_backpressure_bounds_dirty_and_times_out(
     assert len(timed_out) == len(keys) - config.max_dirty
     assert "max_dirty=50" in str(timed_out[0])
     assert events.named("session.backpressure")
+    # The operator's counters agree with what the blocks saw.
+    assert m.stats().backpressure_timeouts == len(timed_out)
+    assert m.stats().backpressure_waits >= len(timed_out)
     values = await read_all(private_redis.url, keys)
     landed = sum(1 for v in values if v == b'as1:1:{"n":1}')
     assert landed == config.max_dirty  # refused changes were rolled back, accepted ones kept
 
 
 async def test_redis_stopped_mid_run_then_restarted_loses_nothing(
-    private_redis: RedisServer,
+    private_redis: RedisServer, events: Events
 ) -> None:
     """Writes fail while Redis is down, stay dirty, and all land after it returns."""
     config = SessionConfig(
@@ -186,7 +190,7 @@ async def test_redis_stopped_mid_run_then_restarted_loses_nothing(
     )
     storage = RedisStorage.from_url(private_redis.url, pool_timeout=1.0)
     keys = [f"chat:{i}" for i in range(50)]
-    async with SessionManager(storage, initial=counter, config=config) as m:
+    async with SessionManager(storage, initial=counter, config=config, logger=events.logger) as m:
         for key in keys:  # load everything while Redis is up
             await m.get(key)
 
@@ -202,6 +206,8 @@ async def test_redis_stopped_mid_run_then_restarted_loses_nothing(
         await asyncio.sleep(0.2)
         assert m.stats().dirty == len(keys)
         assert m.stats().errors > 0
+        failures = events.named("session.flush_failed")
+        assert m.stats().write_failures == len(failures) > 0
         private_redis.start()
         await asyncio.sleep(0.5)
         await m.flush()

@@ -278,9 +278,28 @@ async def test_leases_are_renewed_and_released(
     await asyncio.sleep(0.6)
     assert await redis_client.exists(lease_key("actorsess:k"))
     await racy_increment(manager, "k")  # still owned: no reload, no wait
+    assert manager.stats().leases_renewed >= 1 and manager.stats().leases_lost == 0
     await manager.close()
     assert not await redis_client.exists(lease_key("actorsess:k"))
     assert await redis_client.get("actorsess:k") == b'as1:2:{"n":2}'
+
+
+async def test_a_lease_taken_behind_our_back_is_counted_lost(
+    make_manager: MakeManager, redis_client: redis_asyncio.Redis, events: Events
+) -> None:
+    """Renewal that finds the lease held by another token lets the session go, logs
+    session.lease_lost and counts it in stats().leases_lost."""
+    manager = await make_manager(shared(lease_time=0.3), logger=events.logger)
+    await racy_increment(manager, "k")
+    await manager.flush()
+    await redis_client.set(lease_key("actorsess:k"), "deadbeef:1|99999999999999", px=60_000)
+    for _ in range(100):
+        if manager.stats().leases_lost:
+            break
+        await asyncio.sleep(0.01)
+    assert manager.stats().leases_lost == 1
+    assert [e["key"] for e in events.named("session.lease_lost")] == ["k"]
+    await redis_client.delete(lease_key("actorsess:k"))
 
 
 async def test_eviction_releases_the_lease(
