@@ -77,6 +77,9 @@ class SessionConfig:
     backpressure_timeout: float | None = 30.0
     #: Seconds ``close()`` spends letting holders finish and writing what is dirty.
     close_timeout: float = 15.0
+    #: A key with this many session blocks inside or waiting for its turn logs
+    #: ``session.hot_key`` (each time its queue grows to it); ``None``: never.
+    hot_key_threshold: int | None = 100
     #: Dict sessions: refuse at commit a tuple, NaN or an infinity, an enum member
     #: or a UUID, which JSON would store as a list, null, the member's value or a
     #: string. It reads every commit's bytes back (about 0.4 µs for a small
@@ -97,6 +100,8 @@ class SessionConfig:
             _positive_int(name, getattr(self, name))
         if self.ttl is not None:
             _positive_finite("ttl", self.ttl)
+        if self.hot_key_threshold is not None:
+            _positive_int("hot_key_threshold", self.hot_key_threshold)
         for name in (
             "write_timeout",
             "load_timeout",

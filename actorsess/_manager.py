@@ -599,6 +599,9 @@ class SessionManager(Generic[T]):
         if actor is None:
             actor = self._new_actor(key)
         if actor.held:
+            blocks = 2 + len(actor.waiters or ())  # the holder, those waiting, this one
+            if blocks == self._config.hot_key_threshold:
+                self._log.warning("session.hot_key", key=key, blocks=blocks)
             await wait_for_turn(actor)
         else:
             actor.held = True  # SessionTurn.__aenter__ names itself the holder

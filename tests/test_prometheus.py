@@ -10,9 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actorsess import RedisStorage, SessionConfig, SessionManager, SessionStats
+from actorsess import ConfigError, RedisStorage, SessionConfig, SessionManager, SessionStats
 from actorsess.prometheus import SessionCollector, register_prometheus
 from actorsess.testing import FakeClock
+from tests.conftest import Events
 from tests.helpers import counter, racy_increment
 
 
@@ -141,3 +142,31 @@ def test_every_stats_field_is_exported() -> None:
     """One source of truth: a field added to SessionStats must get its metric."""
     names = {family.name for family in SessionCollector().collect()}
     assert len(names) == len(dataclasses.fields(SessionStats))
+
+
+async def test_a_queue_reaching_the_threshold_logs_a_hot_key(
+    redis_storage: RedisStorage, events: Events
+) -> None:
+    """session.hot_key names the key once its blocks (holder and waiters) reach
+    hot_key_threshold, once per time the queue grows to it; None turns it off."""
+    config = SessionConfig(hot_key_threshold=3)
+    async with SessionManager(
+        redis_storage, initial=counter, config=config, logger=events.logger
+    ) as m:
+        release = asyncio.Event()
+
+        async def hold(key: str) -> None:
+            async with m.session(key):
+                await release.wait()
+
+        tasks = [asyncio.create_task(hold(k)) for k in ["hot"] * 5 + ["calm"] * 2]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert events.named("session.hot_key") == [
+            {"event": "session.hot_key", "log_level": "warning", "key": "hot", "blocks": 3}
+        ]
+        release.set()
+        await asyncio.gather(*tasks)
+    with pytest.raises(ConfigError, match="hot_key_threshold"):
+        SessionConfig(hot_key_threshold=0)
+    assert SessionConfig(hot_key_threshold=None).hot_key_threshold is None
