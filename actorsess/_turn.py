@@ -64,6 +64,30 @@ class SessionTurn(Generic[T]):
         self._manager._check_value(new)
         actor.value = new
 
+    def delete(self) -> T:
+        """Delete this session from inside its block (a ``/reset``), returning the fresh
+        ``initial()`` value the block sees from then on.
+
+        When the block ends normally the stored record is removed at the next flush
+        (version-fenced, as every write); if it raises, the delete rolls back with
+        everything else. Changes made after the delete are kept, as a new session.
+        A dict session is emptied and refilled in place, so the value the block
+        already holds is the fresh one; a typed session must use the returned value.
+        """
+        actor = self._actor
+        if actor is None:
+            raise RuntimeError("the session is only available inside its 'async with' block")
+        fresh: T = self._manager._codec.initial()
+        current = actor.value
+        if isinstance(current, dict) and isinstance(fresh, dict):
+            # The commit finds the value equal to initial() and deletes the record.
+            current.clear()
+            current.update(fresh)
+            return current
+        self._manager._check_value(fresh)
+        actor.value = fresh
+        return fresh
+
     async def __aenter__(self) -> T:
         if self._actor is not None:
             raise RuntimeError(f"session {self._key!r}: this turn is already entered")

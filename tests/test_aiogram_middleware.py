@@ -363,3 +363,37 @@ def test_a_process_that_exits_without_close_says_what_it_lost() -> None:
     lines = [line for line in done.stdout.splitlines() if "session.unflushed" in line]
     assert len(lines) == 1, done.stdout + done.stderr
     assert "count=2" in lines[0] and "'a'" in lines[0] and "'b'" in lines[0]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+async def test_a_reset_handler_deletes_its_session(bot: Bot, lazy: bool) -> None:
+    """/reset through a real Dispatcher: ``session_turn.delete()`` (or ``await
+    session.delete()`` for a lazy session) leaves no record; the next update starts
+    from initial()."""
+    storage = MemoryStorage()
+    manager = SessionManager(storage, initial=counter, config=SessionConfig(flush_interval=0))
+    dp = Dispatcher()
+    SessionMiddleware(manager, lazy=lazy).setup(dp)
+    seen: list[int] = []
+
+    @dp.message()
+    async def handler(message: Message, session: Any, session_turn: Any = None) -> None:
+        if lazy:
+            value = await session.delete() if message.text == "/reset" else await session.load()
+        elif message.text == "/reset":
+            value = session_turn.delete()
+        else:
+            value = session
+        value["n"] += 0 if message.text == "/reset" else 1
+        seen.append(value["n"])
+
+    for text in ["hi", "hi", "/reset", "hi"]:
+        await dp.feed_update(bot, message_update(5, text))
+        if text == "/reset":
+            assert storage.raw(f"actorsess:{_key_of(5)}") == b"as1:3:"
+    await manager.close()
+    assert seen == [1, 2, 0, 1]
+
+
+def _key_of(chat: int) -> str:
+    return f"session:42:{chat}:{chat}"

@@ -663,3 +663,55 @@ async def test_a_session_committed_back_to_its_initial_value_is_deleted() -> Non
         await again.update("k", lambda s: s.update(n=1))
         await again.flush()
         assert storage.raw("actorsess:k") == b'as1:3:{"n":1}'
+
+
+async def test_a_block_can_delete_its_own_session(storage_factory: Any) -> None:
+    """turn.delete() inside the block (every /reset): the block sees a fresh initial()
+    from then on, through the reference it already holds too; the record becomes a
+    tombstone at the next flush, and a later process reads initial()."""
+    config = SessionConfig(flush_interval=3600)
+    async with SessionManager(storage_factory(), initial=counter, config=config) as m:
+        await m.update("k", lambda s: s.update(n=5, extra=1))
+        await m.persist("k")
+        turn = m.session("k")
+        async with turn as session:
+            assert session == {"n": 5, "extra": 1}
+            fresh = turn.delete()
+            assert fresh is session and session == {"n": 0}
+            session["n"] += 0  # still usable after the delete
+        assert await m.get("k") == {"n": 0}
+        await m.flush()
+        assert await m.storage.load_many(["actorsess:k"]) == [b"as1:2:"]
+    async with SessionManager(storage_factory(), initial=counter, config=config) as again:
+        assert await again.get("k") == {"n": 0}
+
+
+async def test_a_delete_in_a_block_that_raises_is_rolled_back(storage_factory: Any) -> None:
+    """A later exception in the block undoes the delete with everything else."""
+    config = SessionConfig(flush_interval=3600)
+    async with SessionManager(storage_factory(), initial=counter, config=config) as m:
+        await m.update("k", lambda s: s.update(n=5))
+        await m.persist("k")
+        turn = m.session("k")
+        with pytest.raises(LookupError):
+            async with turn:
+                turn.delete()
+                raise LookupError
+        assert await m.get("k") == {"n": 5}
+        await m.flush()
+        assert await m.storage.load_many(["actorsess:k"]) == [b'as1:1:{"n":5}']
+
+
+async def test_changes_after_a_delete_in_the_same_block_are_kept() -> None:
+    """delete() then new values: the block commits the new values, as a fresh session;
+    a typed session gets its fresh value from delete()'s return."""
+    async with SessionManager(MemoryStorage(), initial=Profile) as m:
+        await m.update("k", lambda p: setattr(p, "visits", 3))
+        turn = m.session("k")
+        async with turn as profile:
+            fresh = turn.delete()
+            assert fresh is not profile and fresh == Profile()
+            fresh.name = "new"
+        assert await m.get("k") == Profile(name="new")
+    with pytest.raises(RuntimeError, match="only available inside its 'async with' block"):
+        turn.delete()

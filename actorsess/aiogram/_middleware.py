@@ -85,6 +85,13 @@ class LazySession(Generic[T]):
             raise RuntimeError(f"session {self._key!r} is not loaded: await session.load() first")
         self._turn.value = new
 
+    async def delete(self) -> T:
+        """Load the session if needed and delete it (see :meth:`SessionTurn.delete`);
+        returns the fresh value the handler sees from then on."""
+        await self.load()
+        assert self._turn is not None
+        return self._turn.delete()
+
     async def _finish(self, exc: BaseException | None) -> None:
         turn, self._turn = self._turn, None
         if turn is not None:
