@@ -410,17 +410,18 @@ async def test_a_lease_handed_back_while_our_release_is_on_its_way_is_let_go(
     instead of 0.5 s about one run in ten.)"""
 
     class SlowReleaseReplies(RedisStorage):
-        """Redis runs the release at once; its reply reaches us a second later."""
+        """Redis runs the release at once; its reply reaches us two seconds later."""
 
         slow = False
 
         async def release_many(self, *args: Any, **kwargs: Any) -> list[Conflict]:
             conflicts = await super().release_many(*args, **kwargs)
             if self.slow:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(2.0)
             return conflicts
 
-    config = shared(lease_time=5.0)
+    # Before the fix the last update waited the lapse plus the grace: 2 x lease_time.
+    config = shared(lease_time=10.0)
     storage = SlowReleaseReplies.from_url(redis_url)
     assert isinstance(storage, SlowReleaseReplies)
     first = SessionManager(storage, initial=counter, config=config)
@@ -443,7 +444,7 @@ async def test_a_lease_handed_back_while_our_release_is_on_its_way_is_let_go(
         # The late request of first's ended wait reaches second, which hands k back.
         channel = "actorsess:lease:" + second_token.rpartition(":")[0]
         await redis_client.publish(channel, f"w {first_token} actorsess:k")
-        for _ in range(50):
+        for _ in range(150):
             if await lease_owner() == first_token:
                 break  # handed back, while first's reply is still delayed
             await asyncio.sleep(0.01)
