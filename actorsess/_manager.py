@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import heapq
 import inspect
@@ -515,26 +516,14 @@ class SessionManager(Generic[T]):
     def stats(self) -> SessionStats:
         """Counts of this manager's sessions and storage calls, as of now (the source
         of its Prometheus metrics, see :mod:`actorsess.prometheus`)."""
-        c = self._counters
         since = self._flusher.oldest_dirty_since()
         return SessionStats(
+            # Every counter under its own name; the rest is read off the state now.
+            **dataclasses.asdict(self._counters),
             cached=len(self._registry),
             dirty=len(self._flusher.dirty),
-            loads=c.loads,
-            flushes=c.flushes,
-            written=c.written,
-            evictions=c.evictions,
-            errors=c.errors,
             parked=len(self._registry.parked),
             active=sum(bool(actor.held) + actor.queued() for actor in self._registry.actors()),
-            conflicts=c.conflicts,
-            handovers=c.handovers,
-            write_failures=c.write_failures,
-            write_timeouts=c.write_timeouts,
-            backpressure_waits=c.backpressure_waits,
-            backpressure_timeouts=c.backpressure_timeouts,
-            leases_renewed=c.leases_renewed,
-            leases_lost=c.leases_lost,
             oldest_unwritten=0.0 if since is None else max(0.0, self._clock.now() - since),
         )
 

@@ -7,6 +7,9 @@ import dataclasses
 
 @dataclasses.dataclass(slots=True)
 class Counters:
+    """The running counts behind ``stats()``: each is the ``SessionStats`` field of
+    the same name (documented there)."""
+
     loads: int = 0
     flushes: int = 0
     written: int = 0
