@@ -33,6 +33,7 @@ from actorsess.exceptions import (
     CorruptSessionError,
     InvalidKeyError,
     ManagerClosedError,
+    SessionConflictError,
     SessionEncodeError,
     SessionTooLargeError,
 )
@@ -512,6 +513,81 @@ class SessionManager(Generic[T]):
         finally:
             self._leave(actor)
         await self._flusher.wait_persisted(actor, version)
+
+    async def refresh(self, key: str) -> T:
+        """Load ``key`` from storage again and return a copy of what it holds now.
+
+        For a record changed outside this process (an admin tool, a restored
+        backup) while a local-mode manager has it cached. Blocks already queued for
+        ``key`` finish first; an unwritten change of this process is written before
+        the reload (never dropped). In ``ownership="shared"`` edits go through the
+        owner (another manager's ``update()``), so this raises ConfigError.
+        """
+        self._refuse_when_shared("refresh")
+        actor = await self._enter(key)
+        try:
+            await self._reload(actor)
+            return self._codec.decode(actor.blob)
+        finally:
+            self._leave(actor)
+
+    async def evict(self, key: str) -> None:
+        """Drop ``key``'s cached copy, so that its next use loads what storage holds.
+
+        Like ``refresh`` (local mode only; an unwritten change is written first), but
+        frees the memory: blocks that queued meanwhile find the session reloaded
+        instead. A key that is not cached is left alone.
+        """
+        self._refuse_when_shared("evict")
+        self._check_key(key)
+        if self._registry.peek(key) is None:
+            return
+        actor = await self._enter(key)
+        try:
+            if actor.waiters:
+                await self._reload(actor)  # needed again at once: keep it, fresh
+            else:
+                await self._write_out(actor)
+                self._registry.discard(actor)
+                self._counters.evictions += 1
+                self._log.debug("session.evict", key=key, was_dirty=False)
+        finally:
+            self._leave(actor)
+
+    def _refuse_when_shared(self, operation: str) -> None:
+        if self._keeper is not None:
+            raise ConfigError(
+                "ownership",
+                f"{operation}() is for ownership='local'; with 'shared' the owner of a key "
+                "always holds what storage holds: change a session from elsewhere through "
+                "a shared-mode manager's update(), which goes through its owner",
+            )
+
+    async def _write_out(self, actor: SessionActor[T]) -> None:
+        """Holding ``actor``'s turn: return once its committed state is in storage, or
+        storage refused it for a newer version written from outside, which wins (the
+        refusal is logged and counted as ``session.conflict``)."""
+        if actor.dirty:
+            with contextlib.suppress(SessionConflictError):
+                await self._flusher.wait_persisted(actor, actor.version)
+        actor.error = None  # a refusal is settled by the reload or the drop that follows
+
+    async def _reload(self, actor: SessionActor[T]) -> None:
+        """Holding ``actor``'s turn: write it out, then load it again from storage."""
+        await self._write_out(actor)
+        version = actor.version
+        actor.status = Status.LOADING
+        self._loader.request(actor)
+        future = actor.load_future
+        assert future is not None
+        await asyncio.shield(future)
+        if actor.status is not Status.READY:
+            assert actor.error is not None
+            raise actor.error
+        # A record put back at an older version (a restored backup) or removed outright:
+        # this key's versions still go on above every one it has had (rule 11).
+        if actor.version < version:
+            actor.version = actor.persisted_version = version
 
     def stats(self) -> SessionStats:
         """Counts of this manager's sessions and storage calls, as of now (the source

@@ -64,6 +64,16 @@ class SessionTurn(Generic[T]):
         self._manager._check_value(new)
         actor.value = new
 
+    @property
+    def is_new(self) -> bool:
+        """True while the session has nothing stored: its committed value is
+        ``initial()`` (never written, deleted, or expired). Unchanged by edits the
+        block has not committed yet."""
+        actor = self._actor
+        if actor is None:
+            raise RuntimeError("the session is only available inside its 'async with' block")
+        return actor.blob == self._manager._empty_blob
+
     def delete(self) -> T:
         """Delete this session from inside its block (a ``/reset``), returning the fresh
         ``initial()`` value the block sees from then on.

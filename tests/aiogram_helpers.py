@@ -18,6 +18,7 @@ def message_update(
     chat_type: str = "private",
     thread_id: int | None = None,
     business_connection_id: str | None = None,
+    language_code: str | None = None,
 ) -> Update:
     sender = chat_id if user_id is None else user_id
     message: dict[str, Any] = {
@@ -27,6 +28,8 @@ def message_update(
         "from": {"id": sender, "is_bot": False, "first_name": "u"},
         "text": text,
     }
+    if language_code is not None:
+        message["from"]["language_code"] = language_code
     if thread_id is not None:
         message["message_thread_id"] = thread_id
         message["is_topic_message"] = True

@@ -397,3 +397,64 @@ async def test_a_reset_handler_deletes_its_session(bot: Bot, lazy: bool) -> None
 
 def _key_of(chat: int) -> str:
     return f"session:42:{chat}:{chat}"
+
+
+def _language_seed(update: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """A first-touch default as bots write it: the user's language from the update."""
+    return {"lang": data["event_from_user"].language_code or "en", "n": 0}
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+async def test_a_new_session_is_seeded_from_the_update_that_first_touches_it(
+    bot: Bot, lazy: bool, storage_factory: Any
+) -> None:
+    """``initial=(update, data) -> value`` seeds a session with nothing stored, once:
+    later updates (another language) keep it, a /reset seeds it again, and the seed
+    is stored even when the handler changes nothing."""
+
+    def build(storage: Any) -> tuple[Dispatcher, SessionManager[dict[str, Any]]]:
+        manager = SessionManager(storage, initial=lambda: {"lang": "?", "n": 0})
+        dp = Dispatcher()
+        SessionMiddleware(manager, lazy=lazy, initial=_language_seed).setup(dp)
+
+        @dp.message()
+        async def handler(message: Message, session: Any, session_turn: Any = None) -> None:
+            if message.text == "/reset":
+                await session.delete() if lazy else session_turn.delete()
+                return
+            value = await session.load() if lazy else session
+            if message.text == "count":
+                value["n"] += 1
+            seen.append(dict(value))
+
+        return dp, manager
+
+    seen: list[dict[str, Any]] = []
+    dp, manager = build(storage_factory())
+    updates = [("look", "de"), ("count", "fr"), ("/reset", "it"), ("look", "it")]
+    for text, language in updates:
+        await dp.feed_update(bot, message_update(5, text, language_code=language))
+    await manager.close()
+    assert seen == [{"lang": "de", "n": 0}, {"lang": "de", "n": 1}, {"lang": "it", "n": 0}]
+    dp, manager = build(storage_factory())  # a restart: the seed was stored
+    await dp.feed_update(bot, message_update(5, "count", language_code="pt"))
+    await manager.close()
+    assert seen[-1] == {"lang": "it", "n": 1}
+
+
+async def test_a_first_touch_factory_that_fails_rolls_the_update_back(bot: Bot) -> None:
+    storage = MemoryStorage()
+    manager = SessionManager(storage, initial=counter, config=SessionConfig(flush_interval=0))
+    dp = Dispatcher()
+
+    def broken(update: Any, data: dict[str, Any]) -> Counter:
+        raise LookupError("no language")
+
+    SessionMiddleware(manager, initial=broken).setup(dp)
+    dp.message()(lambda message, session: None)
+    with pytest.raises(LookupError, match="no language"):
+        await dp.feed_update(bot, message_update(5))
+    assert storage.raw(f"actorsess:{_key_of(5)}") is None
+    with pytest.raises(TypeError, match="initial must be a function"):
+        SessionMiddleware(manager, initial={"n": 1})  # type: ignore[arg-type]
+    await manager.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import assert_type
+from typing import Any, assert_type
 
 import pydantic
+from aiogram.types import TelegramObject
 from typing_extensions import TypedDict
 
 from actorsess import MemoryStorage, SessionManager, SessionTurn
+from actorsess.aiogram import SessionMiddleware
 
 
 @dataclasses.dataclass
@@ -51,3 +53,16 @@ async def test_session_types_follow_initial() -> None:
     assert await carts.update("k", lambda c: len(c.items)) == 1
     for manager in (baskets, carts, prefs):
         await manager.close()
+
+
+def prefs_from_update(update: TelegramObject, data: dict[str, Any]) -> Prefs:
+    return {"lang": data["event_from_user"].language_code or "en"}
+
+
+def test_a_first_touch_factory_must_return_the_session_type() -> None:
+    """The middleware's ``initial`` returns the manager's session type; mypy (strict,
+    with unused ignores reported) checks that the mismatch below is an error."""
+    prefs = SessionManager(MemoryStorage(), initial=new_prefs)
+    baskets = SessionManager(MemoryStorage(), initial=Basket)
+    assert_type(SessionMiddleware(prefs, initial=prefs_from_update), SessionMiddleware[Prefs])
+    SessionMiddleware(baskets, initial=prefs_from_update)  # type: ignore[arg-type]

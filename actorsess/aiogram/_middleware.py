@@ -22,6 +22,10 @@ T = TypeVar("T")
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
+#: Seeds a session that has nothing stored from the update that first touches it
+#: (GramIO's ``initial(context)``, Telegraf's ``defaultSession(ctx)``).
+FirstTouch = Callable[[TelegramObject, dict[str, Any]], T]
+
 #: Per update: the highest set-up rank whose session this update has opened.
 _OPENED_KEY = "actorsess_opened_rank"
 _ranks = itertools.count()
@@ -40,15 +44,21 @@ class LazySession(Generic[T]):
     costs no load and holds no turn.
     """
 
-    __slots__ = ("_data", "_key", "_manager", "_rank", "_turn")
+    __slots__ = ("_data", "_key", "_manager", "_rank", "_seed", "_turn")
 
     def __init__(
-        self, manager: SessionManager[T], key: str, rank: int, data: dict[str, Any]
+        self,
+        manager: SessionManager[T],
+        key: str,
+        rank: int,
+        data: dict[str, Any],
+        seed: Callable[[SessionTurn[T]], T],
     ) -> None:
         self._manager = manager
         self._key = key
         self._rank = rank
         self._data = data
+        self._seed = seed
         self._turn: SessionTurn[T] | None = None
 
     @property
@@ -71,7 +81,11 @@ class LazySession(Generic[T]):
         await turn.__aenter__()
         self._turn = turn
         self._data[_OPENED_KEY] = self._rank
-        return turn.value
+        try:
+            return self._seed(turn)
+        except BaseException as exc:
+            await self._finish(exc)
+            raise
 
     @property
     def value(self) -> T:
@@ -107,6 +121,11 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
 
     Updates whose key function returns None (no chat and no user) get
     ``None`` under ``name``: never a shared session.
+
+    ``initial``, if given, seeds a session that has nothing stored yet from the
+    update that first touches it: ``initial(update, data)`` (``data`` holds
+    aiogram's ``event_from_user``, ``event_chat``, ...) returns the session type
+    and replaces the manager's ``initial()`` value before the handler runs.
     """
 
     def __init__(
@@ -116,10 +135,17 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
         name: str = "session",
         key: FSMStrategy | KeyFunction = FSMStrategy.USER_IN_CHAT,
         lazy: bool = False,
+        initial: FirstTouch[T] | None = None,
     ) -> None:
         if not name.isidentifier():
             raise ValueError(f"name must be a valid parameter name, got {name!r}")
+        if initial is not None and not callable(initial):
+            raise TypeError(
+                "initial must be a function (update, data) -> session value, "
+                f"got {type(initial).__name__}"
+            )
         self.manager = manager
+        self.initial = initial
         self.name = name
         self.lazy = lazy
         self._key_of: KeyFunction = strategy_key(key) if isinstance(key, FSMStrategy) else key
@@ -184,8 +210,8 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
                 return await self._call_lazy(handler, event, data, key)
             data[_OPENED_KEY] = max(data.get(_OPENED_KEY, -1), self._rank)
             turn = self.manager.session(key)
-            async with turn as value:
-                data[self.name] = value
+            async with turn:
+                data[self.name] = self._seeded(turn, event, data)
                 data[self._turn_name] = turn
                 return await handler(event, data)
         finally:
@@ -193,10 +219,18 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
             if not self._in_flight:
                 self._drained.set()
 
+    def _seeded(self, turn: SessionTurn[T], event: TelegramObject, data: dict[str, Any]) -> T:
+        """The turn's value, first seeded by ``initial`` if nothing is stored yet."""
+        if self.initial is not None and turn.is_new:
+            turn.value = self.initial(event, data)
+        return turn.value
+
     async def _call_lazy(
         self, handler: Handler, event: TelegramObject, data: dict[str, Any], key: str
     ) -> Any:
-        lazy = LazySession(self.manager, key, self._rank, data)
+        lazy = LazySession(
+            self.manager, key, self._rank, data, lambda turn: self._seeded(turn, event, data)
+        )
         data[self.name] = lazy
         try:
             result = await handler(event, data)
