@@ -2,7 +2,9 @@
 
 from actorsess._clock import Clock, MonotonicClock
 from actorsess._config import SessionConfig
+from actorsess._keyspace import MigrationReport
 from actorsess._manager import SessionManager
+from actorsess._migrations import Migration
 from actorsess._stats import SessionStats
 from actorsess._turn import SessionTurn
 from actorsess.exceptions import (
@@ -35,6 +37,8 @@ __all__ = [
     "LeaseTimeoutError",
     "ManagerClosedError",
     "MemoryStorage",
+    "Migration",
+    "MigrationReport",
     "MonotonicClock",
     "RedisStorage",
     "SessionConfig",

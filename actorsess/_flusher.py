@@ -71,6 +71,7 @@ class Flusher:
         "_room",
         "_round_waiters",
         "_rounds",
+        "_schema",
         "_stopping",
         "_storage",
         "_task",
@@ -92,8 +93,11 @@ class Flusher:
         log: Any,
         on_refused: RefusedHook,
         keeper: LeaseKeeper | None = None,
+        schema: int = 0,
     ) -> None:
         self._storage = storage
+        #: The schema version written into every record (see ``actorsess._migrations``).
+        self._schema = schema
         self._keeper = keeper
         self._on_refused = on_refused
         self._config = config
@@ -150,6 +154,11 @@ class Flusher:
         return None
 
     # -- shared ownership: sessions written outside the rounds --------------
+
+    @property
+    def schema(self) -> int:
+        """The schema version records are written at (a lease release writes one too)."""
+        return self._schema
 
     def in_flight(self, storage_key: str) -> bool:
         """A round (or a lease release) is writing this session now."""
@@ -296,6 +305,7 @@ class Flusher:
         batch_size = self._batch_limit
         byte_budget = self._config.max_batch_bytes
         in_flight = self._in_flight
+        schema = self._schema
         batch: list[SessionActor[Any]] = []
         items: list[WriteItem] = []
         # A session is in at most one round at a time, so two writes of one key
@@ -306,7 +316,7 @@ class Flusher:
             in_flight.add(key)
             batch.append(actor)
             version = actor.version
-            record = None if actor.deleted else encode_record(version, actor.blob)
+            record = None if actor.deleted else encode_record(version, actor.blob, schema)
             items.append(
                 WriteItem(key, record, version, actor.lease_token, actor.persisted_version)
             )

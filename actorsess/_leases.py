@@ -410,7 +410,7 @@ class LeaseKeeper:
             self._registry.settle(actor)
             return
         version = actor.version
-        record = None if actor.deleted else encode_record(version, actor.blob)
+        record = None if actor.deleted else encode_record(version, actor.blob, flusher.schema)
         final = WriteItem(key, record, version, expected=actor.persisted_version)
         flusher.hold(key)  # no flush round may write it meanwhile
         self._finishing[key] = actor

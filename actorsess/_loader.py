@@ -11,18 +11,19 @@ it, then comes back here for another try.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from actorsess._actor import SessionActor, Status
 from actorsess._clock import Clock
-from actorsess._codec import Codec, DecodeFailure
+from actorsess._codec import Codec
 from actorsess._config import SessionConfig
-from actorsess._record import decode_record
+from actorsess._migrations import Migrations
 from actorsess._registry import Registry
 from actorsess._stats import Counters
+from actorsess._stored import read_stored
 from actorsess.exceptions import CorruptSessionError, StorageError
-from actorsess.storage.base import BadValue, LoadResult, Owned, Storage
+from actorsess.storage.base import LoadResult, Owned, Storage
 
 if TYPE_CHECKING:
     from actorsess._leases import LeaseKeeper
@@ -36,6 +37,8 @@ class Loader:
         "_counters",
         "_keeper",
         "_log",
+        "_migrations",
+        "_on_migrated",
         "_pending",
         "_registry",
         "_storage",
@@ -51,9 +54,14 @@ class Loader:
         counters: Counters,
         clock: Clock,
         log: Any,
+        migrations: Migrations,
+        on_migrated: Callable[[SessionActor[Any]], None],
         keeper: LeaseKeeper | None = None,
     ) -> None:
         self._storage = storage
+        self._migrations = migrations
+        #: Called with a session upgraded on load: it is dirty, for the flusher to write.
+        self._on_migrated = on_migrated
         self._keeper = keeper
         self._codec = codec
         self._config = config
@@ -133,34 +141,30 @@ class Loader:
 
     def _apply(self, actor: SessionActor[Any], raw: LoadResult) -> None:
         try:
-            if isinstance(raw, BadValue):
-                raise CorruptSessionError(actor.key, raw.reason)
-            # Absent is version 0; a tombstone is "absent" at the deleted one's version,
-            # so that the versions of this key go on above it.
-            version, payload = (0, b"") if raw is None else decode_record(actor.key, raw)
-            limit = self._config.max_session_bytes
-            if len(payload) > limit:
-                raise CorruptSessionError(
-                    actor.key,
-                    f"stored session is {len(payload)} bytes, over max_session_bytes={limit}",
-                )
-            if payload:
-                try:
-                    actor.value = self._codec.decode(payload)
-                except DecodeFailure as exc:
-                    raise CorruptSessionError(actor.key, str(exc)) from exc
-                actor.blob = payload
-            else:
-                actor.value, actor.blob = self._codec.fresh()
-            actor.version = actor.persisted_version = version
+            stored = read_stored(
+                actor.key, raw, self._codec, self._migrations, self._config.max_session_bytes
+            )
         except CorruptSessionError as exc:
             self._counters.errors += 1
             self._log.error("session.corrupt", key=actor.key, error=exc.reason)
             self.fail(actor, exc)
             return
+        actor.value, actor.blob = stored.value, stored.blob
+        actor.version = actor.persisted_version = stored.version
         ttl = self._config.ttl
         actor.expires_at = None if ttl is None else self._clock.now() + ttl
         actor.status = Status.READY
+        if stored.upgraded_from is not None:
+            # Written back at the current schema by the flusher, in its usual batches.
+            actor.version += 1
+            actor.deleted = actor.blob == self._codec.empty_blob()
+            self._on_migrated(actor)
+            self._log.debug(
+                "session.migrated",
+                key=actor.key,
+                from_schema=stored.upgraded_from,
+                to_schema=self._migrations.schema,
+            )
         self._resolve(actor)
         if actor.parked:  # loaded for get_many() while pushed out of the LRU
             self._registry.settle(actor)

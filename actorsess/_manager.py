@@ -10,7 +10,7 @@ import heapq
 import inspect
 import random
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
@@ -22,9 +22,11 @@ from actorsess._codec import Codec
 from actorsess._config import SessionConfig
 from actorsess._deadlock import wait_for_turn
 from actorsess._flusher import Flusher
+from actorsess._keyspace import KeySpace, MigrationReport
 from actorsess._leases import LeaseKeeper
 from actorsess._loader import Loader
 from actorsess._log import DefaultLogger
+from actorsess._migrations import Migration, Migrations
 from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
 from actorsess._turn import SessionTurn
@@ -96,6 +98,7 @@ class SessionManager(Generic[T]):
         clock: Clock | None = None,
         logger: Any = None,
         rng: random.Random | None = None,
+        migrations: Sequence[Migration] = (),
     ) -> None:
         config = SessionConfig() if config is None else config
         if not isinstance(config, SessionConfig):
@@ -112,6 +115,7 @@ class SessionManager(Generic[T]):
         self._clock: Clock = clock or MonotonicClock()
         self._log = logger if logger is not None else DefaultLogger()
         self._codec: Codec[T] = Codec(initial, strict_json=config.strict_json)
+        self._migrations = Migrations(migrations)
         self._encode = self._codec.encode
         self._encode_common = self._codec.encode_common
         self._encode_option = self._codec.encode_option
@@ -179,6 +183,8 @@ class SessionManager(Generic[T]):
             self._counters,
             self._clock,
             self._log,
+            self._migrations,
+            self._mark_migrated,
             self._keeper,
         )
         self._flusher = Flusher(
@@ -191,6 +197,18 @@ class SessionManager(Generic[T]):
             self._log,
             self._registry.park if self._keeper is None else self._keeper.lost,
             self._keeper,
+            self._migrations.schema,
+        )
+        self._keyspace = KeySpace(
+            storage,
+            self._codec,
+            self._migrations,
+            self._registry,
+            config.key_prefix,
+            config.max_session_bytes,
+            self._counters,
+            self._log,
+            self._cached_committed,
         )
         if self._keeper is not None:
             self._keeper.loader = self._loader
@@ -415,13 +433,8 @@ class SessionManager(Generic[T]):
         """A copy of ``key``'s last committed value (loading it if needed)."""
         self._check_open()
         self._check_key(key)
-        actor = self._registry.peek(key)
-        if (
-            actor is not None
-            and actor.status is Status.READY
-            and not self._expired(actor)
-            and (self._keeper is None or self._keeper.is_ready(actor))
-        ):
+        actor = self._cached_committed(key)
+        if actor is not None:
             return self._codec.decode(actor.blob)
         actor = await self._enter(key)
         try:
@@ -513,6 +526,69 @@ class SessionManager(Generic[T]):
         finally:
             self._leave(actor)
         await self._flusher.wait_persisted(actor, version)
+
+    async def scan(
+        self, prefix: str = "", *, batch: int | None = None
+    ) -> AsyncIterator[tuple[str, T]]:
+        """Every stored session whose key starts with ``prefix``, as ``(key, value)``.
+
+        For broadcasts and admin tools: pages through storage (``batch`` keys, default
+        ``max_batch``, per scan step and load), so memory stays flat however many
+        sessions there are, and caches nothing. Values are copies of the committed
+        state; a cached change not yet written wins over what storage holds, and
+        cached sessions storage does not have yet come too. A corrupt record is
+        skipped and logged (``session.corrupt``). A key changed during the walk may
+        come with its old or new value; one added or deleted may or may not come.
+        """
+        size = self._walk_batch(prefix, batch)
+        if self._state is not _State.RUNNING:
+            self._check_open()
+            await self.start()
+        async for item in self._keyspace.scan(prefix, size):
+            yield item
+
+    async def migrate_all(
+        self, *, dry_run: bool = False, prefix: str = "", batch: int | None = None
+    ) -> MigrationReport:
+        """Upgrade every stored session under ``prefix`` to this manager's schema now,
+        instead of on each session's next load.
+
+        Pages through storage (``batch`` keys at a time, default ``max_batch``);
+        each upgraded session is written back by the flusher before the next page.
+        ``dry_run=True`` reads and upgrades in memory only and writes nothing. A
+        record that cannot be upgraded is left untouched and reported.
+        """
+        size = self._walk_batch(prefix, batch)
+        if self._state is not _State.RUNNING:
+            self._check_open()
+            await self.start()
+        report = await self._keyspace.migrate_all(self.get, self.flush, dry_run, prefix, size)
+        self._log.info("session.migrate_all", **dataclasses.asdict(report))
+        return report
+
+    def _walk_batch(self, prefix: object, batch: object) -> int:
+        if not isinstance(prefix, str) or "\x00" in prefix:
+            raise InvalidKeyError(f"a key prefix must be a str without NUL, got {prefix!r}")
+        if batch is None:
+            return self._config.max_batch
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+        return batch
+
+    def _cached_committed(self, key: str) -> SessionActor[T] | None:
+        """``key``'s cached actor if its committed value is current, else None."""
+        actor = self._registry.peek(key)
+        if (
+            actor is not None
+            and actor.status is Status.READY
+            and not self._expired(actor)
+            and (self._keeper is None or self._keeper.is_ready(actor))
+        ):
+            return actor
+        return None
+
+    def _mark_migrated(self, actor: SessionActor[T]) -> None:
+        self._flusher.mark_dirty(actor)
 
     async def refresh(self, key: str) -> T:
         """Load ``key`` from storage again and return a copy of what it holds now.

@@ -11,6 +11,13 @@ loads as "no session" while carrying the version, so the key's next write
 gets a higher one and a late write from before the delete is refused: a
 version never repeats for a key (design rule 11). Tombstones live for
 ``TOMBSTONE_TTL_S``, far longer than any write stays in flight or any lease.
+
+A manager that declares migrations writes its schema version at the head of
+the payload: ``as1:42:~3:{"apple":3}`` is schema 3 (no head: schema 0). JSON
+never starts with ``~``, and the version fence (here and in Lua) reads only
+the header, so records with and without a schema head live side by side; an
+actorsess that knows nothing of schemas refuses such a record as corrupt
+rather than misreading it.
 """
 
 from __future__ import annotations
@@ -25,8 +32,21 @@ TOMBSTONE_TTL_S = 600
 TOMBSTONE_TTL_MS = TOMBSTONE_TTL_S * 1000
 
 
-def encode_record(version: int, payload: bytes) -> bytes:
+def encode_record(version: int, payload: bytes, schema: int = 0) -> bytes:
+    if schema:
+        return b"%b%d:~%d:%b" % (_HEADER_PREFIX, version, schema, payload)
     return b"%b%d:%b" % (_HEADER_PREFIX, version, payload)
+
+
+def split_schema(key: str, payload: bytes) -> tuple[int, bytes]:
+    """``(schema, body)`` of a record's payload (schema 0 when it has no head)."""
+    if not payload.startswith(b"~"):
+        return 0, payload
+    end = payload.find(b":", 1, _MAX_VERSION_DIGITS + 2)
+    digits = payload[1:end] if end > 0 else b""
+    if not digits.isdigit():
+        raise CorruptSessionError(key, "record has a schema mark ('~') but no schema number")
+    return int(digits), payload[end + 1 :]
 
 
 def tombstone(version: int) -> bytes:

@@ -7,13 +7,25 @@ from collections.abc import Sequence
 
 import redis.asyncio as redis_asyncio
 
-from actorsess import MemoryStorage, SessionManager, WriteItem
-from actorsess.storage.base import Conflict, LoadResult
+from actorsess import MemoryStorage, SessionConfig, SessionManager, WriteItem
+from actorsess._record import encode_record
+from actorsess.storage.base import Conflict, LoadResult, Storage
+
+#: The default key prefix, which storage keys start with.
+PREFIX = SessionConfig().key_prefix
 
 
 def counter() -> dict[str, int]:
     """The session most tests use: one counter."""
     return {"n": 0}
+
+
+async def put_record(
+    storage: Storage, key: str, payload: bytes, version: int, schema: int = 0
+) -> None:
+    """What an admin tool (or an older deployment) does: put a record straight into storage."""
+    record = encode_record(version, payload, schema)
+    await storage.write_many([WriteItem(PREFIX + key, record, version)], None)
 
 
 async def racy_increment(manager: SessionManager[dict[str, int]], key: str) -> None:

@@ -11,19 +11,16 @@ import pytest
 
 from actorsess import ConfigError, RedisStorage, SessionConfig, SessionManager
 from actorsess._record import encode_record
-from actorsess.storage.base import Storage, WriteItem
+from actorsess.storage.base import Storage
 
-from .helpers import counter
+from .helpers import PREFIX, counter, put_record
 
-PREFIX = SessionConfig().key_prefix
 #: Long enough that nothing is written behind the tests' backs unless they ask.
 SLOW = SessionConfig(flush_interval=60)
 
 
 async def edit_outside(storage: Storage, key: str, value: dict[str, Any], version: int) -> None:
-    """What an admin tool does: put a record straight into storage."""
-    record = encode_record(version, orjson.dumps(value))
-    await storage.write_many([WriteItem(PREFIX + key, record, version)], None)
+    await put_record(storage, key, orjson.dumps(value), version)
 
 
 async def test_refresh_loads_what_was_changed_outside(storage_factory: Any) -> None:

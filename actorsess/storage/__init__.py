@@ -1,6 +1,6 @@
 """Storage backends: in-memory, Redis (and Redis Cluster later), SQLite."""
 
-from actorsess.storage.base import BadValue, LoadResult, Storage, WriteItem
+from actorsess.storage.base import BadValue, LoadResult, ScannableStorage, Storage, WriteItem
 from actorsess.storage.memory import MemoryStorage
 from actorsess.storage.redis import RedisStorage
 from actorsess.storage.sqlite import SqliteStorage
@@ -10,6 +10,7 @@ __all__ = [
     "LoadResult",
     "MemoryStorage",
     "RedisStorage",
+    "ScannableStorage",
     "SqliteStorage",
     "Storage",
     "WriteItem",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 
@@ -79,6 +79,22 @@ class Storage(Protocol):
 
     async def close(self) -> None:
         """Release connections or files this storage opened itself. Safe to call twice."""
+        ...
+
+
+@runtime_checkable
+class ScannableStorage(Protocol):
+    """A storage that can list the keys it holds (``SessionManager.scan``, ``migrate_all``)."""
+
+    def scan_keys(self, prefix: str, batch: int) -> AsyncIterator[list[str]]:
+        """The stored keys that start with ``prefix``, in lists of at most ``batch``.
+
+        Memory stays bounded by ``batch`` however many keys there are (storages that
+        hold everything in memory anyway may copy the key list). A key stored for the
+        whole scan comes at least once (Redis SCAN may repeat one); one added or
+        removed meanwhile may or may not come. Tombstones come too: the caller loads
+        the records and skips them.
+        """
         ...
 
 

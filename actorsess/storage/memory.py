@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from actorsess._record import TOMBSTONE_TTL_S, tombstone, version_of
 from actorsess.storage.base import NEWER_VERSION, Conflict, LoadResult, WriteItem
@@ -64,6 +64,12 @@ class MemoryStorage:
     async def delete_many(self, keys: Sequence[str]) -> None:
         for key in keys:
             self._records.pop(key, None)
+
+    async def scan_keys(self, prefix: str, batch: int) -> AsyncIterator[list[str]]:
+        # The records are in memory anyway; a copy of the key list lets writes go on.
+        keys = [key for key in self._records if key.startswith(prefix)]
+        for start in range(0, len(keys), batch):
+            yield keys[start : start + batch]
 
     async def close(self) -> None:
         return None

@@ -11,7 +11,8 @@ absent one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as redis_asyncio
@@ -41,6 +42,8 @@ from actorsess.storage.base import (
 )
 
 _WRONG_TYPE = b"\x00actorsess:wrongtype"
+#: Characters with a meaning in a SCAN MATCH pattern, escaped in a literal prefix.
+_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")
 
 DEFAULT_MAX_CONNECTIONS = 32
 #: Connections ``prepare()`` opens: two flush rounds and loads can be in flight at once.
@@ -353,6 +356,25 @@ class RedisStorage:
     async def delete_many(self, keys: Sequence[str]) -> None:
         if keys:
             await self._client.delete(*keys)  # split by slot on a cluster client
+
+    async def scan_keys(self, prefix: str, batch: int) -> AsyncIterator[list[str]]:
+        # SCAN (on a cluster: on every primary in turn) walks the keyspace a slice at a
+        # time without blocking the server; MATCH leaves only the prefix's keys.
+        match = _GLOB_SPECIAL.sub(r"\\\g<0>", prefix) + "*"
+        keys: list[str] = []
+        async for raw in self._client.scan_iter(match=match, count=batch):
+            try:
+                key = raw.decode()
+            except UnicodeDecodeError:
+                continue  # never a session key: they are valid UTF-8
+            if "\x00" in key:
+                continue  # a lease key or key space marker, never a session
+            keys.append(key)
+            if len(keys) >= batch:
+                yield keys
+                keys = []
+        if keys:
+            yield keys
 
     async def close(self) -> None:
         """Close the connections this storage opened. Safe twice; a storage used again

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -213,6 +213,24 @@ class SqliteStorage:
             conn.executemany("DELETE FROM actorsess_sessions WHERE key = ?", rows)
 
         await self._run(delete)
+
+    async def scan_keys(self, prefix: str, batch: int) -> AsyncIterator[list[str]]:
+        # Keyset pagination on the primary key: each page is one indexed range read,
+        # so memory and time per page stay flat however large the table is.
+        bound, compare = prefix, ">="
+        while True:
+
+            def page(conn: sqlite3.Connection, bound: str = bound, compare: str = compare) -> Any:
+                query = f"SELECT key FROM actorsess_sessions WHERE key {compare} ? ORDER BY key"
+                return conn.execute(query + " LIMIT ?", (bound, batch)).fetchall()
+
+            keys: list[str] = [key for (key,) in await self._run(page)]
+            wanted = [key for key in keys if key.startswith(prefix)]
+            if wanted:
+                yield wanted
+            if len(wanted) < len(keys) or len(keys) < batch:
+                return  # past the prefix's range, or the end of the table
+            bound, compare = keys[-1], ">"
 
     async def put_raw(self, key: str, value: object) -> None:
         """Store ``value`` verbatim (tests that plant corrupt records)."""
