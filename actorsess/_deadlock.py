@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from actorsess._actor import SessionActor
+from actorsess._group import SessionGroup
 from actorsess._turn import SessionTurn
 from actorsess.exceptions import SessionDeadlockError
 
@@ -145,8 +146,9 @@ def _holds_a_turn(task: asyncio.Task[Any]) -> bool:
 def _objects_held_by(task: asyncio.Task[Any]) -> Iterator[object]:
     """What the coroutines of ``task``'s await chain refer to: their locals and stack
     (``async with`` keeps its bound ``__aexit__`` there, which the collector's view of
-    a suspended coroutine includes), and the locals of the generators behind
-    ``@asynccontextmanager`` blocks (aiogram's event isolation)."""
+    a suspended coroutine includes), the turns of a ``sessions(...)`` group, and the
+    locals of the generators behind ``@asynccontextmanager`` blocks (aiogram's event
+    isolation)."""
     awaitable: Any = task.get_coro()
     for _ in range(200):  # await chains are short; a bound keeps the look cheap
         if awaitable is None:
@@ -154,6 +156,8 @@ def _objects_held_by(task: asyncio.Task[Any]) -> Iterator[object]:
         for ref in gc.get_referents(awaitable):
             owner = getattr(ref, "__self__", ref)
             yield owner
+            if isinstance(owner, SessionGroup):
+                yield from owner.held_turns()  # several sessions held by one block
             gen = getattr(owner, "gen", None)
             if gen is not None:
                 yield from gc.get_referents(gen)

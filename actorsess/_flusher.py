@@ -39,7 +39,7 @@ from actorsess._record import encode_record
 from actorsess._registry import Registry
 from actorsess._stats import Counters
 from actorsess.exceptions import BackpressureTimeoutError, SessionConflictError, StorageError
-from actorsess.storage.base import Conflict, Storage, WriteItem
+from actorsess.storage.base import AtomicStorage, Conflict, Storage, WriteItem
 
 if TYPE_CHECKING:
     from actorsess._leases import LeaseKeeper
@@ -189,6 +189,68 @@ class Flusher:
         # Out of the dirty set now: a later actor of this key must be able to enter it.
         self.drop(actor)
         self._on_refused(actor)
+
+    # -- several sessions in one all-or-nothing write -----------------------
+
+    async def write_together(self, changes: list[tuple[SessionActor[Any], bytes, bool]]) -> None:
+        """Commit ``(actor, new blob, deleted)`` changes, whose turns the caller holds,
+        in one all-or-nothing storage write (``AtomicStorage.write_all``); each actor
+        takes its new state only once that write has landed.
+
+        Refused for a newer stored version: nothing is written, the refused sessions
+        are reloaded on next use, SessionConflictError. Failed or cancelled (outcome
+        unknown): the caller's values roll back, and each session, with the version
+        that may have landed skipped, is written again at its old state, so storage
+        ends at all the old values or all the new ones.
+        """
+        storage = self._storage
+        assert isinstance(storage, AtomicStorage)
+        keys = [actor.storage_key for actor, _, _ in changes]
+        # A round writing one of them now would land its older version after ours.
+        while not self._in_flight.isdisjoint(keys):
+            await self._next_round()
+        started = self._clock.now()
+        items = [
+            WriteItem(
+                actor.storage_key,
+                None if deleted else encode_record(actor.version + 1, blob, self._schema),
+                actor.version + 1,
+            )
+            for actor, blob, deleted in changes
+        ]
+        self._in_flight.update(keys)
+        try:
+            async with asyncio.timeout(self._config.write_timeout):
+                conflicts = await storage.write_all(items, self._config.ttl_ms)
+        except BaseException:
+            self._counters.write_failures += 1
+            for actor, _, _ in changes:
+                actor.version += 2
+                self.mark_dirty(actor)
+            raise
+        finally:
+            self._in_flight.difference_update(keys)
+            self._wake.set()
+        if conflicts:
+            for position, reason in conflicts:
+                self.refuse(changes[position][0], reason)
+            position, reason = conflicts[0]
+            raise SessionConflictError(changes[position][0].key, reason)
+        for actor, blob, deleted in changes:
+            actor.blob = blob
+            actor.version = actor.persisted_version = actor.version + 1
+            actor.deleted = deleted
+            self.drop(actor)
+        self._counters.flushes += 1
+        self._counters.written += len(items)
+        self._log.info(
+            "session.flush",
+            sessions=len(items),
+            bytes=sum(len(i.blob) for i in items if i.blob is not None),
+            duration_ms=round((self._clock.now() - started) * 1000, 3),
+            attempt=1,
+            together=True,
+        )
 
     # -- lifecycle --------------------------------------------------------
 

@@ -10,7 +10,7 @@ import heapq
 import inspect
 import random
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
@@ -22,6 +22,7 @@ from actorsess._codec import Codec
 from actorsess._config import SessionConfig
 from actorsess._deadlock import wait_for_turn
 from actorsess._flusher import Flusher
+from actorsess._group import SessionGroup
 from actorsess._keyspace import KeySpace, MigrationReport
 from actorsess._leases import LeaseKeeper
 from actorsess._loader import Loader
@@ -31,6 +32,7 @@ from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
 from actorsess._turn import SessionTurn
 from actorsess.exceptions import (
+    ActorSessError,
     ConfigError,
     CorruptSessionError,
     InvalidKeyError,
@@ -38,8 +40,15 @@ from actorsess.exceptions import (
     SessionConflictError,
     SessionEncodeError,
     SessionTooLargeError,
+    StorageError,
 )
-from actorsess.storage.base import ClaimableStorage, LeaseStorage, PreparableStorage, Storage
+from actorsess.storage.base import (
+    AtomicStorage,
+    ClaimableStorage,
+    LeaseStorage,
+    PreparableStorage,
+    Storage,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -393,6 +402,137 @@ class SessionManager(Generic[T]):
         # every cached key passed that check, and this call is on the hot path.
         return SessionTurn(self, key)
 
+    def sessions(self, *keys: str) -> SessionGroup[T]:
+        """Exclusive access to several sessions at once, committed all or nothing.
+
+        ``async with manager.sessions(a, b) as (first, second):`` waits for every
+        key's turn, taken in one global order (sorted keys), so groups over the same
+        keys never deadlock. At the end of the block, the changed sessions are
+        written in one atomic storage step before any of them takes its new state
+        (write-through, whatever ``flush_interval`` is): storage and every later
+        reader see all the changes or none. If the block raises, or the write fails,
+        every session is rolled back (SessionConflictError, StorageError).
+
+        On Redis Cluster the keys must share a hash slot (a common ``{tag}``);
+        otherwise entering raises InvalidKeyError saying so.
+        """
+        return SessionGroup(self, keys)
+
+    async def move(self, renames: Mapping[str, str]) -> int:
+        """Move sessions to new keys (``{old key: new key}``); returns how many moved.
+
+        Each old key's session goes to its new key and the old key is deleted. Where
+        the new key already holds a session, both are left as they are (the new one
+        is newer). In one atomic step where ``sessions()`` can write all the keys
+        together (local mode; on Redis Cluster only keys sharing a hash slot);
+        otherwise pair by pair, each new key written before its old key is deleted,
+        so a crash in between leaves a copy behind, never a loss.
+        """
+        pairs = [(old, new) for old, new in renames.items() if old != new]
+        for old, new in pairs:
+            self._check_key(old)
+            self._check_key(new)
+        news = {new for _, new in pairs}
+        if len(news) < len(pairs) or news & set(renames):
+            raise InvalidKeyError("move(): every new key must be distinct and not an old key")
+        if not pairs:
+            return 0
+        keys = [key for pair in pairs for key in pair]
+        storage = self._storage
+        if (
+            self._keeper is None
+            and isinstance(storage, AtomicStorage)
+            and storage.atomic_problem([self._prefix + key for key in keys]) is None
+        ):
+            group = self.sessions(*keys)
+            async with group:
+                turns = dict(zip(keys, group.turns, strict=True))
+                moved = sum(self._move_value(turns[old], turns[new]) for old, new in pairs)
+        else:
+            moved = 0
+            for old, new in pairs:
+                moved += await self._move_pair(old, new)
+        self._log.info("session.moved", moved=moved, kept=len(pairs) - moved)
+        return moved
+
+    def _move_value(self, old: SessionTurn[T], new: SessionTurn[T]) -> bool:
+        """Inside both turns: give ``new`` a copy of ``old``'s value and delete ``old``."""
+        if old.is_new or not new.is_new:
+            return False
+        new.value = self._codec.decode(self._codec.encode(old.value))
+        old.delete()
+        return True
+
+    async def _move_pair(self, old: str, new: str) -> bool:
+        old_turn, new_turn = self.session(old), self.session(new)
+        first, second = (old_turn, new_turn) if old < new else (new_turn, old_turn)
+        async with first, second:  # in key order, as every group
+            if old_turn.is_new or not new_turn.is_new:
+                return False
+            copied = self._codec.encode(old_turn.value)
+            new_turn.value = self._codec.decode(copied)
+        await self.persist(new)  # the copy is in storage before the original goes
+        turn = self.session(old)
+        async with turn as value:
+            if self._codec.encode(value) == copied:  # (changed meanwhile: both are kept)
+                turn.delete()
+        return True
+
+    def _check_group(self, keys: tuple[str, ...]) -> None:
+        """Raise, before any turn is taken, what would make ``sessions(*keys)`` fail."""
+        if not keys:
+            raise ValueError("sessions() needs at least one key")
+        seen: set[str] = set()
+        for key in keys:
+            self._check_key(key)
+            if key in seen:
+                raise InvalidKeyError(f"sessions(): key {key!r} is given twice")
+            seen.add(key)
+        self._refuse_when_shared("sessions")
+        storage = self._storage
+        if not isinstance(storage, AtomicStorage):
+            raise TypeError(
+                "sessions() needs a storage that can write several sessions in one atomic "
+                f"step (write_all); {type(storage).__name__} cannot"
+            )
+        problem = storage.atomic_problem([self._prefix + key for key in keys])
+        if problem is not None:
+            raise InvalidKeyError(problem)
+
+    async def _commit_group(self, turns: tuple[SessionTurn[T], ...]) -> None:
+        """End a group's turns: write its changes in one atomic step, or roll all back."""
+        actors: list[SessionActor[T]] = []
+        for turn in turns:
+            actor = turn._actor
+            assert actor is not None
+            turn._actor = None
+            actors.append(actor)
+        try:
+            changes: list[tuple[SessionActor[Any], bytes, bool]] = []
+            for actor in actors:
+                blob = self._encode_change(actor)
+                if blob is not None:
+                    changes.append((actor, blob, blob == self._empty_blob))
+            if changes:
+                self._check_accepting(changes[0][0])
+                await self._flusher.write_together(changes)
+                if self._ttl is not None:
+                    for actor, _, _ in changes:
+                        actor.expires_at = self._clock.now() + self._ttl
+        except BaseException as exc:
+            for actor in actors:
+                actor.value = self._codec.decode(actor.blob)
+            if isinstance(exc, Exception) and not isinstance(exc, ActorSessError):
+                keys = ", ".join(repr(actor.key) for actor in actors)
+                raise StorageError(
+                    f"sessions {keys} were not saved ({type(exc).__name__}: {exc}); "
+                    "all of them were rolled back"
+                ) from exc
+            raise
+        finally:
+            for actor in actors:
+                self._leave(actor)
+
     @staticmethod
     def _check_key(key: object) -> None:
         """Raise InvalidKeyError unless ``key`` is a non-empty str of acceptable length
@@ -631,13 +771,17 @@ class SessionManager(Generic[T]):
             self._leave(actor)
 
     def _refuse_when_shared(self, operation: str) -> None:
-        if self._keeper is not None:
-            raise ConfigError(
-                "ownership",
-                f"{operation}() is for ownership='local'; with 'shared' the owner of a key "
-                "always holds what storage holds: change a session from elsewhere through "
-                "a shared-mode manager's update(), which goes through its owner",
+        if self._keeper is None:
+            return
+        if operation == "sessions":
+            why = "several sessions cannot yet be written together under leases"
+        else:
+            why = (
+                "with 'shared' the owner of a key always holds what storage holds: change "
+                "a session from elsewhere through a shared-mode manager's update(), which "
+                "goes through its owner"
             )
+        raise ConfigError("ownership", f"{operation}() is for ownership='local'; {why}")
 
     async def _write_out(self, actor: SessionActor[T]) -> None:
         """Holding ``actor``'s turn: return once its committed state is in storage, or

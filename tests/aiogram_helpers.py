@@ -19,6 +19,7 @@ def message_update(
     thread_id: int | None = None,
     business_connection_id: str | None = None,
     language_code: str | None = None,
+    migrate_to_chat_id: int | None = None,
 ) -> Update:
     sender = chat_id if user_id is None else user_id
     message: dict[str, Any] = {
@@ -30,6 +31,9 @@ def message_update(
     }
     if language_code is not None:
         message["from"]["language_code"] = language_code
+    if migrate_to_chat_id is not None:  # the service message a group's upgrade leaves
+        del message["text"]
+        message["migrate_to_chat_id"] = migrate_to_chat_id
     if thread_id is not None:
         message["message_thread_id"] = thread_id
         message["is_topic_message"] = True

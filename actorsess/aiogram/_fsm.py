@@ -27,6 +27,7 @@ from actorsess._config import SessionConfig
 from actorsess._manager import SessionManager
 from actorsess._turn import SessionTurn
 from actorsess.aiogram._keys import escape_destiny, escape_part
+from actorsess.aiogram._migration import ChatMigration
 from actorsess.storage.base import Storage
 from actorsess.storage.redis import RedisStorage
 
@@ -112,9 +113,11 @@ class ActorFSMStorage(BaseStorage):
         return ActorEventIsolation(self)
 
     def setup(self, dp: Dispatcher) -> ActorFSMStorage:
-        """Start with the dispatcher and flush everything when it shuts down."""
+        """Start with the dispatcher and flush everything when it shuts down; when a
+        group becomes a supergroup, move its states and data to the new chat id."""
         dp.startup.register(self.manager.start)
         dp.shutdown.register(self.close)
+        ChatMigration(self.manager, "fsm").setup_before_fsm(dp)
         return self
 
     @staticmethod

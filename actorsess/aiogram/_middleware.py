@@ -15,7 +15,8 @@ from aiogram.types import TelegramObject
 
 from actorsess._manager import SessionManager
 from actorsess._turn import SessionTurn
-from actorsess.aiogram._keys import KeyFunction, namespaced, strategy_key
+from actorsess.aiogram._keys import KeyFunction, bot_id_of, namespaced, strategy_key
+from actorsess.aiogram._migration import chat_prefix, migration_of, move_chat, moved_key
 from actorsess.exceptions import ActorSessError
 
 T = TypeVar("T")
@@ -122,6 +123,11 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
     Updates whose key function returns None (no chat and no user) get
     ``None`` under ``name``: never a shared session.
 
+    When a group becomes a supergroup (the service message with
+    ``migrate_to_chat_id``), the chat's sessions in this namespace move to the new
+    chat id before the handler runs (keys by ``FSMStrategy`` only; with a custom
+    key function, call ``manager.move`` yourself).
+
     ``initial``, if given, seeds a session that has nothing stored yet from the
     update that first touches it: ``initial(update, data)`` (``data`` holds
     aiogram's ``event_from_user``, ``event_chat``, ...) returns the session type
@@ -149,6 +155,8 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
         self.name = name
         self.lazy = lazy
         self._key_of: KeyFunction = strategy_key(key) if isinstance(key, FSMStrategy) else key
+        #: Keys laid out by chat (a strategy): a chat migration can move them.
+        self._chat_keys = isinstance(key, FSMStrategy)
         self._turn_name = f"{name}_turn"
         self._in_flight = 0
         self._drained = asyncio.Event()
@@ -201,6 +209,9 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
             self._hook_shutdown(dispatcher)
         try:
             key = self.key_for(event, data)
+            migration = migration_of(event) if self._chat_keys else None
+            if migration is not None and key is not None:
+                key = await self._follow_migration(key, data, *migration)
             if key is None:
                 data[self.name] = None
                 if not self.lazy:
@@ -218,6 +229,16 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
             self._in_flight -= 1
             if not self._in_flight:
                 self._drained.set()
+
+    async def _follow_migration(self, key: str, data: dict[str, Any], old: int, new: int) -> str:
+        """The group ``old`` became the supergroup ``new``: move this namespace's sessions
+        of the chat there, and give this update its session under the new id."""
+        bot_id = bot_id_of(data.get("bot"))
+        await move_chat(self.manager, self.name, bot_id, old, new)
+        old_prefix = chat_prefix(self.name, bot_id, old)
+        if not key.startswith(old_prefix):
+            return key
+        return moved_key(key, old_prefix, chat_prefix(self.name, bot_id, new), old, new)
 
     def _seeded(self, turn: SessionTurn[T], event: TelegramObject, data: dict[str, Any]) -> T:
         """The turn's value, first seeded by ``initial`` if nothing is stored yet."""

@@ -166,6 +166,30 @@ return out
 """
 )
 
+# The same arguments and reply as WRITE_LUA, all or nothing: if storage holds a
+# newer version of any key, nothing is written and the refused items are returned.
+# (A script runs alone on its node, so no other write comes between the check and
+# the writes.)
+WRITE_ALL_LUA = (
+    _COMMON_LUA
+    + """
+local ttl, tomb = ARGV[1], ARGV[2]
+local out = {}
+for i = 1, #KEYS do
+  local stored = stored_version(KEYS[i])
+  if stored and vcmp(stored, ARGV[2 * i + 1]) > 0 then
+    out[#out + 1] = i
+    out[#out + 1] = 2
+  end
+end
+if #out > 0 then return out end
+for i = 1, #KEYS do
+  put(KEYS[i], ARGV[2 * i + 1], ARGV[2 * i + 2], ttl, tomb)
+end
+return out
+"""
+)
+
 # KEYS: (record, lease) pairs. ARGV: lease ms, manager id, channel prefix, then one
 # token per pair. A lease that is free, or held by an earlier acquisition of this
 # same manager (including one reserved for it), or lapsed and claimed by this

@@ -83,6 +83,23 @@ class Storage(Protocol):
 
 
 @runtime_checkable
+class AtomicStorage(Protocol):
+    """A storage that can write several sessions in one all-or-nothing step
+    (``SessionManager.sessions``)."""
+
+    def atomic_problem(self, keys: Sequence[str]) -> str | None:
+        """Why ``keys`` cannot be written together in one atomic step here (on Redis
+        Cluster: keys in different hash slots), or None when they can."""
+        ...
+
+    async def write_all(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        """``write_many``, all or nothing: when storage holds a newer version of any
+        item, nothing is written and those items are returned as conflicts. A replay
+        (the same versions again, after an unknown outcome) counts as written."""
+        ...
+
+
+@runtime_checkable
 class ScannableStorage(Protocol):
     """A storage that can list the keys it holds (``SessionManager.scan``, ``migrate_all``)."""
 

@@ -61,6 +61,18 @@ class MemoryStorage:
                 self._records[item.key] = (item.blob, expires, item.version)
         return refused
 
+    def atomic_problem(self, keys: Sequence[str]) -> str | None:
+        return None
+
+    async def write_all(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        now = self._timer()
+        refused = []
+        for position, item in enumerate(items):
+            current = self._current(item.key, now)
+            if current is not None and current[1] > item.version:
+                refused.append(Conflict(position, NEWER_VERSION))
+        return refused or await self.write_many(items, ttl_ms)
+
     async def delete_many(self, keys: Sequence[str]) -> None:
         for key in keys:
             self._records.pop(key, None)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import redis.asyncio as redis_asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from actorsess._record import TOMBSTONE_TTL_MS
@@ -73,6 +74,7 @@ class RedisStorage:
         self.script_sources: list[str] = []
         self._load = self._script(lua.LOAD_LUA)
         self._write = self._script(lua.WRITE_LUA)
+        self._write_all = self._script(lua.WRITE_ALL_LUA)
         self._acquire = self._script(lua.ACQUIRE_LUA)
         self._renew = self._script(lua.RENEW_LUA)
         self._release = self._script(lua.RELEASE_LUA)
@@ -148,6 +150,28 @@ class RedisStorage:
         return results
 
     async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        return await self._fenced_write(self._write, items, ttl_ms)
+
+    # -- several sessions at once (AtomicStorage) -----------------------------
+
+    def atomic_problem(self, keys: Sequence[str]) -> str | None:
+        if not self._cluster or len({key_slot(key.encode()) for key in keys}) <= 1:
+            return None
+        return (
+            f"on Redis Cluster, sessions written together must share a hash slot, and "
+            f"{', '.join(repr(key) for key in keys)} do not: give them a common hash tag "
+            "(a part in braces, e.g. 'transfer:{42}:from' and 'transfer:{42}:to')"
+        )
+
+    async def write_all(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        problem = self.atomic_problem([item.key for item in items])
+        if problem is not None:
+            raise ValueError(problem)
+        return await self._fenced_write(self._write_all, items, ttl_ms)
+
+    async def _fenced_write(
+        self, script: BatchCall, items: Sequence[WriteItem], ttl_ms: int | None
+    ) -> list[Conflict]:
         if not items:
             return []
         ttl = str(ttl_ms or 0)
@@ -159,7 +183,7 @@ class RedisStorage:
                 args += (item.version, b"" if item.blob is None else item.blob)
             return args
 
-        replies = await self._write([item.key for item in items], args_for)
+        replies = await script([item.key for item in items], args_for)
         return _conflicts(replies, stride=1)
 
     # -- shared ownership (LeaseStorage) ------------------------------------

@@ -163,6 +163,17 @@ class SqliteStorage:
         return [found.get(key) for key in wanted]
 
     async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        return await self._write(items, ttl_ms, all_or_nothing=False)
+
+    def atomic_problem(self, keys: Sequence[str]) -> str | None:
+        return None  # one transaction holds any number of keys
+
+    async def write_all(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        return await self._write(items, ttl_ms, all_or_nothing=True)
+
+    async def _write(
+        self, items: Sequence[WriteItem], ttl_ms: int | None, *, all_or_nothing: bool
+    ) -> list[Conflict]:
         if not items:
             return []
         now = self._timer()
@@ -189,6 +200,9 @@ class SqliteStorage:
                         rows.append((item.key, tombstone(item.version), item.version, now))
                     else:
                         rows.append((item.key, item.blob, item.version, expires))
+                if refused and all_or_nothing:
+                    conn.execute("ROLLBACK")
+                    return refused
                 conn.executemany(_UPSERT, rows)
                 if purge:
                     conn.execute(
