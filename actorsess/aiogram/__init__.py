@@ -1,15 +1,18 @@
 """aiogram 3 integration: session middleware, FSM storage and events isolation."""
 
 from actorsess.aiogram._fsm import ActorEventIsolation, ActorFSMStorage
+from actorsess.aiogram._import import ImportReport, import_aiogram_fsm
 from actorsess.aiogram._keys import KeyFunction, strategy_key
 from actorsess.aiogram._middleware import LazySession, SessionMiddleware, SessionOrderError
 
 __all__ = [
     "ActorEventIsolation",
     "ActorFSMStorage",
+    "ImportReport",
     "KeyFunction",
     "LazySession",
     "SessionMiddleware",
     "SessionOrderError",
+    "import_aiogram_fsm",
     "strategy_key",
 ]
