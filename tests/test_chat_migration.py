@@ -15,6 +15,7 @@ from actorsess import MemoryStorage, SessionManager
 from actorsess.aiogram import ActorFSMStorage, SessionMiddleware
 
 from .aiogram_helpers import message_update
+from .conftest import Events
 from .helpers import counter
 
 OLD, NEW = -100, -1009
@@ -72,8 +73,10 @@ async def test_a_group_upgraded_to_a_supergroup_keeps_its_sessions(storage_facto
     await bot.session.close()
 
 
-async def test_move_keeps_a_newer_session_and_moves_the_rest(storage_factory: Any) -> None:
-    async with SessionManager(storage_factory(), initial=counter) as m:
+async def test_move_keeps_a_newer_session_and_moves_the_rest(
+    storage_factory: Any, events: Events
+) -> None:
+    async with SessionManager(storage_factory(), initial=counter, logger=events.logger) as m:
         for key, n in (("a", 1), ("b", 2), ("b2", 20)):
             async with m.session(key) as session:
                 session["n"] = n
@@ -85,6 +88,8 @@ async def test_move_keeps_a_newer_session_and_moves_the_rest(storage_factory: An
             "b2": {"n": 20},
             "none2": {"n": 0},
         }
+    [moved] = events.named("session.moved")
+    assert (moved["moved"], moved["kept"]) == (1, 2)
     async with SessionManager(storage_factory(), initial=counter) as again:
         found = {key: value async for key, value in again.scan()}
         assert found == {"a2": {"n": 1}, "b": {"n": 2}, "b2": {"n": 20}}

@@ -129,7 +129,9 @@ async def test_a_typed_schema_change_without_a_migration_is_a_clear_error(
             await m.get("t")
 
 
-async def test_migrate_all_reports_then_upgrades_every_session(storage_factory: Any) -> None:
+async def test_migrate_all_reports_then_upgrades_every_session(
+    storage_factory: Any, events: Events
+) -> None:
     storage = storage_factory()
     for i in range(120):
         await put_record(storage, f"u:{i}", orjson.dumps({"name": f"U {i}", "apples": i}), 1)
@@ -138,7 +140,9 @@ async def test_migrate_all_reports_then_upgrades_every_session(storage_factory: 
     await put_record(storage, "other", b'{"name":"O P","apples":0}', 1)
     before = {key: await stored(storage_factory, key) for key in ("u:1", "u:bad", "other")}
 
-    async with SessionManager(storage_factory(), initial=blank, migrations=STEPS) as m:
+    async with SessionManager(
+        storage_factory(), initial=blank, migrations=STEPS, logger=events.logger
+    ) as m:
         dry = await m.migrate_all(dry_run=True, prefix="u:", batch=25)
         assert (dry.scanned, dry.current, dry.migrated, dry.failed) == (122, 1, 120, 1)
         assert dry.dry_run and dry.schema == 2
@@ -150,6 +154,11 @@ async def test_migrate_all_reports_then_upgrades_every_session(storage_factory: 
         assert (report.scanned, report.current, report.migrated, report.failed) == (122, 1, 120, 1)
         assert not report.dry_run
         assert m.stats().cached == 0  # each page was let go of once written
+    logged = events.named("session.migrate_all")
+    assert [(e["dry_run"], e["migrated"], e["failed"]) for e in logged] == [
+        (True, 120, 1),
+        (False, 120, 1),
+    ]
     async with SessionManager(storage_factory(), initial=blank, migrations=STEPS) as again:
         assert await again.get("u:7") == {"first": "U", "last": "7", "apples": 7, "visits": 7}
         after = await again.migrate_all(dry_run=True)
