@@ -203,8 +203,6 @@ class Flusher:
         that may have landed skipped, is written again at its old state, so storage
         ends at all the old values or all the new ones.
         """
-        storage = self._storage
-        assert isinstance(storage, AtomicStorage)
         keys = [actor.storage_key for actor, _, _ in changes]
         # A round writing one of them now would land its older version after ours.
         while not self._in_flight.isdisjoint(keys):
@@ -215,13 +213,15 @@ class Flusher:
                 actor.storage_key,
                 None if deleted else encode_record(actor.version + 1, blob, self._schema),
                 actor.version + 1,
+                actor.lease_token,
+                actor.persisted_version,
             )
             for actor, blob, deleted in changes
         ]
         self._in_flight.update(keys)
         try:
             async with asyncio.timeout(self._config.write_timeout):
-                conflicts = await storage.write_all(items, self._config.ttl_ms)
+                conflicts = await self._write_all(items)
         except BaseException:
             self._counters.write_failures += 1
             for actor, _, _ in changes:
@@ -462,6 +462,13 @@ class Flusher:
         # Waiters that arrived while this round was in flight re-check their own
         # condition; whatever they wait for may have landed just now.
         self._resolve_waiters()
+
+    async def _write_all(self, items: list[WriteItem]) -> list[Conflict]:
+        if self._keeper is not None:
+            return await self._keeper.write_all(items, self._config.ttl_ms)
+        storage = self._storage
+        assert isinstance(storage, AtomicStorage)  # checked by SessionManager.sessions()
+        return await storage.write_all(items, self._config.ttl_ms)
 
     async def _write(self, items: list[WriteItem]) -> list[Conflict]:
         if self._keeper is not None:

@@ -517,6 +517,10 @@ class LeaseKeeper:
     async def write(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
         return await self._storage.write_leased(items, ttl_ms, self._config.lease_ms)
 
+    async def write_all(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        """``write``, all or nothing (a ``sessions()`` group's commit)."""
+        return await self._storage.write_leased_all(items, ttl_ms, self._config.lease_ms)
+
     def lost(self, actor: SessionActor[Any]) -> None:
         """The flusher's hook: storage refused ``actor``'s write, so the lease cannot be
         relied on; let go of the actor (the next turn takes the lease and reloads)."""

@@ -424,8 +424,8 @@ class SessionManager(Generic[T]):
         Each old key's session goes to its new key and the old key is deleted. Where
         the new key already holds a session, both are left as they are (the new one
         is newer). In one atomic step where ``sessions()`` can write all the keys
-        together (local mode; on Redis Cluster only keys sharing a hash slot);
-        otherwise pair by pair, each new key written before its old key is deleted,
+        together (on Redis Cluster: only keys sharing a hash slot); otherwise pair
+        by pair, each new key written before its old key is deleted,
         so a crash in between leaves a copy behind, never a loss.
         """
         pairs = [(old, new) for old, new in renames.items() if old != new]
@@ -440,8 +440,7 @@ class SessionManager(Generic[T]):
         keys = [key for pair in pairs for key in pair]
         storage = self._storage
         if (
-            self._keeper is None
-            and isinstance(storage, AtomicStorage)
+            isinstance(storage, AtomicStorage)
             and storage.atomic_problem([self._prefix + key for key in keys]) is None
         ):
             group = self.sessions(*keys)
@@ -488,7 +487,6 @@ class SessionManager(Generic[T]):
             if key in seen:
                 raise InvalidKeyError(f"sessions(): key {key!r} is given twice")
             seen.add(key)
-        self._refuse_when_shared("sessions")
         storage = self._storage
         if not isinstance(storage, AtomicStorage):
             raise TypeError(
@@ -773,15 +771,12 @@ class SessionManager(Generic[T]):
     def _refuse_when_shared(self, operation: str) -> None:
         if self._keeper is None:
             return
-        if operation == "sessions":
-            why = "several sessions cannot yet be written together under leases"
-        else:
-            why = (
-                "with 'shared' the owner of a key always holds what storage holds: change "
-                "a session from elsewhere through a shared-mode manager's update(), which "
-                "goes through its owner"
-            )
-        raise ConfigError("ownership", f"{operation}() is for ownership='local'; {why}")
+        raise ConfigError(
+            "ownership",
+            f"{operation}() is for ownership='local'; with 'shared' the owner of a key "
+            "always holds what storage holds: change a session from elsewhere through a "
+            "shared-mode manager's update(), which goes through its owner",
+        )
 
     async def _write_out(self, actor: SessionActor[T]) -> None:
         """Holding ``actor``'s turn: return once its committed state is in storage, or

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from actorsess import (
-    ConfigError,
     InvalidKeyError,
     MemoryStorage,
     RedisStorage,
@@ -144,13 +143,32 @@ async def test_what_a_group_cannot_be(redis_url: str) -> None:
         with pytest.raises(InvalidKeyError, match="session key"):
             async with m.sessions("a", ""):
                 pass
-    shared = SessionConfig(ownership="shared")
+
+
+async def test_shared_mode_groups_over_two_managers_keep_the_total(redis_url: str) -> None:
+    """Two shared-mode managers (as two workers) transfer between the same accounts: the
+    sessions move between them by handover, and every group commits under its leases
+    in one write."""
+    config = SessionConfig(ownership="shared", flush_interval=0.05, lease_time=5)
+    accounts = [f"shared-{a}" for a in ACCOUNTS]
+    workers = [
+        SessionManager(RedisStorage.from_url(redis_url), initial=balance, config=config)
+        for _ in range(2)
+    ]
+    rng = random.Random(11)
+    async with workers[0], workers[1]:
+        jobs = []
+        for i in range(120):
+            src, dst = rng.sample(accounts, 2)
+            jobs.append(transfer(workers[i % 2], src, dst, rng.randint(1, 40)))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        assert all(isinstance(r, ValueError) for r in results if isinstance(r, BaseException))
+        assert sum(isinstance(r, BaseException) for r in results) < 60
     async with SessionManager(
-        RedisStorage.from_url(redis_url), initial=counter, config=shared
-    ) as s:
-        with pytest.raises(ConfigError, match="sessions\\(\\) is for ownership='local'"):
-            async with s.sessions("a", "b"):
-                pass
+        RedisStorage.from_url(redis_url), initial=balance, config=config
+    ) as again:
+        stored = await again.get_many(accounts)
+        assert sum(v["balance"] for v in stored.values()) == 400
 
 
 async def test_on_cluster_keys_without_a_common_slot_are_refused(redis_cluster: Any) -> None:

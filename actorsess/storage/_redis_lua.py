@@ -358,6 +358,35 @@ return out
 """
 )
 
+# The same arguments and reply as WRITE_LEASED_LUA, all or nothing: every item's
+# lease and version fence is checked first; if any is refused, nothing is written.
+WRITE_LEASED_ALL_LUA = (
+    _COMMON_LUA
+    + _LEASE_LUA
+    + """
+local ttl, ms, tomb = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+for i = 1, #KEYS / 2 do
+  local key, lease = KEYS[2 * i - 1], KEYS[2 * i]
+  local token, version, expected = ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
+  local refusal = holds(key, lease, token, expected, ms)
+  if refusal == 0 then
+    local stored = stored_version(key)
+    if stored and vcmp(stored, version) > 0 then refusal = 2 end
+  end
+  if refusal ~= 0 then
+    out[#out + 1] = i
+    out[#out + 1] = refusal
+  end
+end
+if #out > 0 then return out end
+for i = 1, #KEYS / 2 do
+  put(KEYS[2 * i - 1], ARGV[4 * i + 1], ARGV[4 * i + 3], ttl, tomb)
+end
+return out
+"""
+)
+
 # KEYS[1]: the key space's owner marker. ARGV: claimant ("mode|host|pid|nonce"), ms.
 # Granted (and renewed) when the marker is absent, is the claimant's own, or both
 # are shared-mode claimants (processes in shared mode do share a key space): returns

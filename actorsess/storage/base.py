@@ -256,6 +256,13 @@ class LeaseStorage(Storage, Protocol):
         whose stored version is older; a stored equal version counts as written."""
         ...
 
+    async def write_leased_all(
+        self, items: Sequence[WriteItem], ttl_ms: int | None, lease_ms: int
+    ) -> list[Conflict]:
+        """``write_leased``, all or nothing (as ``AtomicStorage.write_all``): if any
+        item's lease or version fence refuses it, nothing is written."""
+        ...
+
     async def lease_hazard(self) -> str | None:
         """Why leases could vanish behind their owners' backs here (for example keys
         evicted under a memory limit), or None when they cannot."""

@@ -79,6 +79,7 @@ class RedisStorage:
         self._renew = self._script(lua.RENEW_LUA)
         self._release = self._script(lua.RELEASE_LUA)
         self._write_leased = self._script(lua.WRITE_LEASED_LUA)
+        self._write_leased_all = self._script(lua.WRITE_LEASED_ALL_LUA)
         self._claim = self._script(lua.CLAIM_LUA)
         self._unclaim = self._script(lua.UNCLAIM_LUA)
 
@@ -258,6 +259,19 @@ class RedisStorage:
     async def write_leased(
         self, items: Sequence[WriteItem], ttl_ms: int | None, lease_ms: int
     ) -> list[Conflict]:
+        return await self._leased_write(self._write_leased, items, ttl_ms, lease_ms)
+
+    async def write_leased_all(
+        self, items: Sequence[WriteItem], ttl_ms: int | None, lease_ms: int
+    ) -> list[Conflict]:
+        problem = self.atomic_problem([item.key for item in items])
+        if problem is not None:
+            raise ValueError(problem)
+        return await self._leased_write(self._write_leased_all, items, ttl_ms, lease_ms)
+
+    async def _leased_write(
+        self, script: BatchCall, items: Sequence[WriteItem], ttl_ms: int | None, lease_ms: int
+    ) -> list[Conflict]:
         ttl = str(ttl_ms or 0)
 
         def args_for(positions: list[int]) -> list[Arg]:
@@ -271,7 +285,7 @@ class RedisStorage:
 
         if not items:
             return []
-        replies = await self._write_leased(_with_leases([i.key for i in items]), args_for)
+        replies = await script(_with_leases([i.key for i in items]), args_for)
         return _conflicts(replies, stride=2)
 
     async def lease_hazard(self) -> str | None:
