@@ -241,16 +241,7 @@ class Flusher:
             actor.version = actor.persisted_version = actor.version + 1
             actor.deleted = deleted
             self.drop(actor)
-        self._counters.flushes += 1
-        self._counters.written += len(items)
-        self._log.info(
-            "session.flush",
-            sessions=len(items),
-            bytes=sum(len(i.blob) for i in items if i.blob is not None),
-            duration_ms=round((self._clock.now() - started) * 1000, 3),
-            attempt=1,
-            together=True,
-        )
+        self._count_written(items, started, 1, together=True)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -441,15 +432,7 @@ class Flusher:
         for actor in batch:
             if actor.parked:
                 settle(actor)
-        self._counters.flushes += 1
-        self._counters.written += len(items)
-        self._log.info(
-            "session.flush",
-            sessions=len(items),
-            bytes=sum(len(i.blob) for i in items if i.blob is not None),
-            duration_ms=round((self._clock.now() - started) * 1000, 3),
-            attempt=attempt,
-        )
+        self._count_written(items, started, attempt)
         self._failures = 0
         self._batch_limit = min(self._config.max_batch, self._batch_limit * 2)
         self._backoff_until = _NEVER
@@ -462,6 +445,20 @@ class Flusher:
         # Waiters that arrived while this round was in flight re-check their own
         # condition; whatever they wait for may have landed just now.
         self._resolve_waiters()
+
+    def _count_written(
+        self, items: list[WriteItem], started: float, attempt: int, **extra: object
+    ) -> None:
+        self._counters.flushes += 1
+        self._counters.written += len(items)
+        self._log.info(
+            "session.flush",
+            sessions=len(items),
+            bytes=sum(len(i.blob) for i in items if i.blob is not None),
+            duration_ms=round((self._clock.now() - started) * 1000, 3),
+            attempt=attempt,
+            **extra,
+        )
 
     async def _write_all(self, items: list[WriteItem]) -> list[Conflict]:
         if self._keeper is not None:

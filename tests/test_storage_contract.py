@@ -157,8 +157,8 @@ async def test_redis_prepare_opens_connections_and_loads_every_script(
         clients = await redis_client.client_list()
         assert sum(c["name"] == "prepared" for c in clients) == PREPARED_CONNECTIONS
         sources = storage.script_sources
-        assert len(sources) == 9
-        assert await redis_client.script_exists(*map(sha1_hex, sources)) == [True] * 9
+        assert len(sources) == 10
+        assert await redis_client.script_exists(*map(sha1_hex, sources)) == [True] * 10
 
 
 async def test_unreachable_redis_at_start_is_logged_and_start_returns(events: Any) -> None:

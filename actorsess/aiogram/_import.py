@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 from typing import Any
 
 from aiogram.fsm.storage.base import DEFAULT_DESTINY, DefaultKeyBuilder, StorageKey
 from aiogram.fsm.storage.redis import RedisStorage as AiogramRedisStorage
 
 from actorsess.aiogram._fsm import ActorFSMStorage
+from actorsess.storage.redis import prefix_pattern
 
 #: How many unreadable keys an ImportReport lists (all are counted).
 MAX_LISTED = 100
-_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +113,7 @@ async def import_aiogram_fsm(
         )
     imported = kept = deleted = unreadable = 0
     unreadable_keys: list[str] = []
-    match = _GLOB_SPECIAL.sub(r"\\\g<0>", builder.prefix + builder.separator) + "*"
+    match = prefix_pattern(builder.prefix + builder.separator)
     page: dict[StorageKey, list[str]] = {}
 
     async def import_page() -> None:

@@ -46,6 +46,12 @@ _WRONG_TYPE = b"\x00actorsess:wrongtype"
 #: Characters with a meaning in a SCAN MATCH pattern, escaped in a literal prefix.
 _GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")
 
+
+def prefix_pattern(prefix: str) -> str:
+    """The SCAN MATCH pattern of the keys that start with ``prefix``, taken literally."""
+    return _GLOB_SPECIAL.sub(r"\\\g<0>", prefix) + "*"
+
+
 DEFAULT_MAX_CONNECTIONS = 32
 #: Connections ``prepare()`` opens: two flush rounds and loads can be in flight at once.
 PREPARED_CONNECTIONS = 4
@@ -398,9 +404,8 @@ class RedisStorage:
     async def scan_keys(self, prefix: str, batch: int) -> AsyncIterator[list[str]]:
         # SCAN (on a cluster: on every primary in turn) walks the keyspace a slice at a
         # time without blocking the server; MATCH leaves only the prefix's keys.
-        match = _GLOB_SPECIAL.sub(r"\\\g<0>", prefix) + "*"
         keys: list[str] = []
-        async for raw in self._client.scan_iter(match=match, count=batch):
+        async for raw in self._client.scan_iter(match=prefix_pattern(prefix), count=batch):
             try:
                 key = raw.decode()
             except UnicodeDecodeError:
