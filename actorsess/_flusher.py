@@ -38,6 +38,7 @@ from actorsess._config import SessionConfig
 from actorsess._record import encode_record
 from actorsess._registry import Registry
 from actorsess._stats import Counters
+from actorsess._timings import Timings
 from actorsess.exceptions import BackpressureTimeoutError, SessionConflictError, StorageError
 from actorsess.storage.base import AtomicStorage, Conflict, Storage, WriteItem
 
@@ -75,6 +76,7 @@ class Flusher:
         "_stopping",
         "_storage",
         "_task",
+        "_timings",
         "_waiting_for_room",
         "_wake",
         "_write_through",
@@ -91,11 +93,13 @@ class Flusher:
         clock: Clock,
         backoff: Backoff,
         log: Any,
+        timings: Timings,
         on_refused: RefusedHook,
         keeper: LeaseKeeper | None = None,
         schema: int = 0,
     ) -> None:
         self._storage = storage
+        self._timings = timings
         #: The schema version written into every record (see ``actorsess._migrations``).
         self._schema = schema
         self._keeper = keeper
@@ -451,11 +455,17 @@ class Flusher:
     ) -> None:
         self._counters.flushes += 1
         self._counters.written += len(items)
+        size = sum(len(i.blob) for i in items if i.blob is not None)
+        duration = self._clock.now() - started
+        timings = self._timings
+        timings.flush_seconds.observe(duration)
+        timings.flush_sessions.observe(len(items))
+        timings.flush_bytes.observe(size)
         self._log.info(
             "session.flush",
             sessions=len(items),
-            bytes=sum(len(i.blob) for i in items if i.blob is not None),
-            duration_ms=round((self._clock.now() - started) * 1000, 3),
+            bytes=size,
+            duration_ms=round(duration * 1000, 3),
             attempt=attempt,
             **extra,
         )

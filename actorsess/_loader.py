@@ -22,6 +22,7 @@ from actorsess._migrations import Migrations
 from actorsess._registry import Registry
 from actorsess._stats import Counters
 from actorsess._stored import read_stored
+from actorsess._timings import Timings
 from actorsess.exceptions import CorruptSessionError, StorageError
 from actorsess.storage.base import LoadResult, Owned, Storage
 
@@ -43,6 +44,7 @@ class Loader:
         "_registry",
         "_storage",
         "_tasks",
+        "_timings",
     )
 
     def __init__(
@@ -54,11 +56,13 @@ class Loader:
         counters: Counters,
         clock: Clock,
         log: Any,
+        timings: Timings,
         migrations: Migrations,
         on_migrated: Callable[[SessionActor[Any]], None],
         keeper: LeaseKeeper | None = None,
     ) -> None:
         self._storage = storage
+        self._timings = timings
         self._migrations = migrations
         #: Called with a session upgraded on load: it is dirty, for the flusher to write.
         self._on_migrated = on_migrated
@@ -123,11 +127,10 @@ class Loader:
         for actor, raw in zip(actors, results, strict=True):
             if not isinstance(raw, Owned):  # an owned key waits in the lease keeper
                 self._apply(actor, raw)
-        self._log.debug(
-            "session.load",
-            keys=len(actors),
-            duration_ms=round((self._clock.now() - started) * 1000, 3),
-        )
+        duration = self._clock.now() - started
+        self._counters.sessions_loaded += len(actors)
+        self._timings.load_seconds.observe(duration)
+        self._log.debug("session.load", keys=len(actors), duration_ms=round(duration * 1000, 3))
 
     def deliver(self, actor: SessionActor[Any], raw: LoadResult) -> None:
         """Finish loading ``actor`` with a record obtained elsewhere (a handover notice)."""

@@ -30,6 +30,7 @@ from actorsess._log import DefaultLogger
 from actorsess._migrations import Migration, Migrations
 from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
+from actorsess._timings import HistogramSnapshot, ObservedTurn, Timings
 from actorsess._turn import SessionTurn
 from actorsess.exceptions import (
     ActorSessError,
@@ -139,6 +140,9 @@ class SessionManager(Generic[T]):
         self._max_dirty = config.max_dirty
         self._max_bytes = config.max_session_bytes
         self._counters = Counters()
+        self._timings = Timings()
+        #: What ``session()`` makes: ObservedTurn once ``observe_turns()`` was called.
+        self._turn_type: type[SessionTurn[Any]] = SessionTurn
         self._backoff = Backoff(config.retry_base_delay, config.retry_max_delay, rng)
         self._build()
         self._state = _State.NEW
@@ -192,6 +196,7 @@ class SessionManager(Generic[T]):
             self._counters,
             self._clock,
             self._log,
+            self._timings,
             self._migrations,
             self._mark_migrated,
             self._keeper,
@@ -204,6 +209,7 @@ class SessionManager(Generic[T]):
             self._clock,
             self._backoff,
             self._log,
+            self._timings,
             self._registry.park if self._keeper is None else self._keeper.lost,
             self._keeper,
             self._migrations.schema,
@@ -400,7 +406,20 @@ class SessionManager(Generic[T]):
         """
         # The key is checked where a session is created for it (``_enter``), not here:
         # every cached key passed that check, and this call is on the hot path.
-        return SessionTurn(self, key)
+        return self._turn_type(self, key)
+
+    def observe_turns(self) -> None:
+        """Count every session block (``stats().turns``) and time how long one in 16
+        holds its session (``histograms()["turn_hold_seconds"]``), from now on.
+
+        Off until called (``register_prometheus`` calls it), so that a cached turn
+        costs nothing for metrics nobody reads; on, it costs a few percent of one."""
+        self._turn_type = ObservedTurn
+
+    def histograms(self) -> dict[str, HistogramSnapshot]:
+        """How long turns waited and held, loads and flushes took, and how large
+        flushes were, as cumulative bucket counts (the Prometheus histograms)."""
+        return self._timings.snapshots()
 
     def sessions(self, *keys: str) -> SessionGroup[T]:
         """Exclusive access to several sessions at once, committed all or nothing.
@@ -882,7 +901,9 @@ class SessionManager(Generic[T]):
             blocks = 2 + len(actor.waiters or ())  # the holder, those waiting, this one
             if blocks == self._config.hot_key_threshold:
                 self._log.warning("session.hot_key", key=key, blocks=blocks)
+            since = self._clock.now()
             await wait_for_turn(actor)
+            self._timings.turn_wait_seconds.observe(self._clock.now() - since)
         else:
             actor.held = True  # SessionTurn.__aenter__ names itself the holder
         if actor.status is not Status.READY:

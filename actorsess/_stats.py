@@ -23,6 +23,8 @@ class Counters:
     backpressure_timeouts: int = 0
     leases_renewed: int = 0
     leases_lost: int = 0
+    sessions_loaded: int = 0
+    turns: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +66,11 @@ class SessionStats:
     leases_renewed: int = 0
     #: Shared ownership: leases found gone or taken at renewal (the session is let go).
     leases_lost: int = 0
+    #: Sessions read from storage by those loads: the cache's misses.
+    sessions_loaded: int = 0
+    #: Session blocks entered since ``observe_turns()`` (0 until then: counting them
+    #: is kept off the cached turn's fast path unless asked for).
+    turns: int = 0
     #: Seconds since the longest-dirty session became dirty (0.0 when nothing is):
     #: how old the acknowledged changes are that a crash right now would lose.
     oldest_unwritten: float = 0.0

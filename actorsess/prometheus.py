@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 if TYPE_CHECKING:
@@ -58,6 +58,18 @@ _METRICS = (
         "oldest_unwritten",
     ),
     _Metric(_COUNTER, "loads", "Batched load calls made to storage.", "loads"),
+    _Metric(
+        _COUNTER,
+        "sessions_loaded",
+        "Sessions read from storage: the cache's misses.",
+        "sessions_loaded",
+    ),
+    _Metric(
+        _COUNTER,
+        "turns",
+        "Session blocks entered (counted from register_prometheus on).",
+        "turns",
+    ),
     _Metric(_COUNTER, "flushes", "Successful batched writes.", "flushes"),
     _Metric(
         _COUNTER, "sessions_written", "Sessions written (or deleted) by those writes.", "written"
@@ -120,6 +132,17 @@ _METRICS = (
 )
 
 
+#: The histograms of ``SessionManager.histograms()``, exported under these names.
+_HISTOGRAMS = {
+    "turn_wait_seconds": "Seconds a session block waited for the blocks before it.",
+    "turn_hold_seconds": "Seconds a session block held its session (one in 16 sampled).",
+    "load_seconds": "Seconds a batched load from storage took.",
+    "flush_seconds": "Seconds a successful batched write took.",
+    "flush_sessions": "Sessions per successful batched write.",
+    "flush_bytes": "Bytes per successful batched write.",
+}
+
+
 class SessionCollector(Collector):
     """The collector behind :func:`register_prometheus`: one per registry."""
 
@@ -157,6 +180,20 @@ class SessionCollector(Collector):
             for namespace, stats in snapshots:
                 family.add_metric([namespace], getattr(stats, metric.field))
             yield family
+        histograms = [(namespace, manager.histograms()) for namespace, manager in managers]
+        for name, help_text in _HISTOGRAMS.items():
+            histogram = HistogramMetricFamily(
+                f"{self._prefix}_{name}", help_text, labels=["namespace"]
+            )
+            for namespace, snapshots_of in histograms:
+                snapshot = snapshots_of[name]
+                buckets = [
+                    (repr(bound), count)
+                    for bound, count in zip(snapshot.bounds, snapshot.cumulative, strict=False)
+                ]
+                buckets.append(("+Inf", snapshot.observations))
+                histogram.add_metric([namespace], buckets, snapshot.total)
+            yield histogram
 
 
 #: One collector per registry (a registry refuses two that report the same names).
@@ -175,6 +212,8 @@ def register_prometheus(
     """Export ``manager``'s metrics to ``registry`` (the default one unless given).
 
     ``namespace`` labels its values; it defaults to the manager's ``key_prefix``.
+    From now on the manager counts its turns and samples their hold time
+    (``SessionManager.observe_turns``), which it does not do unobserved.
     Several managers share one collector per registry, each under its own
     namespace; registering one twice under the same namespace is a no-op, and
     another manager under a namespace already taken raises ``ValueError``.
@@ -187,4 +226,5 @@ def register_prometheus(
             registry.register(collector)
             _collectors[registry] = collector
     collector.add(manager, label)
+    manager.observe_turns()
     return collector

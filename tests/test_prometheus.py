@@ -138,10 +138,16 @@ async def test_hot_keys_name_the_longest_queues(redis_storage: RedisStorage) -> 
             m.hot_keys(bad)
 
 
-def test_every_stats_field_is_exported() -> None:
-    """One source of truth: a field added to SessionStats must get its metric."""
+def test_every_stats_field_and_histogram_is_exported() -> None:
+    """One source of truth: a field added to SessionStats, or a histogram added to the
+    manager's timings, must get its metric."""
+    from actorsess._timings import Timings
+    from actorsess.prometheus import _HISTOGRAMS, _METRICS
+
+    assert {m.field for m in _METRICS} == {f.name for f in dataclasses.fields(SessionStats)}
+    assert set(_HISTOGRAMS) == {f.name for f in dataclasses.fields(Timings)}
     names = {family.name for family in SessionCollector().collect()}
-    assert len(names) == len(dataclasses.fields(SessionStats))
+    assert len(names) == len(_METRICS) + len(_HISTOGRAMS)
 
 
 async def test_a_queue_reaching_the_threshold_logs_a_hot_key(
