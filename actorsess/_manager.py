@@ -30,7 +30,7 @@ from actorsess._log import DefaultLogger
 from actorsess._migrations import Migration, Migrations
 from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
-from actorsess._timings import HistogramSnapshot, ObservedTurn, Timings
+from actorsess._timings import HistogramSnapshot, Timings, observed_turn
 from actorsess._turn import SessionTurn
 from actorsess.exceptions import (
     ActorSessError,
@@ -141,8 +141,9 @@ class SessionManager(Generic[T]):
         self._max_bytes = config.max_session_bytes
         self._counters = Counters()
         self._timings = Timings()
-        #: What ``session()`` makes: ObservedTurn once ``observe_turns()`` was called.
-        self._turn_type: type[SessionTurn[Any]] = SessionTurn
+        #: What ``session()`` calls to make a turn (``observed_turn`` once
+        #: ``observe_turns()`` was called).
+        self._make_turn: Callable[[SessionManager[T], str], SessionTurn[T]] = SessionTurn
         self._backoff = Backoff(config.retry_base_delay, config.retry_max_delay, rng)
         self._build()
         self._state = _State.NEW
@@ -406,7 +407,7 @@ class SessionManager(Generic[T]):
         """
         # The key is checked where a session is created for it (``_enter``), not here:
         # every cached key passed that check, and this call is on the hot path.
-        return self._turn_type(self, key)
+        return self._make_turn(self, key)
 
     def observe_turns(self) -> None:
         """Count every session block (``stats().turns``) and time how long one in 16
@@ -414,7 +415,7 @@ class SessionManager(Generic[T]):
 
         Off until called (``register_prometheus`` calls it), so that a cached turn
         costs nothing for metrics nobody reads; on, it costs a few percent of one."""
-        self._turn_type = ObservedTurn
+        self._make_turn = observed_turn
 
     def histograms(self) -> dict[str, HistogramSnapshot]:
         """How long turns waited and held, loads and flushes took, and how large

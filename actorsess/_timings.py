@@ -4,9 +4,9 @@ Each is a fixed-bucket histogram (Prometheus' cumulative ``le`` buckets) kept
 as plain counts, observed only off the cached turn's fast path: per load batch,
 per flush round, per turn that had to wait. How long turns hold their session
 is observed only once asked for (``SessionManager.observe_turns()``, which the
-Prometheus collector calls): then ``session()`` hands out ``ObservedTurn``,
-which counts every turn and times one in ``SAMPLE_EVERY``; until then the fast
-path is untouched.
+Prometheus collector calls): then ``session()`` counts every turn and hands one
+in ``SAMPLE_EVERY`` out as a ``TimedTurn``; until then the fast path is
+untouched.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from types import TracebackType
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from actorsess._turn import SessionTurn
+
+if TYPE_CHECKING:
+    from actorsess._manager import SessionManager
 
 T = TypeVar("T")
 
@@ -28,8 +31,10 @@ SESSIONS = (1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0
 #: Upper bounds of the batch bytes buckets.
 BYTES = tuple(float(4**n * 256) for n in range(9))  # 256 B to 16 MiB
 
-#: One turn in this many has its hold time measured (while turns are observed).
+#: One turn in this many has its hold time measured (while turns are observed); a
+#: power of two, so that picking them is a bit mask.
 SAMPLE_EVERY = 16
+_SAMPLE_MASK = SAMPLE_EVERY - 1
 
 
 class HistogramSnapshot(NamedTuple):
@@ -94,17 +99,14 @@ class Timings:
         }
 
 
-class ObservedTurn(SessionTurn[T]):
-    """A SessionTurn that counts itself, and times one turn in ``SAMPLE_EVERY``."""
+class TimedTurn(SessionTurn[T]):
+    """A SessionTurn that measures how long its block holds the session."""
 
     __slots__ = ("_since",)
 
     async def __aenter__(self) -> T:
         value = await super().__aenter__()
-        manager = self._manager
-        counters = manager._counters
-        counters.turns += 1
-        self._since = manager._clock.now() if counters.turns % SAMPLE_EVERY == 0 else 0.0
+        self._since = self._manager._clock.now()
         return value
 
     async def __aexit__(
@@ -113,7 +115,17 @@ class ObservedTurn(SessionTurn[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._actor is not None and self._since:
+        if self._actor is not None:
             manager = self._manager
             manager._timings.turn_hold_seconds.observe(manager._clock.now() - self._since)
         await super().__aexit__(exc_type, exc, tb)
+
+
+def observed_turn(manager: SessionManager[T], key: str) -> SessionTurn[T]:
+    """What ``session()`` makes while turns are observed: every turn counted, one in
+    ``SAMPLE_EVERY`` timed (timing each would cost a coroutine layer per turn)."""
+    counters = manager._counters
+    turns = counters.turns = counters.turns + 1
+    if turns & _SAMPLE_MASK:
+        return SessionTurn(manager, key)
+    return TimedTurn(manager, key)

@@ -27,12 +27,18 @@ async def test_demo_runs_and_nothing_is_lost(tmp_path: Path, capsys: Any) -> Non
         flush_interval=0.05,
         max_cached=10,
         timeout=120,
+        metrics_port=0,
+        debug=False,
     )
     assert await demo.run_demo(args) == 0
     assert await demo.run_demo(args) == 0  # the counts continue from storage
     out = capsys.readouterr().out
     assert out.count("RESULT: nothing lost") == 2
     assert "highest count" in out
+    # It served /metrics while it ran, scraped it at the end, and logged no debug event.
+    assert out.count("metrics for Prometheus: http://127.0.0.1:") == 2
+    assert out.count("/metrics          turns 240,") == 2
+    assert "session.flush" in out and "debug" not in out
 
 
 async def test_typed_session_bot(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +18,8 @@ from actorsess.prometheus import SessionCollector, register_prometheus
 from actorsess.testing import FakeClock
 from tests.conftest import Events
 from tests.helpers import counter, racy_increment
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "examples/grafana/actorsess-dashboard.json"
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
@@ -176,3 +181,29 @@ async def test_a_queue_reaching_the_threshold_logs_a_hot_key(
     with pytest.raises(ConfigError, match="hot_key_threshold"):
         SessionConfig(hot_key_threshold=0)
     assert SessionConfig(hot_key_threshold=None).hot_key_threshold is None
+
+
+async def test_the_dashboard_queries_only_metrics_that_exist_and_shows_them_all() -> None:
+    """examples/grafana/actorsess-dashboard.json: every series it queries is exported,
+    and every exported metric is on it."""
+    from actorsess import MemoryStorage
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bactorsess_[a-z0-9_]+", target["expr"])
+    }
+    registry = CollectorRegistry()
+    async with SessionManager(MemoryStorage(), initial=counter) as m:
+        register_prometheus(m, registry=registry)
+        await racy_increment(m, "k")
+        await m.flush()
+        exported = {name for name, _ in scrape(registry)}
+        families = {
+            f.name for f in text_string_to_metric_families(generate_latest(registry).decode())
+        }
+    assert queried <= exported, queried - exported
+    shown = {name for name in families if any(q.startswith(name) for q in queried)}
+    assert shown == families, families - shown
