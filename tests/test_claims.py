@@ -20,7 +20,9 @@ from actorsess import (
     SessionManager,
     SqliteStorage,
 )
+from actorsess.testing import RedisServer
 
+from .conftest import Events
 from .helpers import counter
 
 # Starts real processes, or private servers that it faults: -m 'not process' skips it.
@@ -130,3 +132,30 @@ async def test_managers_of_one_process_share_their_key_space(
     ):
         for m in (a, b, c, d):
             await m.update(f"k{id(m)}", lambda s: s.update(n=1))
+
+
+async def test_a_claim_taken_by_another_process_or_not_renewable_is_reported(
+    events: Events,
+) -> None:
+    """While running, the claim is renewed every second: another process's marker in its
+    place is an error (``session.claim_lost``), a storage that cannot be reached a warning
+    (``session.claim_renew_failed``); the bot goes on serving its cached sessions."""
+    import asyncio
+
+    import redis.asyncio as redis_asyncio
+
+    with RedisServer() as server:
+        m = SessionManager(RedisStorage.from_url(server.url), initial=counter, logger=events.logger)
+        async with m:
+            await m.update("k", lambda s: s.update(n=1))
+            raw = redis_asyncio.Redis.from_url(server.url)
+            await raw.set("actorsess:\x00owner", "local|elsewhere|1|other", px=5000)
+            await raw.aclose()
+            await asyncio.sleep(1.5)
+            [lost] = events.named("session.claim_lost")
+            assert lost["space"] == "actorsess:" and "elsewhere" in lost["holder"]
+            server.stop()
+            await asyncio.sleep(1.5)
+            assert events.named("session.claim_renew_failed")
+            await m.update("k", lambda s: s.update(n=2))  # cached: still served
+            server.start()

@@ -430,3 +430,26 @@ async def test_shared_mode_refuses_a_redis_that_evicts_keys(policy: str) -> None
         local = SessionManager(RedisStorage.from_url(server.url), initial=counter)
         async with local:  # local mode holds no leases: fine
             await local.update("k", lambda s: s.update(n=1))
+
+
+async def test_shared_mode_with_redis_stopped_says_what_fails(events: Events) -> None:
+    """Shared ownership with its Redis stopped: renewals and, at close, the release of
+    the leases fail, each reported (``session.lease_renew_failed``,
+    ``session.lease_release_failed``); nothing hangs."""
+    with RedisServer() as server:
+        config = SessionConfig(
+            ownership="shared", lease_time=0.3, write_timeout=0.3, close_timeout=2
+        )
+        storage = RedisStorage.from_url(server.url)
+        m = SessionManager(storage, initial=counter, config=config, logger=events.logger)
+        await m.start()
+        await m.update("k", lambda s: s.update(n=1))
+        await m.persist("k")
+        server.stop()
+        await asyncio.sleep(0.6)  # two renewal periods
+        renew = events.named("session.lease_renew_failed")
+        assert renew and renew[0]["keys"] == 1 and "Error" in renew[0]["error"]
+        async with asyncio.timeout(5):
+            await m.close()
+        [release] = events.named("session.lease_release_failed")
+        assert release["keys"] == 1

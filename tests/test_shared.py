@@ -136,15 +136,19 @@ async def test_random_routing_on_a_cluster_loses_nothing(
     assert await stored_counts(redis_cluster.url, keys, cluster=True) == [20] * len(keys)
 
 
-async def test_owner_hands_over_within_milliseconds(make_manager: MakeManager) -> None:
+async def test_owner_hands_over_within_milliseconds(
+    make_manager: MakeManager, events: Events
+) -> None:
     """An update for a key owned elsewhere does not wait for the owner's idle eviction."""
-    first, second = await make_manager(), await make_manager()
+    first, second = await make_manager(logger=events.logger), await make_manager()
     await racy_increment(first, "k")  # first owns k, dirty, flush_interval far away
     started = asyncio.get_running_loop().time()
     async with second.session("k") as session:
         assert session["n"] == 1  # the owner wrote it before letting go
     assert asyncio.get_running_loop().time() - started < 0.5
     assert first.stats().handovers == 1
+    [handover] = events.named("session.handover")
+    assert handover["key"] == "k" and len(handover["to"]) == 1
 
 
 @pytest.mark.parametrize("key", ["a\nb", "k 1\n\ng x 9 y", "ключ\n"])
@@ -249,14 +253,42 @@ async def test_stale_owner_is_refused_and_reloads(
 
 
 async def test_waiting_for_a_stuck_owner_is_bounded(
-    make_manager: MakeManager, redis_client: redis_asyncio.Redis
+    make_manager: MakeManager, redis_client: redis_asyncio.Redis, events: Events
 ) -> None:
     """A lease held by a process that never answers ends in LeaseTimeoutError."""
     await redis_client.set(lease_key("actorsess:k"), "deadbeef:1", px=60_000)
-    manager = await make_manager(shared(lease_wait_timeout=0.3))
+    manager = await make_manager(shared(lease_wait_timeout=0.3), logger=events.logger)
     with pytest.raises(LeaseTimeoutError, match="'k'.*deadbeef"):
         async with manager.session("k"):
             pass
+    [timeout] = events.named("session.lease_timeout")
+    assert timeout["key"] == "k" and timeout["owner"] == "deadbeef:1"
+
+
+async def test_a_background_task_slow_to_stop_does_not_hold_up_close(
+    redis_url: str, events: Events
+) -> None:
+    """close() waits a bounded time for the lease keeper's tasks, then says how many did
+    not stop (a client slow to honour cancellation: a fault no real server produces)."""
+
+    class DeafListener(RedisStorage):
+        async def listen(self, manager_id: str, on_notice: Any) -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await asyncio.sleep(1.5)  # honours it later than close() waits
+                raise
+
+    storage = DeafListener.from_url(redis_url)
+    manager = SessionManager(storage, initial=counter, config=shared(), logger=events.logger)
+    await manager.start()
+    await racy_increment(manager, "k")
+    started = asyncio.get_running_loop().time()
+    await manager.close()
+    assert asyncio.get_running_loop().time() - started < 1.4
+    [stuck] = events.named("session.task_stuck")
+    assert stuck["tasks"] == 1
+    await asyncio.sleep(0.6)  # let the deaf task end before the loop does
 
 
 async def test_expired_lease_of_a_dead_owner_is_taken_over(
@@ -455,3 +487,30 @@ async def test_a_lease_handed_back_while_our_release_is_on_its_way_is_let_go(
         assert await stored_counts(redis_url, ["k"]) == [3]
     finally:
         await first.close()
+
+
+async def test_a_notice_channel_that_fails_is_reported_and_reopened(
+    redis_url: str, events: Events
+) -> None:
+    """RedisStorage.listen resubscribes by itself after a dropped connection; what
+    escapes it (on Cluster: node discovery failing, simulated here) is logged as
+    ``session.lease_listen_failed`` and the channel is opened again after a backoff."""
+    calls = 0
+
+    class FlakyListener(RedisStorage):
+        async def listen(self, manager_id: str, on_notice: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ResponseError("CLUSTERDOWN The cluster is down")
+            await super().listen(manager_id, on_notice)
+
+    storage = FlakyListener.from_url(redis_url)
+    config = shared(retry_base_delay=0.01)
+    async with SessionManager(storage, initial=counter, config=config, logger=events.logger):
+        for _ in range(100):
+            if calls >= 2:
+                break
+            await asyncio.sleep(0.02)
+    [failed] = events.named("session.lease_listen_failed")
+    assert "CLUSTERDOWN" in failed["error"] and calls >= 2

@@ -172,9 +172,15 @@ async def test_unreachable_redis_at_start_is_logged_and_start_returns(events: An
     await m.start()
     [unprepared] = events.named("session.storage_unprepared")
     assert "ConnectionError" in unprepared["error"]
+    [claim] = events.named("session.claim_failed")  # start() goes on without the check
+    assert claim["space"] == "actorsess:" and "ConnectionError" in claim["error"]
     with pytest.raises(StorageError, match="could not load session 'k'"):
         await m.get("k")
+    [failed] = events.named("session.load_failed")
+    assert failed["keys"] == 1 and "ConnectionError" in failed["error"]
     await m.close()
+    [unclaim] = events.named("session.unclaim_failed")
+    assert "ConnectionError" in unclaim["error"]
 
 
 def sha1_hex(text: str) -> str:
