@@ -110,6 +110,20 @@ class SessionManager(Generic[T]):
         rng: random.Random | None = None,
         migrations: Sequence[Migration] = (),
     ) -> None:
+        """Sessions kept in ``storage``, started from ``initial()``.
+
+        ``storage``: ``MemoryStorage()``, ``SqliteStorage(path)``,
+        ``RedisStorage.from_url(url)`` (or any ``Storage``); one storage object
+        may serve several managers (namespaces).
+        ``initial``: makes a new session; its return type is the session type.
+        ``config``: a ``SessionConfig`` (flush interval, cache size, ownership ...;
+        ``SessionConfig.from_env()`` reads ``ACTORSESS_*``).
+        ``clock``: time source for flushes, TTLs and leases (tests pass
+        ``actorsess.testing.FakeClock``). ``logger``: a structlog-style logger
+        (default: structlog's ``actorsess`` logger). ``rng``: jitter of the retry
+        backoff. ``migrations``: functions upgrading stored data, oldest first
+        (see ``docs/lifecycle.md``).
+        """
         config = SessionConfig() if config is None else config
         if not isinstance(config, SessionConfig):
             raise TypeError(f"config must be a SessionConfig, got {type(config).__name__}")

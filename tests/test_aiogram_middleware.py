@@ -19,7 +19,7 @@ from actorsess import (
     SessionManager,
     SessionTurn,
 )
-from actorsess.aiogram import LazySession, SessionMiddleware, SessionOrderError
+from actorsess.aiogram import LazySession, SessionMiddleware, SessionOrderError, session_key
 
 from .aiogram_helpers import message_update, poll_update
 from .conftest import Events
@@ -62,6 +62,9 @@ async def test_key_strategies_follow_fsm_meanings(
     await dp.feed_update(bot, update)
     await manager.close()
     assert seen == [expected]
+    # The helper for code outside handlers gives the very same key.
+    outside = session_key(bot_id=42, chat_id=-100, user_id=7, thread_id=5, strategy=strategy)
+    assert outside == expected
 
 
 async def test_business_connection_and_custom_key(bot: Bot) -> None:
@@ -91,6 +94,7 @@ async def test_business_connection_and_custom_key(bot: Bot) -> None:
     await manager.close()
     await custom.close()
     assert seen[0][0] == "session:42:bBC1:5:5"
+    assert seen[0][0] == session_key(bot_id=42, chat_id=5, user_id=5, business_connection_id="BC1")
     assert seen[1] == ("session:42:5:5", "lang:42:by-language")
 
 
@@ -458,3 +462,9 @@ async def test_a_first_touch_factory_that_fails_rolls_the_update_back(bot: Bot) 
     with pytest.raises(TypeError, match="initial must be a function"):
         SessionMiddleware(manager, initial={"n": 1})  # type: ignore[arg-type]
     await manager.close()
+
+
+def test_a_key_needs_a_chat_or_a_user() -> None:
+    with pytest.raises(ValueError, match="needs a chat_id or a user_id"):
+        session_key(bot_id=42)
+    assert session_key("profile", bot_id=42, user_id=7) == "profile:42:7:7"

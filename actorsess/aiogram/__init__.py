@@ -2,7 +2,7 @@
 
 from actorsess.aiogram._fsm import ActorEventIsolation, ActorFSMStorage
 from actorsess.aiogram._import import ImportReport, import_aiogram_fsm
-from actorsess.aiogram._keys import KeyFunction, strategy_key
+from actorsess.aiogram._keys import KeyFunction, session_key, strategy_key
 from actorsess.aiogram._middleware import LazySession, SessionMiddleware, SessionOrderError
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "SessionMiddleware",
     "SessionOrderError",
     "import_aiogram_fsm",
+    "session_key",
     "strategy_key",
 ]

@@ -30,25 +30,63 @@ def strategy_key(strategy: FSMStrategy) -> KeyFunction:
         context: EventContext | None = data.get(EVENT_CONTEXT_KEY)
         if context is None:
             return None
-        chat_id, user_id = context.chat_id, context.user_id
-        if chat_id is None:
-            chat_id = user_id
-        elif user_id is None and strategy in _CHAT_SCOPED:
-            user_id = chat_id
-        if chat_id is None or user_id is None:
-            return None  # no chat and no user: no session rather than a shared one
-        chat_id, user_id, thread_id = apply_strategy(
-            strategy, chat_id=chat_id, user_id=user_id, thread_id=context.thread_id
+        return _strategy_part(
+            strategy,
+            context.chat_id,
+            context.user_id,
+            context.thread_id,
+            context.business_connection_id,
         )
-        parts = [str(chat_id), str(user_id)]
-        if thread_id is not None:
-            parts.append(f"t{thread_id}")
-        if context.business_connection_id:
-            parts.insert(0, "b" + escape_part(context.business_connection_id))
-        return ":".join(parts)
 
     key.__qualname__ = f"strategy_key({strategy.name})"
     return key
+
+
+def _strategy_part(
+    strategy: FSMStrategy,
+    chat_id: int | None,
+    user_id: int | None,
+    thread_id: int | None,
+    business_connection_id: str | None,
+) -> str | None:
+    """The key of a chat / user / topic under ``strategy`` (before namespace and bot)."""
+    if chat_id is None:
+        chat_id = user_id
+    elif user_id is None and strategy in _CHAT_SCOPED:
+        user_id = chat_id
+    if chat_id is None or user_id is None:
+        return None  # no chat and no user: no session rather than a shared one
+    chat_id, user_id, thread_id = apply_strategy(
+        strategy, chat_id=chat_id, user_id=user_id, thread_id=thread_id
+    )
+    parts = [str(chat_id), str(user_id)]
+    if thread_id is not None:
+        parts.append(f"t{thread_id}")
+    if business_connection_id:
+        parts.insert(0, "b" + escape_part(business_connection_id))
+    return ":".join(parts)
+
+
+def session_key(
+    name: str = "session",
+    *,
+    bot_id: int,
+    chat_id: int | None = None,
+    user_id: int | None = None,
+    thread_id: int | None = None,
+    business_connection_id: str | None = None,
+    strategy: FSMStrategy = FSMStrategy.USER_IN_CHAT,
+) -> str:
+    """The key ``SessionMiddleware(manager, name=name, key=strategy)`` uses for an
+    update from this chat and user, for ``manager.get`` / ``update`` / ``scan``
+    outside a handler: ``<name>:<bot id>:<chat>:<user>[:t<thread>]`` (the storage
+    adds ``key_prefix``). ``session_key(bot_id=42, chat_id=-100, user_id=7)`` is
+    ``"session:42:-100:7"``; a chat-wide session (``FSMStrategy.CHAT``) repeats the
+    chat id: ``"session:42:-100:-100"``."""
+    key = _strategy_part(strategy, chat_id, user_id, thread_id, business_connection_id)
+    if key is None:
+        raise ValueError("session_key needs a chat_id or a user_id")
+    return f"{name}:{bot_id}:{key}"
 
 
 def escape_part(text: str) -> str:
