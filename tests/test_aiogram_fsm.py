@@ -539,3 +539,21 @@ async def test_fsm_data_reads_back_as_a_reload_gives_and_errors_come_from_set_da
     assert await reloaded.get_state(key) == "form:when"
     await reloaded.close()
     await bot.session.close()
+
+
+async def test_a_key_builder_lays_out_the_fsm_keys(storage_factory: Any) -> None:
+    """``ActorFSMStorage(..., key_builder=...)``: sessions stored under the builder's
+    keys, read back by a restarted bot with the same builder."""
+    builder = DefaultKeyBuilder(prefix="form", with_bot_id=True, with_destiny=True)
+    key = StorageKey(bot_id=42, chat_id=-100, user_id=7, thread_id=5)
+    fsm = ActorFSMStorage(storage_factory(), key_builder=builder)
+    await fsm.set_state(key, "Form:name")
+    await fsm.update_data(key, {"name": "Ann"})
+    await fsm.close()
+    stored = await storage_factory().load_many(["actorsess:form:42:-100:5:7:default"])
+    assert stored[0] is not None and b'"Form:name"' in stored[0]
+    again = ActorFSMStorage(storage_factory(), key_builder=builder)
+    assert await again.get_state(key) == "Form:name"
+    assert await again.get_data(key) == {"name": "Ann"}
+    assert await ActorFSMStorage(storage_factory()).get_state(key) is None  # other layout
+    await again.close()

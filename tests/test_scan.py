@@ -7,10 +7,9 @@ from typing import Any
 import pytest
 
 from actorsess import InvalidKeyError, MemoryStorage, SessionConfig, SessionManager
-from actorsess.storage import ScannableStorage
 
 from .conftest import Events
-from .helpers import PREFIX, RecordingStorage, counter, put_record
+from .helpers import RecordingStorage, counter, put_record
 
 SLOW = SessionConfig(flush_interval=60)
 
@@ -39,17 +38,6 @@ async def test_scan_walks_every_stored_session_under_a_prefix(storage_factory: A
         assert len(await collect(again, batch=7)) == 255
         assert await collect(again, "nobody:") == {}
         assert again.stats().cached == 0  # a walk caches nothing
-
-
-async def test_storage_pages_stay_within_the_batch(storage_factory: Any) -> None:
-    storage = storage_factory()
-    assert isinstance(storage_factory(), ScannableStorage)
-    for i in range(95):
-        await put_record(storage, f"p:{i}", b'{"n":1}', 1)
-    await put_record(storage, "q:0", b'{"n":1}', 1)
-    pages = [page async for page in storage.scan_keys(PREFIX + "p:", 10)]
-    assert all(0 < len(page) <= 10 for page in pages)
-    assert {key for page in pages for key in page} == {f"{PREFIX}p:{i}" for i in range(95)}
 
 
 async def test_a_cached_change_wins_over_what_storage_holds(storage_factory: Any) -> None:

@@ -8,94 +8,12 @@ import pytest
 
 from actorsess import SessionConfig, SessionManager, Storage, WriteItem
 from actorsess.storage import BadValue
-from actorsess.storage.base import NEWER_VERSION, Conflict
+from actorsess.testing.storage_contract import StorageContract
 
 
-class TestStorageContract:
-    async def test_missing_keys_load_as_none(self, storage_factory: Any) -> None:
-        """Keys never written come back as None, in the order asked."""
-        storage: Storage = storage_factory()
-        assert await storage.load_many(["a", "b"]) == [None, None]
-        assert await storage.load_many([]) == []
-
-    async def test_write_then_load_round_trips_bytes(self, storage_factory: Any) -> None:
-        """A written blob is read back byte for byte, by another storage object too."""
-        storage: Storage = storage_factory()
-        blob = b"as1:3:" + bytes(range(256))
-        await storage.write_many([WriteItem("k1", blob, 3), WriteItem("k2", b"as1:1:{}", 1)], None)
-        other: Storage = storage_factory()
-        assert await other.load_many(["k2", "nope", "k1"]) == [b"as1:1:{}", None, blob]
-
-    async def test_overwrite_and_delete_in_one_batch(self, storage_factory: Any) -> None:
-        """A batch may overwrite some keys and delete others (blob=None): a deleted key
-        loads as a tombstone carrying its version."""
-        storage: Storage = storage_factory()
-        await storage.write_many(
-            [WriteItem("a", b"as1:1:1", 1), WriteItem("b", b"as1:1:2", 1)], None
-        )
-        await storage.write_many([WriteItem("a", b"as1:2:9", 2), WriteItem("b", None, 2)], None)
-        assert await storage.load_many(["a", "b"]) == [b"as1:2:9", b"as1:2:"]
-
-    async def test_writes_are_idempotent(self, storage_factory: Any) -> None:
-        """Sending the same batch twice (unknown outcome, retried) leaves the same state."""
-        storage: Storage = storage_factory()
-        batch = [WriteItem(f"k{i}", b"as1:%d:{}" % i, i) for i in range(1, 51)]
-        await storage.write_many(batch, None)
-        await storage.write_many(batch, None)
-        assert await storage.load_many([f"k{i}" for i in range(1, 51)]) == [i.blob for i in batch]
-
-    async def test_older_versions_never_overwrite_newer(self, storage_factory: Any) -> None:
-        """Every write and delete is fenced: an older one is refused and reported, the
-        same version again is a replay (done), the rest of the batch lands."""
-        storage: Storage = storage_factory()
-        assert await storage.write_many([WriteItem("k", b"as1:5:new", 5)], None) == []
-        refused = await storage.write_many(
-            [WriteItem("j", b"as1:1:j", 1), WriteItem("k", b"as1:3:old", 3)], None
-        )
-        assert refused == [Conflict(1, NEWER_VERSION)]
-        assert await storage.load_many(["k", "j"]) == [b"as1:5:new", b"as1:1:j"]
-        assert await storage.write_many([WriteItem("k", None, 4)], None) == [
-            Conflict(0, NEWER_VERSION)
-        ]
-        assert await storage.load_many(["k"]) == [b"as1:5:new"]
-        assert await storage.write_many([WriteItem("k", b"as1:5:new", 5)], None) == []
-        assert await storage.write_many([WriteItem("k", None, 6)], None) == []
-        assert await storage.load_many(["k"]) == [b"as1:6:"]
-        assert await storage.write_many([WriteItem("k", b"as1:5:new", 5)], None) == [
-            Conflict(0, NEWER_VERSION)
-        ]
-        assert await storage.load_many(["k"]) == [b"as1:6:"]
-
-    async def test_delete_many(self, storage_factory: Any) -> None:
-        """delete_many removes present keys and ignores absent ones."""
-        storage: Storage = storage_factory()
-        await storage.write_many([WriteItem("a", b"as1:1:1", 1)], None)
-        await storage.delete_many(["a", "never"])
-        assert await storage.load_many(["a"]) == [None]
-
-    async def test_large_batches(self, storage_factory: Any) -> None:
-        """Batches larger than one statement's parameter limit still land whole."""
-        storage: Storage = storage_factory()
-        batch = [WriteItem(f"key:{i}", b"as1:1:" + b"x" * 200, 1) for i in range(3000)]
-        await storage.write_many(batch, None)
-        loaded = await storage.load_many([i.key for i in batch])
-        assert loaded == [i.blob for i in batch]
-
-    async def test_close_twice(self, storage_factory: Any) -> None:
-        """close() is safe to call twice."""
-        storage: Storage = storage_factory()
-        await storage.close()
-        await storage.close()
-
-    async def test_manager_round_trip_through_each_storage(self, storage_factory: Any) -> None:
-        """A session written by one manager is read back by a fresh one over new storage."""
-        config = SessionConfig(flush_interval=60)
-        async with SessionManager(storage_factory(), initial=lambda: {"n": 0}, config=config) as m:
-            async with m.session("chat:1") as s:
-                s["n"] = 41
-            await m.update("chat:1", lambda s: s.update(n=s["n"] + 1))
-        async with SessionManager(storage_factory(), initial=lambda: {"n": 0}, config=config) as m2:
-            assert await m2.get("chat:1") == {"n": 42}
+class TestStorageContract(StorageContract):
+    """The shipped contract (``actorsess.testing.storage_contract``), run against memory,
+    Redis, SQLite and Redis Cluster through the ``storage_factory`` fixture."""
 
 
 @pytest.mark.parametrize("kind", ["redis", "sqlite"])
@@ -148,7 +66,7 @@ async def test_redis_prepare_opens_connections_and_loads_every_script(
 ) -> None:
     """A started manager has pooled connections open and the scripts loaded before
     its first load, so the first batches pay no connection set-up or NOSCRIPT."""
-    from actorsess import RedisStorage, SessionManager
+    from actorsess import RedisStorage
     from actorsess.storage.redis import PREPARED_CONNECTIONS
 
     await redis_client.script_flush()
@@ -163,7 +81,7 @@ async def test_redis_prepare_opens_connections_and_loads_every_script(
 
 async def test_unreachable_redis_at_start_is_logged_and_start_returns(events: Any) -> None:
     """start() does not fail (nor wait long) when Redis is down; loads then fail as usual."""
-    from actorsess import RedisStorage, SessionManager, StorageError
+    from actorsess import RedisStorage, StorageError
     from actorsess.testing import free_port
 
     storage = RedisStorage.from_url(f"redis://127.0.0.1:{free_port()}")
@@ -187,3 +105,16 @@ def sha1_hex(text: str) -> str:
     import hashlib
 
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+async def test_the_shipped_contract_catches_a_storage_that_breaks_it() -> None:
+    """A storage whose all-or-nothing write lands part of a refused batch fails it."""
+    from actorsess import MemoryStorage
+
+    class HalfAtomic(MemoryStorage):
+        async def write_all(self, items: Any, ttl_ms: int | None) -> list[Any]:
+            return await self.write_many(items, ttl_ms)  # the others land: broken
+
+    shared = HalfAtomic()
+    with pytest.raises(AssertionError):
+        await StorageContract().test_write_all_is_all_or_nothing(lambda: shared)

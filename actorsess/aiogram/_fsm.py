@@ -21,7 +21,13 @@ from typing import Any, NamedTuple
 from aiogram import Dispatcher
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
-from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage, StateType, StorageKey
+from aiogram.fsm.storage.base import (
+    BaseEventIsolation,
+    BaseStorage,
+    KeyBuilder,
+    StateType,
+    StorageKey,
+)
 
 from actorsess._config import SessionConfig
 from actorsess._manager import SessionManager
@@ -79,11 +85,18 @@ class ActorFSMStorage(BaseStorage):
         storage: Storage | SessionManager[FSMRecord],
         *,
         config: SessionConfig | None = None,
+        key_builder: KeyBuilder | None = None,
     ) -> None:
         """Back aiogram's FSM by ``storage`` (a new manager is made), or share a manager.
 
         A shared manager may start its sessions from any dict (``initial=dict``
         works): missing ``state``/``data`` entries read as None and ``{}``.
+
+        ``key_builder``: an aiogram ``KeyBuilder`` laying out the session keys
+        (``build(key)``, no part: state and data share one record), as for aiogram's
+        own storages. The default, ``session_key``, never gives two StorageKeys one
+        key; a custom one must not either. A group's move to a supergroup follows
+        the default layout only.
         """
         if isinstance(storage, SessionManager):
             if config is not None:
@@ -97,6 +110,7 @@ class ActorFSMStorage(BaseStorage):
         self._held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
             f"actorsess_fsm_held_{id(self)}", default=None
         )
+        self.key_builder = key_builder
         #: Isolation turns whose holder's parent task may act in them, by key.
         self._lent: dict[str, _Lent] = {}
 
@@ -117,8 +131,15 @@ class ActorFSMStorage(BaseStorage):
         group becomes a supergroup, move its states and data to the new chat id."""
         dp.startup.register(self.manager.start)
         dp.shutdown.register(self.close)
-        ChatMigration(self.manager, "fsm").setup_before_fsm(dp)
+        if self.key_builder is None:  # a custom layout cannot be moved by chat
+            ChatMigration(self.manager, "fsm").setup_before_fsm(dp)
         return self
+
+    def key_for(self, key: StorageKey) -> str:
+        """The session key of ``key``: the key builder's, or ``session_key``'s."""
+        if self.key_builder is not None:
+            return self.key_builder.build(key)
+        return self.session_key(key)
 
     @staticmethod
     def session_key(key: StorageKey) -> str:
@@ -150,14 +171,14 @@ class ActorFSMStorage(BaseStorage):
         return None
 
     async def _read(self, key: StorageKey) -> FSMRecord:
-        name = self.session_key(key)
+        name = self.key_for(key)
         record = self._held_record(name)
         if record is not None:
             return record
         return await self.manager.get(name)
 
     async def _write(self, key: StorageKey, field: str, value: Any) -> None:
-        name = self.session_key(key)
+        name = self.key_for(key)
         record = self._held_record(name)
         if record is not None:
             record[field] = value
@@ -191,7 +212,7 @@ class ActorFSMStorage(BaseStorage):
 
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``data`` in one turn (atomic even without an events isolation)."""
-        name = self.session_key(key)
+        name = self.key_for(key)
         patch = _as_json(dict(data))
         record = self._held_record(name)
         if record is not None:
@@ -226,7 +247,7 @@ class ActorEventIsolation(BaseEventIsolation):
     @asynccontextmanager
     async def lock(self, key: StorageKey) -> AsyncGenerator[None, None]:
         storage = self.storage
-        name = storage.session_key(key)
+        name = storage.key_for(key)
         task = asyncio.current_task()
         outer = storage._held.get()
         parent = None

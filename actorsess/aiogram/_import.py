@@ -149,7 +149,7 @@ async def _import_one(fsm: ActorFSMStorage, source: AiogramRedisStorage, key: St
     state = await source.get_state(key)
     data = await source.get_data(key)
     record: dict[str, Any] = {"state": state, "data": data}
-    turn = fsm.manager.session(fsm.session_key(key))
+    turn = fsm.manager.session(fsm.key_for(key))
     async with turn:
         if turn.value == record:
             return "same"  # imported before (both of its keys come by)
