@@ -2,6 +2,7 @@
 
 from actorsess._clock import Clock, MonotonicClock
 from actorsess._config import SessionConfig
+from actorsess._group import SessionGroup
 from actorsess._keyspace import MigrationReport
 from actorsess._manager import SessionManager
 from actorsess._migrations import Migration
@@ -45,6 +46,7 @@ __all__ = [
     "SessionConflictError",
     "SessionDeadlockError",
     "SessionEncodeError",
+    "SessionGroup",
     "SessionManager",
     "SessionStats",
     "SessionTooLargeError",
