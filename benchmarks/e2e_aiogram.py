@@ -15,15 +15,22 @@ everything built before the runs) out of the collector's reach with
 is left: the per-chat queueing every lossless row pays.
 
     .venv/bin/python -m benchmarks.e2e_aiogram [--chats 200] [--messages 50] [--rounds 3]
-                                               [--freeze-gc]
+                                               [--freeze-gc] [--no-cluster]
+
+actorsess's middleware row runs over Redis, and also over the embedded SQLite
+storage and a local 3-primary Redis Cluster (Redis commands summed over the
+primaries).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import os
 import random
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -41,7 +48,7 @@ import actorsess
 from actorsess import testing
 from actorsess.aiogram import ActorFSMStorage, SessionMiddleware
 from actorsess.prometheus import register_prometheus
-from actorsess.testing import RedisServer
+from actorsess.testing import LocalRedisCluster, RedisServer
 from benchmarks._common import (
     CollectorWatch,
     flush_redis,
@@ -183,9 +190,31 @@ async def run_fsm(
 async def run_actorsess(
     url: str, updates: list[Update], in_flight: int, metrics: bool = False
 ) -> Result:
+    name = "actorsess SessionMiddleware (Redis)" + (" + Prometheus collector" if metrics else "")
     flush_redis(url)
+    return await run_middleware(
+        name,
+        lambda: actorsess.RedisStorage.from_url(url),
+        updates,
+        in_flight,
+        lambda: redis_commands(url),
+        metrics,
+    )
+
+
+async def run_middleware(
+    name: str,
+    make_storage: Callable[[], actorsess.Storage],
+    updates: list[Update],
+    in_flight: int,
+    count_commands: Callable[[], int] | None = None,
+    metrics: bool = False,
+    servers: int = 1,
+) -> Result:
+    """The middleware row over any storage; ``count_commands`` reads the counters of
+    ``servers`` Redis servers (None: no Redis involved), each reading one INFO."""
     manager = actorsess.SessionManager(
-        actorsess.RedisStorage.from_url(url),
+        make_storage(),
         initial=lambda: {"n": 0},
         config=actorsess.SessionConfig(flush_interval=1.0),
     )
@@ -201,19 +230,28 @@ async def run_actorsess(
         session["n"] = n + 1
 
     bot = Bot(f"{BOT_ID}:BENCH")
-    before = redis_commands(url)
+    before = count_commands() if count_commands else 0
     run = await drive(dp, bot, updates, in_flight)
-    after = redis_commands(url)
+    after = count_commands() if count_commands else 0
     await bot.session.close()
-    reader = actorsess.SessionManager(
-        actorsess.RedisStorage.from_url(url), initial=lambda: {"n": 0}
-    )
+    reader = actorsess.SessionManager(make_storage(), initial=lambda: {"n": 0})
     async with reader:
         expected = expected_counts(updates)
         values = await reader.get_many(f"session:{BOT_ID}:{c}:{c}" for c in expected)
     lost = sum(expected.values()) - sum(v["n"] for v in values.values())
-    name = "actorsess SessionMiddleware (Redis)" + (" + Prometheus collector" if metrics else "")
-    return run.result(name, lost, (after - before - 1) / len(updates))
+    per_update = (after - before - servers) / len(updates) if count_commands else 0.0
+    return run.result(name, lost, per_update)
+
+
+def new_sqlite_file() -> Callable[[], actorsess.Storage]:
+    """Storages over one new SQLite file (each run counts from zero; its reader reads
+    the same file)."""
+    path = os.path.join(tempfile.mkdtemp(prefix="actorsess-bench-"), "sessions.sqlite3")
+    return lambda: actorsess.SqliteStorage(path)
+
+
+def cluster_commands(cluster: LocalRedisCluster) -> int:
+    return sum(redis_commands(f"redis://127.0.0.1:{port}") for port in cluster.primary_ports())
 
 
 async def main() -> None:
@@ -222,6 +260,12 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=50)
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3, help="runs per row; the median is shown")
+    parser.add_argument(
+        "--no-cluster",
+        dest="cluster",
+        action="store_false",
+        help="leave out the row over a local 3-primary Redis Cluster",
+    )
     parser.add_argument(
         "--freeze-gc",
         action="store_true",
@@ -233,7 +277,8 @@ async def main() -> None:
     if args.freeze_gc:
         gc.collect()
         gc.freeze()
-    with RedisServer() as server:
+    cluster_context = LocalRedisCluster() if args.cluster else contextlib.nullcontext()
+    with RedisServer() as server, cluster_context as cluster:
         url = server.url
         rows: dict[str, list[Result]] = {}
 
@@ -293,6 +338,32 @@ async def main() -> None:
                 lambda: ActorFSMStorage(actorsess.RedisStorage.from_url(url)),
             ),
         ]
+        scenarios.append(
+            (
+                "actorsess SessionMiddleware (SQLite)",
+                lambda: run_middleware(
+                    "actorsess SessionMiddleware (SQLite)",
+                    new_sqlite_file(),
+                    updates,
+                    args.in_flight,
+                ),
+            )
+        )
+        if cluster is not None:
+            on_cluster = cluster
+            scenarios.append(
+                (
+                    "actorsess SessionMiddleware (Redis Cluster, 3 primaries)",
+                    lambda: run_middleware(
+                        "actorsess SessionMiddleware (Redis Cluster, 3 primaries)",
+                        lambda: actorsess.RedisStorage.from_url(on_cluster.url, cluster=True),
+                        updates,
+                        args.in_flight,
+                        lambda: cluster_commands(on_cluster),
+                        servers=len(on_cluster.primary_ports()),
+                    ),
+                )
+            )
         for _ in range(args.rounds):
             for name, runner in scenarios:  # interleaved, so drift hits every row alike
                 rows.setdefault(name, []).append(await runner())
