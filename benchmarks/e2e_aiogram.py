@@ -73,6 +73,7 @@ class Result:
     commands_per_update: float
     p50_ms: float
     p99_ms: float
+    p999_ms: float
     full_collections: int
     collector_pause_ms: float
 
@@ -93,6 +94,7 @@ class Run:
             commands_per_update,
             percentile(self.latencies_s, 0.5) * 1000,
             percentile(self.latencies_s, 0.99) * 1000,
+            percentile(self.latencies_s, 0.999) * 1000,
             self.collector.full_collections,
             self.collector.pause_s * 1000,
         )
@@ -385,6 +387,7 @@ async def main() -> None:
                 p99,
                 f"{p99 / ceiling_p99:.2f}x",
                 f"{p99 / lossless_p99:.2f}x",
+                median([r.p999_ms for r in results]),
                 f"{median([r.full_collections for r in results]):g}",
                 median([r.collector_pause_ms for r in results]),
             ]
@@ -406,6 +409,7 @@ async def main() -> None:
                 "p99 ms",
                 "p99 vs ceiling",
                 "p99 vs lossless in-memory",
+                "p99.9 ms",
                 "full GCs",
                 "GC pause ms",
             ],
