@@ -453,3 +453,22 @@ async def test_shared_mode_with_redis_stopped_says_what_fails(events: Events) ->
             await m.close()
         [release] = events.named("session.lease_release_failed")
         assert release["keys"] == 1
+
+
+def test_a_cluster_node_whose_port_was_taken_starts_on_another() -> None:
+    """LocalRedisCluster picks its ports ahead; one taken before its node starts (by
+    any process) moves that node to a free one, and a cluster that cannot start
+    leaves no node running."""
+    import socket
+
+    cluster = LocalRedisCluster()
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", cluster.nodes[1].port))
+    squatter.listen()
+    try:
+        with cluster:
+            assert len(cluster.primary_ports()) == 3
+            assert cluster.nodes[1].port != squatter.getsockname()[1]
+    finally:
+        squatter.close()
+    assert all(node.process is None or node.process.poll() is not None for node in cluster.nodes)

@@ -20,12 +20,18 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+def _free_cluster_port(taken: set[int]) -> int:
+    """A free port whose cluster bus port (port + 10000) is free too, neither of them
+    already chosen for this cluster (``taken``). Both stay below 32768, where Linux
+    hands out no ephemeral ports: an outgoing connection of the test run cannot grab
+    one between this check and the node's start."""
     rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20_000, 45_000)
+    for _ in range(500):
+        port = rng.randrange(10_000, 22_700)
+        if {port, port + 10_000} & taken:
+            continue
         if _port_free(port) and _port_free(port + 10_000):
+            taken.update((port, port + 10_000))
             return port
     raise RuntimeError("no free port pair for a cluster node")
 
@@ -38,9 +44,10 @@ class LocalRedisCluster:
         if primaries < 3:
             raise ValueError("Redis Cluster needs at least 3 primaries")
         self.replicas = replicas
+        self._taken: set[int] = set()
         self.nodes = [
             RedisServer(
-                port=_free_cluster_port(),
+                port=_free_cluster_port(self._taken),
                 appendonly=True,
                 extra_args=[
                     "--cluster-enabled",
@@ -66,8 +73,12 @@ class LocalRedisCluster:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("'redis-cli' is not on PATH; install redis-tools")
-        for node in self.nodes:
-            node.start()
+        try:
+            for node in self.nodes:
+                self._start_node(node)
+        except BaseException:
+            self.close()  # leave no node of a cluster that could not start running
+            raise
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
             [
@@ -92,6 +103,18 @@ class LocalRedisCluster:
             time.sleep(0.1)
         self.close()
         raise RuntimeError(f"the cluster did not reach cluster_state:ok in {timeout}s")
+
+    def _start_node(self, node: RedisServer) -> None:
+        """Start ``node``, on another port if its own was taken meanwhile."""
+        for attempt in range(3):
+            try:
+                node.start()
+                return
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                node.stop()
+                node.port = _free_cluster_port(self._taken)
 
     def primary_ports(self) -> list[int]:
         """Ports of the nodes that are primaries now (this changes after a failover)."""
