@@ -140,7 +140,6 @@ async def test_a_claim_taken_by_another_process_or_not_renewable_is_reported(
     """While running, the claim is renewed every second: another process's marker in its
     place is an error (``session.claim_lost``), a storage that cannot be reached a warning
     (``session.claim_renew_failed``); the bot goes on serving its cached sessions."""
-    import asyncio
 
     import redis.asyncio as redis_asyncio
 
@@ -151,11 +150,21 @@ async def test_a_claim_taken_by_another_process_or_not_renewable_is_reported(
             raw = redis_asyncio.Redis.from_url(server.url)
             await raw.set("actorsess:\x00owner", "local|elsewhere|1|other", px=5000)
             await raw.aclose()
-            await asyncio.sleep(1.5)
-            [lost] = events.named("session.claim_lost")
+            await logged(events, "session.claim_lost")  # at the next renewal (1 s)
+            lost = events.named("session.claim_lost")[0]
             assert lost["space"] == "actorsess:" and "elsewhere" in lost["holder"]
             server.stop()
-            await asyncio.sleep(1.5)
-            assert events.named("session.claim_renew_failed")
+            await logged(events, "session.claim_renew_failed")
             await m.update("k", lambda s: s.update(n=2))  # cached: still served
             server.start()
+
+
+async def logged(events: Events, name: str, within: float = 10.0) -> None:
+    """Return once ``name`` was logged (the claim is renewed every second)."""
+    import asyncio
+
+    for _ in range(int(within / 0.05)):
+        if events.named(name):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} was not logged within {within}s")
