@@ -54,6 +54,7 @@ class KeySpace(Generic[T]):
         "_cached",
         "_codec",
         "_counters",
+        "_empty_blob",
         "_log",
         "_max_bytes",
         "_migrations",
@@ -73,6 +74,7 @@ class KeySpace(Generic[T]):
         counters: Counters,
         log: Any,
         cached: Callable[[str], SessionActor[T] | None],
+        empty_blob: bytes | None,
     ) -> None:
         self._storage = storage
         self._codec = codec
@@ -84,6 +86,8 @@ class KeySpace(Generic[T]):
         self._log = log
         #: The cached actor of a key whose committed value is current, or None.
         self._cached = cached
+        #: The encoded initial value: a session committed back to it has no record.
+        self._empty_blob = empty_blob
 
     def _scannable(self, operation: str) -> ScannableStorage:
         storage = self._storage
@@ -146,7 +150,7 @@ class KeySpace(Generic[T]):
         actor = self._cached(key)
         if actor is None:
             return None
-        if actor.deleted or actor.blob == self._codec.empty_blob():
+        if actor.blob == self._empty_blob:
             return _NO_SESSION
         return self._codec.decode(actor.blob)
 

@@ -128,7 +128,6 @@ class Loader:
             if not isinstance(raw, Owned):  # an owned key waits in the lease keeper
                 self._apply(actor, raw)
         duration = self._clock.now() - started
-        self._counters.sessions_loaded += len(actors)
         self._timings.load_seconds.observe(duration)
         self._log.debug("session.load", keys=len(actors), duration_ms=round(duration * 1000, 3))
 
@@ -143,6 +142,8 @@ class Loader:
         return await self._storage.load_many([a.storage_key for a in actors])
 
     def _apply(self, actor: SessionActor[Any], raw: LoadResult) -> None:
+        # Every record read from storage, by a load or a handover: a cache miss.
+        self._counters.sessions_loaded += 1
         try:
             stored = read_stored(
                 actor.key, raw, self._codec, self._migrations, self._config.max_session_bytes

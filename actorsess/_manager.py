@@ -239,6 +239,7 @@ class SessionManager(Generic[T]):
             self._counters,
             self._log,
             self._cached_committed,
+            self._empty_blob,
         )
         if self._keeper is not None:
             self._keeper.loader = self._loader
@@ -480,7 +481,11 @@ class SessionManager(Generic[T]):
             group = self.sessions(*keys)
             async with group:
                 turns = dict(zip(keys, group.turns, strict=True))
-                moved = sum(self._move_value(turns[old], turns[new]) for old, new in pairs)
+                moved = 0
+                for old, new in pairs:
+                    if self._copy_over(turns[old], turns[new]) is not None:
+                        turns[old].delete()
+                        moved += 1
         else:
             moved = 0
             for old, new in pairs:
@@ -488,22 +493,22 @@ class SessionManager(Generic[T]):
         self._log.info("session.moved", moved=moved, kept=len(pairs) - moved)
         return moved
 
-    def _move_value(self, old: SessionTurn[T], new: SessionTurn[T]) -> bool:
-        """Inside both turns: give ``new`` a copy of ``old``'s value and delete ``old``."""
+    def _copy_over(self, old: SessionTurn[T], new: SessionTurn[T]) -> bytes | None:
+        """Inside both turns: give ``new`` a copy of ``old``'s value and return its
+        encoding; None (nothing done) unless ``old`` has a session and ``new`` none."""
         if old.is_new or not new.is_new:
-            return False
-        new.value = self._codec.decode(self._codec.encode(old.value))
-        old.delete()
-        return True
+            return None
+        copied = self._codec.encode(old.value)
+        new.value = self._codec.decode(copied)
+        return copied
 
     async def _move_pair(self, old: str, new: str) -> bool:
         old_turn, new_turn = self.session(old), self.session(new)
         first, second = (old_turn, new_turn) if old < new else (new_turn, old_turn)
         async with first, second:  # in key order, as every group
-            if old_turn.is_new or not new_turn.is_new:
-                return False
-            copied = self._codec.encode(old_turn.value)
-            new_turn.value = self._codec.decode(copied)
+            copied = self._copy_over(old_turn, new_turn)
+        if copied is None:
+            return False
         await self.persist(new)  # the copy is in storage before the original goes
         turn = self.session(old)
         async with turn as value:

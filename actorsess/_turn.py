@@ -49,18 +49,20 @@ class SessionTurn(Generic[T]):
     def key(self) -> str:
         return self._key
 
-    @property
-    def value(self) -> T:
+    def _inside(self) -> SessionActor[T]:
         actor = self._actor
         if actor is None:
             raise RuntimeError("the session is only available inside its 'async with' block")
+        return actor
+
+    @property
+    def value(self) -> T:
+        actor = self._inside()
         return actor.value  # type: ignore[return-value]
 
     @value.setter
     def value(self, new: T) -> None:
-        actor = self._actor
-        if actor is None:
-            raise RuntimeError("the session is only available inside its 'async with' block")
+        actor = self._inside()
         self._manager._check_value(new)
         actor.value = new
 
@@ -69,9 +71,7 @@ class SessionTurn(Generic[T]):
         """True while the session has nothing stored: its committed value is
         ``initial()`` (never written, deleted, or expired). Unchanged by edits the
         block has not committed yet."""
-        actor = self._actor
-        if actor is None:
-            raise RuntimeError("the session is only available inside its 'async with' block")
+        actor = self._inside()
         return actor.blob == self._manager._empty_blob
 
     def delete(self) -> T:
@@ -84,9 +84,7 @@ class SessionTurn(Generic[T]):
         A dict session is emptied and refilled in place, so the value the block
         already holds is the fresh one; a typed session must use the returned value.
         """
-        actor = self._actor
-        if actor is None:
-            raise RuntimeError("the session is only available inside its 'async with' block")
+        actor = self._inside()
         fresh: T = self._manager._codec.initial()
         current = actor.value
         if isinstance(current, dict) and isinstance(fresh, dict):

@@ -221,8 +221,9 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
                 return await self._call_lazy(handler, event, data, key)
             data[_OPENED_KEY] = max(data.get(_OPENED_KEY, -1), self._rank)
             turn = self.manager.session(key)
-            async with turn:
-                data[self.name] = self._seeded(turn, event, data)
+            async with turn as value:
+                # (Without a first-touch factory, the value as entered: no property call.)
+                data[self.name] = value if self.initial is None else self._seeded(turn, event, data)
                 data[self._turn_name] = turn
                 return await handler(event, data)
         finally:
