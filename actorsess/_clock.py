@@ -26,9 +26,12 @@ class MonotonicClock:
     __slots__ = ()
 
     def now(self) -> float:
+        """``time.monotonic()``."""
         return time.monotonic()
 
     async def wait(self, event: asyncio.Event, timeout: float | None) -> bool:
+        """Wait for ``event`` at most ``timeout`` seconds (None: as long as it takes);
+        whether it was set."""
         if event.is_set():
             return True
         if timeout is not None and timeout <= 0:

@@ -77,7 +77,7 @@ class Codec(Generic[T]):
             self.encode_common = _ignoring_options(self.encode)
 
     def decode(self, payload: bytes) -> T:
-        """Value from JSON bytes; raises :class:`DecodeFailure` naming what was wrong."""
+        """Value from JSON bytes; raises ``DecodeFailure`` naming what was wrong."""
         try:
             value: T = self._decode(payload)
         except (ValueError, TypeError, RecursionError) as exc:

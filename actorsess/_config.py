@@ -27,65 +27,69 @@ class SessionConfig:
     """How sessions are cached, written and bounded.
 
     Every field is checked at construction; a bad value raises
-    :class:`~actorsess.ConfigError` naming the field.
+    ``ConfigError`` naming the field.
+
+    Attributes:
+        flush_interval: Seconds a change may wait before it is written. ``0`` means
+            write-through: a session block returns only after its change is in storage.
+        max_batch: Most sessions written in one storage call; this many dirty sessions also
+            trigger a write before ``flush_interval`` has passed.
+        max_batch_bytes: Most bytes of session data written in one storage call (a session
+            larger than this is written alone). A write that times out is split in half.
+        max_cached: Sessions kept in the in-process LRU cache (held or dirty ones may exceed it
+            briefly: they are parked, never dropped).
+        max_dirty: Dirty sessions allowed before new session blocks wait for the flusher
+            (backpressure while storage is slow or down).
+        ttl: Seconds a stored session lives after its last change; ``None`` keeps it forever.
+        key_prefix: Namespace prepended to every storage key.
+        ownership: ``"local"``: this process owns every key it serves (one bot process).
+            ``"shared"``: several processes on one Redis (leases and fencing).
+        lease_time: Shared ownership: seconds a lease lives unless renewed (renewal runs every
+            third of it). A crashed process's sessions are taken over after this long.
+        lease_wait_timeout: Shared ownership: seconds a session block waits for another process
+            to hand its session over before ``LeaseTimeoutError``. A process
+            that died is taken over after its lease lapses plus a grace period of one
+            ``lease_time`` (a live one answers within it), so keep this above twice
+            ``lease_time``.
+        max_session_bytes: Largest encoded session accepted at commit (and read from storage).
+        write_timeout: Seconds one storage write may take before its outcome counts as unknown
+            (it is retried; writes are idempotent).
+        load_timeout: Seconds one batched load may take before the waiting blocks fail.
+        retry_base_delay: First retry delay after a failed write; doubles up to
+            ``retry_max_delay``.
+        retry_max_delay: Cap of the retry delay.
+        backpressure_timeout: Seconds a session block waits for room under backpressure before
+            ``BackpressureTimeoutError``; ``None`` waits as long as it takes.
+        close_timeout: Seconds ``close()`` spends letting holders finish and writing what is
+            dirty.
+        hot_key_threshold: A key with this many session blocks inside or waiting for its turn
+            logs ``session.hot_key`` (each time its queue grows to it); ``None``: never.
+        strict_json: Dict sessions: refuse at commit a tuple, NaN or an infinity, an enum member
+            or a UUID, which JSON would store as a list, null, the member's value or a string.
+            It reads every commit's bytes back (about 0.4 µs for a small session, 1 µs for a
+            70-byte one). With ``False`` those come back changed after a reload; non-str keys,
+            sets, datetimes and other objects are refused either way. Typed sessions keep their
+            types through their schema.
     """
 
-    #: Seconds a change may wait before it is written. ``0`` means write-through:
-    #: a session block returns only after its change is in storage.
     flush_interval: float = 1.0
-    #: Most sessions written in one storage call; this many dirty sessions also
-    #: trigger a write before ``flush_interval`` has passed.
     max_batch: int = 1000
-    #: Most bytes of session data written in one storage call (a session larger
-    #: than this is written alone). A write that times out is split in half.
     max_batch_bytes: int = 8_388_608
-    #: Sessions kept in the in-process LRU cache (held or dirty ones may exceed it
-    #: briefly: they are parked, never dropped).
     max_cached: int = 10_000
-    #: Dirty sessions allowed before new session blocks wait for the flusher
-    #: (backpressure while storage is slow or down).
     max_dirty: int = 100_000
-    #: Seconds a stored session lives after its last change; ``None`` keeps it forever.
     ttl: float | None = None
-    #: Namespace prepended to every storage key.
     key_prefix: str = "actorsess:"
-    #: ``"local"``: this process owns every key it serves (one bot process).
-    #: ``"shared"``: several processes on one Redis (leases and fencing).
     ownership: Ownership = "local"
-    #: Shared ownership: seconds a lease lives unless renewed (renewal runs every
-    #: third of it). A crashed process's sessions are taken over after this long.
     lease_time: float = 10.0
-    #: Shared ownership: seconds a session block waits for another process to hand
-    #: its session over before :class:`~actorsess.LeaseTimeoutError`. A process
-    #: that died is taken over after its lease lapses plus a grace period of one
-    #: ``lease_time`` (a live one answers within it), so keep this above twice
-    #: ``lease_time``.
     lease_wait_timeout: float = 25.0
-    #: Largest encoded session accepted at commit (and read from storage).
     max_session_bytes: int = 1_048_576
-    #: Seconds one storage write may take before its outcome counts as unknown
-    #: (it is retried; writes are idempotent).
     write_timeout: float = 10.0
-    #: Seconds one batched load may take before the waiting blocks fail.
     load_timeout: float = 10.0
-    #: First retry delay after a failed write; doubles up to ``retry_max_delay``.
     retry_base_delay: float = 0.05
-    #: Cap of the retry delay.
     retry_max_delay: float = 5.0
-    #: Seconds a session block waits for room under backpressure before
-    #: :class:`~actorsess.BackpressureTimeoutError`; ``None`` waits as long as it takes.
     backpressure_timeout: float | None = 30.0
-    #: Seconds ``close()`` spends letting holders finish and writing what is dirty.
     close_timeout: float = 15.0
-    #: A key with this many session blocks inside or waiting for its turn logs
-    #: ``session.hot_key`` (each time its queue grows to it); ``None``: never.
     hot_key_threshold: int | None = 100
-    #: Dict sessions: refuse at commit a tuple, NaN or an infinity, an enum member
-    #: or a UUID, which JSON would store as a list, null, the member's value or a
-    #: string. It reads every commit's bytes back (about 0.4 µs for a small
-    #: session, 1 µs for a 70-byte one). With ``False`` those come back changed
-    #: after a reload; non-str keys, sets, datetimes and other objects are refused
-    #: either way. Typed sessions keep their types through their schema.
     strict_json: bool = True
 
     def __post_init__(self) -> None:

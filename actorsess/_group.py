@@ -33,6 +33,12 @@ class SessionGroup(Generic[T]):
     __slots__ = ("_held", "_keys", "_manager", "turns")
 
     def __init__(self, manager: SessionManager[T], keys: tuple[str, ...]) -> None:
+        """Made by ``manager.sessions(*keys)``, not by hand.
+
+        Args:
+            manager: The manager the sessions belong to.
+            keys: The session keys, in the order the values are yielded.
+        """
         self._manager = manager
         self._keys = keys
         #: The turns, in the order of the keys given (set while the block runs).

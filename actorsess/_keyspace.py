@@ -30,20 +30,25 @@ MAX_LISTED_FAILURES = 100
 
 @dataclasses.dataclass(frozen=True)
 class MigrationReport:
-    """What ``SessionManager.migrate_all`` found (and, unless a dry run, did)."""
+    """What ``SessionManager.migrate_all`` found (and, unless a dry run, did).
+
+    Attributes:
+        dry_run: True: nothing was written, the counts say what a real run would do.
+        schema: The schema version records were brought to (how many migrations are declared).
+        scanned: Stored sessions looked at (tombstones not counted): current + migrated +
+            failed.
+        current: Already at ``schema``.
+        migrated: Upgraded and written back (in a dry run: that would be).
+        failed: Could not be read or upgraded; their records were left as they were.
+        failures: ``(key, reason)`` of the first ``MAX_LISTED_FAILURES`` failures.
+    """
 
     dry_run: bool
-    #: The schema version records were brought to (how many migrations are declared).
     schema: int
-    #: Stored sessions looked at (tombstones not counted): current + migrated + failed.
     scanned: int = 0
-    #: Already at ``schema``.
     current: int = 0
-    #: Upgraded and written back (in a dry run: that would be).
     migrated: int = 0
-    #: Could not be read or upgraded; their records were left as they were.
     failed: int = 0
-    #: ``(key, reason)`` of the first ``MAX_LISTED_FAILURES`` failures.
     failures: tuple[tuple[str, str], ...] = ()
 
 

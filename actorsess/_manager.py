@@ -112,17 +112,21 @@ class SessionManager(Generic[T]):
     ) -> None:
         """Sessions kept in ``storage``, started from ``initial()``.
 
-        ``storage``: ``MemoryStorage()``, ``SqliteStorage(path)``,
-        ``RedisStorage.from_url(url)`` (or any ``Storage``); one storage object
-        may serve several managers (namespaces).
-        ``initial``: makes a new session; its return type is the session type.
-        ``config``: a ``SessionConfig`` (flush interval, cache size, ownership ...;
-        ``SessionConfig.from_env()`` reads ``ACTORSESS_*``).
-        ``clock``: time source for flushes, TTLs and leases (tests pass
-        ``actorsess.testing.FakeClock``). ``logger``: a structlog-style logger
-        (default: structlog's ``actorsess`` logger). ``rng``: jitter of the retry
-        backoff. ``migrations``: functions upgrading stored data, oldest first
-        (see ``docs/lifecycle.md``).
+        Args:
+            storage: ``MemoryStorage()``, ``SqliteStorage(path)``,
+                ``RedisStorage.from_url(url)`` (or any ``Storage``); one storage
+                object may serve several managers (namespaces).
+            initial: Makes a new session; its return type is the session type (a
+                dict, a dataclass, a pydantic model or a TypedDict).
+            config: A ``SessionConfig`` (flush interval, cache size, ownership ...;
+                ``SessionConfig.from_env()`` reads ``ACTORSESS_*``).
+            clock: Time source for flushes, TTLs and leases (tests pass
+                ``actorsess.testing.FakeClock``).
+            logger: A structlog-style logger (default: structlog's ``actorsess``
+                logger).
+            rng: Random source of the retry backoff's jitter.
+            migrations: Functions upgrading stored data, oldest first (see the
+                Session lifecycle page).
         """
         config = SessionConfig() if config is None else config
         if not isinstance(config, SessionConfig):
@@ -247,10 +251,12 @@ class SessionManager(Generic[T]):
 
     @property
     def config(self) -> SessionConfig:
+        """The settings this manager runs with."""
         return self._config
 
     @property
     def storage(self) -> Storage:
+        """Where this manager keeps its sessions."""
         return self._storage
 
     def _set_state(self, state: _State) -> None:

@@ -29,48 +29,55 @@ class Counters:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SessionStats:
-    """A point-in-time view of a SessionManager."""
+    """A point-in-time view of a SessionManager.
 
-    #: Sessions held in memory (LRU plus parked).
+    Attributes:
+        cached: Sessions held in memory (LRU plus parked).
+        dirty: Sessions changed but not yet written.
+        loads: Batched load calls made to storage.
+        flushes: Successful batched writes.
+        written: Sessions written (or deleted) by those writes.
+        evictions: Sessions that left the LRU.
+        errors: Failed storage calls (loads and writes) and corrupt records met.
+        parked: Sessions evicted from the LRU but kept until written or released.
+        active: Session blocks currently inside or waiting for their turn.
+        conflicts: Shared ownership: writes refused because another process owned the key.
+        handovers: Shared ownership: sessions handed over to another process that asked for
+            them.
+        write_failures: Batched writes that failed (each is retried; ``errors`` counts them
+            too).
+        write_timeouts: Of those, writes that timed out: their outcome was unknown (writes are
+            idempotent and fenced, so the retry is safe).
+        backpressure_waits: Session blocks that had to wait for room (``max_dirty`` reached).
+        backpressure_timeouts: Of those, blocks that gave up
+            (``BackpressureTimeoutError``).
+        leases_renewed: Shared ownership: leases extended by renewal.
+        leases_lost: Shared ownership: leases found gone or taken at renewal (the session is let
+            go).
+        sessions_loaded: Sessions read from storage by those loads: the cache's misses.
+        turns: Session blocks entered since ``observe_turns()`` (0 until then: counting them is
+            kept off the cached turn's fast path unless asked for).
+        oldest_unwritten: Seconds since the longest-dirty session became dirty (0.0 when nothing
+            is): how old the acknowledged changes are that a crash right now would lose.
+    """
+
     cached: int
-    #: Sessions changed but not yet written.
     dirty: int
-    #: Batched load calls made to storage.
     loads: int
-    #: Successful batched writes.
     flushes: int
-    #: Sessions written (or deleted) by those writes.
     written: int
-    #: Sessions that left the LRU.
     evictions: int
-    #: Failed storage calls (loads and writes) and corrupt records met.
     errors: int
-    #: Sessions evicted from the LRU but kept until written or released.
     parked: int = 0
-    #: Session blocks currently inside or waiting for their turn.
     active: int = 0
-    #: Shared ownership: writes refused because another process owned the key.
     conflicts: int = 0
-    #: Shared ownership: sessions handed over to another process that asked for them.
     handovers: int = 0
-    #: Batched writes that failed (each is retried; ``errors`` counts them too).
     write_failures: int = 0
-    #: Of those, writes that timed out: their outcome was unknown (writes are
-    #: idempotent and fenced, so the retry is safe).
     write_timeouts: int = 0
-    #: Session blocks that had to wait for room (``max_dirty`` reached).
     backpressure_waits: int = 0
-    #: Of those, blocks that gave up (:class:`~actorsess.BackpressureTimeoutError`).
     backpressure_timeouts: int = 0
-    #: Shared ownership: leases extended by renewal.
     leases_renewed: int = 0
-    #: Shared ownership: leases found gone or taken at renewal (the session is let go).
     leases_lost: int = 0
-    #: Sessions read from storage by those loads: the cache's misses.
     sessions_loaded: int = 0
-    #: Session blocks entered since ``observe_turns()`` (0 until then: counting them
-    #: is kept off the cached turn's fast path unless asked for).
     turns: int = 0
-    #: Seconds since the longest-dirty session became dirty (0.0 when nothing is):
-    #: how old the acknowledged changes are that a crash right now would lose.
     oldest_unwritten: float = 0.0

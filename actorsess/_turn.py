@@ -41,12 +41,19 @@ class SessionTurn(Generic[T]):
     __slots__ = ("_actor", "_key", "_manager")
 
     def __init__(self, manager: SessionManager[T], key: str) -> None:
+        """Made by ``manager.session(key)``, not by hand.
+
+        Args:
+            manager: The manager the session belongs to.
+            key: The session key.
+        """
         self._manager = manager
         self._key = key
         self._actor: SessionActor[T] | None = None
 
     @property
     def key(self) -> str:
+        """The session key."""
         return self._key
 
     def _inside(self) -> SessionActor[T]:
@@ -57,6 +64,7 @@ class SessionTurn(Generic[T]):
 
     @property
     def value(self) -> T:
+        """The live session value, inside the block only; assign to replace it."""
         actor = self._inside()
         return actor.value  # type: ignore[return-value]
 

@@ -1,6 +1,22 @@
-"""Every error actorsess raises derives from :class:`ActorSessError`."""
+"""Every error actorsess raises derives from ``ActorSessError``."""
 
 from __future__ import annotations
+
+__all__ = [
+    "ActorSessError",
+    "BackpressureTimeoutError",
+    "ConfigError",
+    "CorruptSessionError",
+    "InvalidKeyError",
+    "KeySpaceInUseError",
+    "LeaseTimeoutError",
+    "ManagerClosedError",
+    "SessionConflictError",
+    "SessionDeadlockError",
+    "SessionEncodeError",
+    "SessionTooLargeError",
+    "StorageError",
+]
 
 
 class ActorSessError(Exception):
@@ -11,6 +27,12 @@ class ConfigError(ActorSessError, ValueError):
     """A configuration value is invalid; the message names the field."""
 
     def __init__(self, field: str, problem: str) -> None:
+        """Make the error.
+
+        Args:
+            field: The ``SessionConfig`` field (kept as ``.field``).
+            problem: What is wrong with its value (kept as ``.problem``).
+        """
         self.field = field
         self.problem = problem
         super().__init__(f"SessionConfig.{field}: {problem}")
@@ -32,6 +54,12 @@ class CorruptSessionError(ActorSessError):
     """
 
     def __init__(self, key: str, reason: str) -> None:
+        """Make the error.
+
+        Args:
+            key: The session key (kept as ``.key``).
+            reason: What is wrong with the record (kept as ``.reason``).
+        """
         self.key = key
         self.reason = reason
         super().__init__(f"session {key!r} has a corrupt stored record: {reason}")
@@ -44,6 +72,13 @@ class SessionTooLargeError(ActorSessError):
     """
 
     def __init__(self, key: str, size: int, limit: int) -> None:
+        """Make the error.
+
+        Args:
+            key: The session key (``.key``).
+            size: Its encoded size in bytes (``.size``).
+            limit: ``max_session_bytes`` (``.limit``).
+        """
         self.key = key
         self.size = size
         self.limit = limit
@@ -57,6 +92,12 @@ class SessionEncodeError(ActorSessError, TypeError):
     """A session value could not be encoded (for example it holds a non-JSON object)."""
 
     def __init__(self, key: str, reason: str) -> None:
+        """Make the error.
+
+        Args:
+            key: The session key (``.key``).
+            reason: The path of the value JSON cannot hold, and why (``.reason``).
+        """
         self.key = key
         self.reason = reason
         super().__init__(f"session {key!r} cannot be encoded: {reason}; the change was rolled back")
@@ -70,6 +111,13 @@ class BackpressureTimeoutError(ActorSessError, TimeoutError):
     """Too many sessions are waiting to be written and the wait for room timed out."""
 
     def __init__(self, dirty: int, limit: int, waited: float) -> None:
+        """Make the error.
+
+        Args:
+            dirty: Sessions waiting to be written (``.dirty``).
+            limit: ``max_dirty`` (``.limit``).
+            waited: Seconds the block waited for room.
+        """
         self.dirty = dirty
         self.limit = limit
         super().__init__(
@@ -84,6 +132,12 @@ class SessionConflictError(ActorSessError):
     newer version. The refused changes are dropped; the next turn reloads."""
 
     def __init__(self, key: str, reason: str) -> None:
+        """Make the error.
+
+        Args:
+            key: The session key (``.key``).
+            reason: Why storage refused the write (``.reason``).
+        """
         self.key = key
         self.reason = reason
         super().__init__(f"session {key!r} was not written: {reason}; it will be reloaded")
@@ -93,6 +147,13 @@ class LeaseTimeoutError(ActorSessError, TimeoutError):
     """Shared ownership: the process owning a session did not let go of it in time."""
 
     def __init__(self, key: str, waited: float, owner: str | None) -> None:
+        """Make the error.
+
+        Args:
+            key: The session key (``.key``).
+            waited: Seconds waited for the lease.
+            owner: The lease token of the process holding it, if known (``.owner``).
+        """
         self.key = key
         self.owner = owner
         holder = f" (lease held by {owner!r})" if owner else ""
@@ -112,6 +173,14 @@ class KeySpaceInUseError(ActorSessError, RuntimeError):
     """
 
     def __init__(self, storage: str, space: str, holder: str, ownership: str) -> None:
+        """Make the error.
+
+        Args:
+            storage: The storage, as its repr shows it (``.storage``).
+            space: The key space: the ``key_prefix`` (``.space``).
+            holder: Who serves it already: host, process id, mode (``.holder``).
+            ownership: This manager's ``ownership`` setting.
+        """
         self.storage = storage
         self.space = space
         self.holder = holder
@@ -132,6 +201,12 @@ class SessionDeadlockError(ActorSessError, RuntimeError):
     """
 
     def __init__(self, keys: list[str]) -> None:
+        """Make the error.
+
+        Args:
+            keys: The chain of the wait, from the key asked for back to a key this
+                task holds (``.keys``).
+        """
         self.keys = keys
         chain = " -> ".join(repr(key) for key in keys)
         super().__init__(

@@ -144,9 +144,14 @@ _HISTOGRAMS = {
 
 
 class SessionCollector(Collector):
-    """The collector behind :func:`register_prometheus`: one per registry."""
+    """The collector behind ``register_prometheus``: one per registry."""
 
     def __init__(self, prefix: str = "actorsess") -> None:
+        """Made by ``register_prometheus``, one per registry.
+
+        Args:
+            prefix: Start of every metric name (``actorsess_sessions_cached`` ...).
+        """
         self._prefix = prefix
         self._managers: dict[str, SessionManager[Any]] = {}
         # Scrapes run on the exporter's thread while managers are added on the loop's.

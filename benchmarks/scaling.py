@@ -5,7 +5,7 @@ RedisStorage + SimpleEventIsolation (the lossless peer) and actorsess
 SessionMiddleware on Redis, all through a real Dispatcher, the handler
 reading, awaiting once and writing a counter.
 
-    .venv/bin/python -m benchmarks.scaling [--updates 20000] [--png benchmarks/scaling.png]
+    .venv/bin/python -m benchmarks.scaling [--updates 20000] [--png docs/img/scaling.png]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def rows_for(url: str) -> dict[str, Row]:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--updates", type=int, default=20_000)
-    parser.add_argument("--png", default="benchmarks/scaling.png")
+    parser.add_argument("--png", default="docs/img/scaling.png")
     args = parser.parse_args()
     quiet_logs()
     by_chats: dict[str, list[float]] = {}

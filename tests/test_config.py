@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +128,22 @@ async def test_redis_waits_for_the_documented_load_timeout() -> None:
         finally:
             server.resume()
         await manager.close()
+
+
+def test_the_configuration_page_lists_every_field_with_its_default_and_variable() -> None:
+    """docs/configuration.md's table: one row per field, in order, with the default
+    the dataclass really has and the variable ``from_env`` really reads."""
+    page = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    rows = [
+        [cell.strip() for cell in line.split("|")[1:4]]
+        for line in page.read_text().splitlines()
+        if re.match(r"\| `[a-z_]+` \| `", line)
+    ]
+    fields = dataclasses.fields(SessionConfig)
+    assert [name for name, _, _ in rows] == [f"`{field.name}`" for field in fields]
+    for (_, default, variable), field in zip(rows, fields, strict=True):
+        assert default.split(" ")[0] == f"`{field.default!r}`", field.name
+        assert variable == f"`ACTORSESS_{field.name.upper()}`", field.name
+        raw = "none" if field.default is None else str(field.default)
+        from_env = SessionConfig.from_env({variable.strip("`"): raw})  # the variable is read
+        assert getattr(from_env, field.name) == field.default, field.name

@@ -68,12 +68,12 @@ def _logged_events() -> dict[str, set[str]]:
 
 
 def _documented_events() -> dict[str, set[str]]:
-    """The README's table of log events: event -> the names written in its row."""
+    """The docs' table of log events: event -> the names written in its row."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = readme.split("## Log events", 1)[1].split("\n## ", 1)[0]
+    page = Path(__file__).resolve().parent.parent / "docs" / "observability.md"
+    table = page.read_text().split("## Log events", 1)[1].split("\n## ", 1)[0]
     documented: dict[str, set[str]] = {}
     for row in table.splitlines():
         if not row.startswith("| `session."):

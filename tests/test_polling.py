@@ -50,20 +50,3 @@ async def test_topic_sessions_under_real_polling() -> None:
     assert storage.raw(f"actorsess:session:{bot_id}:-100:-100:t5") == b'as1:60:{"n":60}'
     assert storage.raw(f"actorsess:session:{bot_id}:-100:-100:t6") == b'as1:60:{"n":60}'
     assert {m["text"] for m in api.sent} >= {"topic 5: 60", "topic 6: 60"}
-
-
-async def test_readme_testing_example() -> None:
-    """The README's 'Testing your own bot' snippet runs as written."""
-    from examples.apple_counter import build_dispatcher
-
-    async with LocalBotAPI() as api:
-        dp = build_dispatcher(SessionManager(MemoryStorage(), initial=lambda: {"apple": 1}))
-        for _ in range(3):
-            api.user_message(chat_id=42, text="apple")
-        polling = asyncio.create_task(
-            dp.start_polling(api.bot(), handle_signals=False, polling_timeout=1)
-        )
-        await api.wait_sent(3)
-        await dp.stop_polling()
-        await polling
-        assert api.sent[-1]["text"] == "🍏 apples: 4"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from actorsess import InvalidKeyError, MemoryStorage, SessionConfig, SessionManager
+from actorsess.storage import Conflict, LoadResult, Storage, WriteItem
 
 from .conftest import Events
-from .helpers import RecordingStorage, counter, put_record
+from .helpers import counter, put_record
 
 SLOW = SessionConfig(flush_interval=60)
 
@@ -78,10 +80,26 @@ async def test_a_corrupt_record_is_skipped_and_logged(storage_factory: Any, even
     assert corrupt["key"] == "bad"
 
 
-async def test_scan_refuses_what_it_cannot_do() -> None:
-    class NoScan(RecordingStorage):
-        scan_keys = None  # type: ignore[assignment]
+class NoScan(Storage):
+    """A storage with only the required protocol: it cannot list its keys."""
 
+    def __init__(self) -> None:
+        self._records = MemoryStorage()
+
+    async def load_many(self, keys: Sequence[str]) -> list[LoadResult]:
+        return await self._records.load_many(keys)
+
+    async def write_many(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
+        return await self._records.write_many(items, ttl_ms)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        await self._records.delete_many(keys)
+
+    async def close(self) -> None:
+        await self._records.close()
+
+
+async def test_scan_refuses_what_it_cannot_do() -> None:
     async with SessionManager(MemoryStorage(), initial=counter) as m:
         with pytest.raises(InvalidKeyError, match="prefix"):
             await collect(m, 5)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """ActorFSMStorage: aiogram's FSM (states, data, scenes) on actorsess sessions.
 
 State and data of one ``StorageKey`` live in one cached session
-``{"state": ..., "data": {...}}``. With :class:`ActorEventIsolation`, the
+``{"state": ..., "data": {...}}``. With ``ActorEventIsolation``, the
 update's key is held as one actor turn for the whole handler, and the FSM
 calls made inside it read and write that held session directly (no second
 turn, no I/O): the same cache serves both, and an update costs no Redis round
@@ -89,14 +89,19 @@ class ActorFSMStorage(BaseStorage):
     ) -> None:
         """Back aiogram's FSM by ``storage`` (a new manager is made), or share a manager.
 
-        A shared manager may start its sessions from any dict (``initial=dict``
-        works): missing ``state``/``data`` entries read as None and ``{}``.
-
-        ``key_builder``: an aiogram ``KeyBuilder`` laying out the session keys
-        (``build(key)``, no part: state and data share one record), as for aiogram's
-        own storages. The default, ``session_key``, never gives two StorageKeys one
-        key; a custom one must not either. A group's move to a supergroup follows
-        the default layout only.
+        Args:
+            storage: A ``Storage`` (``MemoryStorage()``, ``SqliteStorage(path)``,
+                ``RedisStorage.from_url(url)``), or a ``SessionManager`` to share. A
+                shared manager may start its sessions from any dict
+                (``initial=dict`` works): missing ``state``/``data`` entries read as
+                None and ``{}``.
+            config: Settings of the manager made for ``storage`` (not allowed with
+                a manager, which has its own).
+            key_builder: An aiogram ``KeyBuilder`` laying out the session keys
+                (``build(key)``, no part: state and data share one record), as for
+                aiogram's own storages. The default never gives two StorageKeys one
+                key; a custom one must not either. A group's move to a supergroup
+                follows the default layout only.
         """
         if isinstance(storage, SessionManager):
             if config is not None:
@@ -207,6 +212,7 @@ class ActorFSMStorage(BaseStorage):
     async def get_value(
         self, storage_key: StorageKey, dict_key: str, default: Any | None = None
     ) -> Any | None:
+        """One value of the FSM data of ``storage_key``, or ``default``."""
         data = (await self._read(storage_key)).get("data", {})
         return copy.deepcopy(data.get(dict_key, default))
 
@@ -228,6 +234,7 @@ class ActorFSMStorage(BaseStorage):
         return await self.manager.update(name, merge)
 
     async def close(self) -> None:
+        """Close the manager: every change is written first."""
         await self.manager.close()
 
 
@@ -242,6 +249,11 @@ class ActorEventIsolation(BaseEventIsolation):
     """
 
     def __init__(self, storage: ActorFSMStorage) -> None:
+        """Made by ``ActorFSMStorage.create_isolation()``.
+
+        Args:
+            storage: The FSM storage whose keys it serializes.
+        """
         self.storage = storage
 
     @asynccontextmanager
@@ -275,4 +287,5 @@ class ActorEventIsolation(BaseEventIsolation):
             await turn.__aexit__(None, None, None)
 
     async def close(self) -> None:
+        """Nothing to release: the turns belong to the storage's manager."""
         return None

@@ -27,15 +27,20 @@ MAX_LISTED = 100
 
 @dataclasses.dataclass(frozen=True)
 class ImportReport:
-    """What ``import_aiogram_fsm`` did."""
+    """What ``import_aiogram_fsm`` did.
 
-    #: FSM keys whose state and data now live in ActorFSMStorage.
+    Attributes:
+        imported: FSM keys whose state and data now live in ActorFSMStorage.
+        kept: FSM keys ActorFSMStorage already had a different record for: left as they were.
+        deleted: aiogram keys removed (``delete=True``), once their import was in storage.
+        unreadable: aiogram keys that could not be read back into a StorageKey (counted, first
+            listed).
+        unreadable_keys: The first of those keys, for inspection.
+    """
+
     imported: int = 0
-    #: FSM keys ActorFSMStorage already had a different record for: left as they were.
     kept: int = 0
-    #: aiogram keys removed (``delete=True``), once their import was in storage.
     deleted: int = 0
-    #: aiogram keys that could not be read back into a StorageKey (counted, first listed).
     unreadable: int = 0
     unreadable_keys: tuple[str, ...] = ()
 

@@ -16,9 +16,9 @@ from aiogram.dispatcher.middlewares.user_context import EVENT_CONTEXT_KEY, Event
 from aiogram.fsm.strategy import FSMStrategy, apply_strategy
 from aiogram.types import TelegramObject
 
-#: A custom key: from the update and the middleware ``data`` to a key string, or None
-#: for "no session".
 KeyFunction = Callable[[TelegramObject, dict[str, Any]], str | None]
+"""A custom key: from the update and the middleware ``data`` to a key string, or None
+for "no session"."""
 
 _CHAT_SCOPED = {FSMStrategy.CHAT, FSMStrategy.CHAT_TOPIC}
 

@@ -55,6 +55,16 @@ class LazySession(Generic[T]):
         data: dict[str, Any],
         seed: Callable[[SessionTurn[T]], T],
     ) -> None:
+        """Made by ``SessionMiddleware(lazy=True)`` for each update, not by hand.
+
+        Args:
+            manager: The namespace's manager.
+            key: The session key of this update.
+            rank: The middleware's place in set-up order (lazy sessions must be
+                loaded in that order).
+            data: The update's middleware data.
+            seed: Seeds a session with nothing stored (``initial=`` of the middleware).
+        """
         self._manager = manager
         self._key = key
         self._rank = rank
@@ -64,13 +74,18 @@ class LazySession(Generic[T]):
 
     @property
     def key(self) -> str:
+        """The session key of this update."""
         return self._key
 
     @property
     def loaded(self) -> bool:
+        """Whether ``load()`` has taken the turn."""
         return self._turn is not None
 
     async def load(self) -> T:
+        """Take the session's turn (loading it if needed) and return its live value;
+        later calls return the same value. Raises ``SessionOrderError`` when a lazy
+        session of a middleware set up later is already loaded."""
         if self._turn is not None:
             return self._turn.value
         if self._data.get(_OPENED_KEY, -1) > self._rank:
@@ -90,6 +105,7 @@ class LazySession(Generic[T]):
 
     @property
     def value(self) -> T:
+        """The loaded value (after ``load()``); assign to replace it."""
         if self._turn is None:
             raise RuntimeError(f"session {self._key!r} is not loaded: await session.load() first")
         return self._turn.value
@@ -101,7 +117,7 @@ class LazySession(Generic[T]):
         self._turn.value = new
 
     async def delete(self) -> T:
-        """Load the session if needed and delete it (see :meth:`SessionTurn.delete`);
+        """Load the session if needed and delete it (see ``delete``);
         returns the fresh value the handler sees from then on."""
         await self.load()
         assert self._turn is not None
@@ -118,7 +134,7 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
 
     Eager (default): the handler receives the session value itself (``name``)
     and its turn (``<name>_turn``, whose ``.value`` can be reassigned). Lazy:
-    the handler receives a :class:`LazySession` to ``await .load()``.
+    the handler receives a ``LazySession`` to ``await .load()``.
 
     Updates whose key function returns None (no chat and no user) get
     ``None`` under ``name``: never a shared session.
@@ -143,6 +159,19 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
         lazy: bool = False,
         initial: FirstTouch[T] | None = None,
     ) -> None:
+        """Give handlers the sessions of ``manager``; ``.setup(dp)`` registers it.
+
+        Args:
+            manager: The namespace's ``SessionManager``.
+            name: The handler argument (and key namespace) of the session; the turn
+                is ``<name>_turn``. Must be a valid parameter name.
+            key: An aiogram ``FSMStrategy`` (``USER_IN_CHAT``, ``CHAT``,
+                ``GLOBAL_USER``, ``USER_IN_TOPIC``, ``CHAT_TOPIC``) or a function
+                ``(event, data) -> str | None`` (None: no session for the update).
+            lazy: Give handlers a ``LazySession`` that loads only when asked.
+            initial: ``(update, data) -> value`` seeding a session with nothing
+                stored from the update that first touches it.
+        """
         if not name.isidentifier():
             raise ValueError(f"name must be a valid parameter name, got {name!r}")
         if initial is not None and not callable(initial):
@@ -197,6 +226,8 @@ class SessionMiddleware(BaseMiddleware, Generic[T]):
         await self.manager.close(timeout=deadline - loop.time())
 
     def key_for(self, event: TelegramObject, data: dict[str, Any]) -> str | None:
+        """The session key of ``event`` (``<name>:<bot id>:...``), or None when it
+        has no session (no chat and no user)."""
         key = self._key_of(event, data)
         return None if key is None else namespaced(self.name, data, key)
 

@@ -1,8 +1,11 @@
-"""Storage backends: in-memory, Redis (and Redis Cluster later), SQLite."""
+"""Storage backends (in memory, SQLite, Redis and Redis Cluster) and the protocols a
+storage implements."""
 
 from actorsess.storage.base import (
+    NEWER_VERSION,
     AtomicStorage,
     BadValue,
+    Conflict,
     LoadResult,
     ScannableStorage,
     Storage,
@@ -13,8 +16,10 @@ from actorsess.storage.redis import RedisStorage
 from actorsess.storage.sqlite import SqliteStorage
 
 __all__ = [
+    "NEWER_VERSION",
     "AtomicStorage",
     "BadValue",
+    "Conflict",
     "LoadResult",
     "MemoryStorage",
     "RedisStorage",

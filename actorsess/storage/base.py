@@ -11,36 +11,52 @@ class WriteItem(NamedTuple):
 
     Every item is fenced by ``version`` (see ``Storage.write_many``); a delete
     leaves a tombstone at ``version`` (see ``actorsess._record``).
+
+    Attributes:
+        key: The storage key (``key_prefix`` included).
+        blob: The encoded record, or None for a delete.
+        version: The record's version: the write lands only over an older stored one.
+        lease: Shared ownership: the lease token the write must still hold (see LeaseStorage).
+        expected: Shared ownership: the version this writer last wrote or loaded; a lapsed lease
+            is taken back only if storage still holds it.
     """
 
     key: str
     blob: bytes | None
     version: int
-    #: Shared ownership: the lease token the write must still hold (see LeaseStorage).
     lease: str | None = None
-    #: Shared ownership: the version this writer last wrote or loaded; a lapsed lease
-    #: is taken back only if storage still holds it.
     expected: int | None = None
 
 
 class Conflict(NamedTuple):
-    """A write the storage refused: its ``position`` in the items, and why."""
+    """A write the storage refused: its ``position`` in the items, and why.
+
+    Attributes:
+        position: Index of the refused item in the batch given to the storage.
+        reason: Why it was refused (``NEWER_VERSION``, or the storage's own words).
+    """
 
     position: int
     reason: str
 
 
-#: ``Conflict.reason`` when storage already holds a newer version of the key.
 NEWER_VERSION = "storage holds a newer version"
+"""``Conflict.reason`` when storage already holds a newer version of the key."""
 
 
 class BadValue(NamedTuple):
-    """A stored value that is not a record at all (e.g. a Redis list under the key)."""
+    """A stored value that is not a record at all (e.g. a Redis list under the key).
+
+    Attributes:
+        reason: What was found instead, for the error that names the key.
+    """
 
     reason: str
 
 
 LoadResult = bytes | None | BadValue
+"""What ``Storage.load_many`` gives for one key: the record, None when absent, or
+``BadValue`` for something that is not a record."""
 
 
 @runtime_checkable

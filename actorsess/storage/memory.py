@@ -6,10 +6,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from actorsess._record import TOMBSTONE_TTL_S, tombstone, version_of
-from actorsess.storage.base import NEWER_VERSION, Conflict, LoadResult, WriteItem
+from actorsess.storage.base import (
+    NEWER_VERSION,
+    AtomicStorage,
+    Conflict,
+    LoadResult,
+    ScannableStorage,
+    Storage,
+    WriteItem,
+)
 
 
-class MemoryStorage:
+class MemoryStorage(Storage, AtomicStorage, ScannableStorage):
     """Keeps records in a dict; honours TTL against an injectable wall clock.
 
     An expired record (or a delete) leaves its version behind as a tombstone for
@@ -17,6 +25,12 @@ class MemoryStorage:
     """
 
     def __init__(self, *, timer: Callable[[], float] = time.monotonic) -> None:
+        """Make an empty storage.
+
+        Args:
+            timer: The clock TTLs are measured against, in seconds (tests pass a
+                fake one).
+        """
         self._timer = timer
         #: key -> (record, expires at or None, version)
         self._records: dict[str, tuple[bytes, float | None, int]] = {}

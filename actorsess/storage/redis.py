@@ -29,16 +29,21 @@ from actorsess.storage._redis_lease import CHANNEL_PREFIX, lease_key, owner_mark
 from actorsess.storage._redis_script import BatchScript
 from actorsess.storage.base import (
     AskAgain,
+    AtomicStorage,
     BadValue,
+    ClaimableStorage,
     Claimant,
     Conflict,
     HandedOver,
     HandoverAsked,
+    LeaseStorage,
     LoadResult,
     Notice,
     Owned,
+    PreparableStorage,
     Release,
     Resubscribed,
+    ScannableStorage,
     WriteItem,
 )
 
@@ -57,12 +62,23 @@ DEFAULT_MAX_CONNECTIONS = 32
 PREPARED_CONNECTIONS = 4
 
 
-class RedisStorage:
+class RedisStorage(
+    LeaseStorage, AtomicStorage, ScannableStorage, ClaimableStorage, PreparableStorage
+):
     """Sessions in Redis: standalone or Cluster, TLS ``rediss://`` and ACL URLs accepted."""
 
     def __init__(
         self, client: Redis | RedisCluster, *, owns_client: bool = False, url: str | None = None
     ) -> None:
+        """Keep sessions in the Redis that ``client`` talks to (``from_url`` makes one).
+
+        Args:
+            client: A redis-py asyncio ``Redis`` or ``RedisCluster`` with
+                ``decode_responses=False`` (records are bytes).
+            owns_client: Close the client in ``close()`` (True when this storage
+                made it).
+            url: Where it points, for reprs and log lines (its password redacted).
+        """
         self._cluster = isinstance(client, RedisCluster)
         kwargs: dict[str, Any] = (
             client.get_connection_kwargs()
@@ -141,6 +157,7 @@ class RedisStorage:
 
     @property
     def client(self) -> Redis | RedisCluster:
+        """The redis-py client this storage calls."""
         return self._client
 
     def __repr__(self) -> str:

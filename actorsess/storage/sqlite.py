@@ -21,10 +21,14 @@ from typing import Any, TypeVar
 from actorsess._record import TOMBSTONE_TTL_S, tombstone, version_of
 from actorsess.storage.base import (
     NEWER_VERSION,
+    AtomicStorage,
     BadValue,
+    ClaimableStorage,
     Claimant,
     Conflict,
     LoadResult,
+    ScannableStorage,
+    Storage,
     WriteItem,
 )
 
@@ -98,7 +102,7 @@ class _FileClaims:
 _file_claims = _FileClaims()
 
 
-class SqliteStorage:
+class SqliteStorage(Storage, AtomicStorage, ScannableStorage, ClaimableStorage):
     """Sessions in one SQLite file (WAL mode, ``synchronous=NORMAL``).
 
     A manager in local mode claims the file at start (an exclusive ``flock`` on
@@ -107,6 +111,13 @@ class SqliteStorage:
     """
 
     def __init__(self, path: str | Path, *, timer: Callable[[], float] = time.time) -> None:
+        """Open (at first use) or create the file.
+
+        Args:
+            path: The database file; its folder is created. ``":memory:"`` keeps
+                the sessions in this process only.
+            timer: The wall clock TTL expiry is stored against, in seconds.
+        """
         self._path = str(path)
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)

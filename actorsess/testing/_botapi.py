@@ -44,6 +44,14 @@ class LocalBotAPI:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        """Prepare the server; ``start()`` (or ``async with``) runs it.
+
+        Args:
+            token: The bot token it accepts; the bot id is its first part.
+            bot_username: What ``getMe`` answers.
+            host: Address to listen on.
+            port: Port to listen on (0: a free one).
+        """
         self.token = token
         self.bot_id = int(token.split(":", 1)[0])
         self.bot_user = {
@@ -69,6 +77,7 @@ class LocalBotAPI:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> LocalBotAPI:
+        """Listen; returns this server."""
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
@@ -79,6 +88,7 @@ class LocalBotAPI:
         return self
 
     async def close(self) -> None:
+        """Stop listening."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -91,6 +101,7 @@ class LocalBotAPI:
 
     @property
     def base_url(self) -> str:
+        """``http://host:port`` of the running server."""
         return f"http://{self._host}:{self._port}"
 
     def bot(self, **kwargs: Any) -> Bot:

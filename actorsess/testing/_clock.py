@@ -9,21 +9,29 @@ from typing import Any
 
 
 class FakeClock:
-    """A :class:`~actorsess.Clock` whose ``now()`` advances only through ``advance()``.
+    """A ``Clock`` whose ``now()`` advances only through ``advance()``.
 
     Waiters whose deadline is reached are woken by ``advance``; a set event
     wakes them at once, as with the real clock.
     """
 
     def __init__(self, start: float = 1000.0) -> None:
+        """Start the clock.
+
+        Args:
+            start: What ``now()`` returns until the first ``advance()``.
+        """
         self._now = start
         self._seq = itertools.count()
         self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
 
     def now(self) -> float:
+        """The fake time: ``start`` plus every ``advance()`` so far."""
         return self._now
 
     async def wait(self, event: asyncio.Event, timeout: float | None) -> bool:
+        """Wait for ``event`` until the fake time has moved ``timeout`` seconds on
+        (None: as long as it takes); whether it was set."""
         if event.is_set():
             return True
         if timeout is not None and timeout <= 0:

@@ -41,6 +41,14 @@ class LocalRedisCluster:
     ``replicas`` replicas (which take over when their primary fails)."""
 
     def __init__(self, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
+        """Prepare the nodes on free ports; ``start()`` (or ``with``) forms the cluster.
+
+        Args:
+            primaries: Primary nodes, at least 3.
+            replicas: Replicas per primary.
+            node_timeout_ms: ``cluster-node-timeout``: how long a node may be
+                unreachable before its replica is promoted.
+        """
         if primaries < 3:
             raise ValueError("Redis Cluster needs at least 3 primaries")
         self.replicas = replicas
@@ -70,6 +78,8 @@ class LocalRedisCluster:
         return self.nodes[0].url
 
     def start(self, timeout: float = 30.0) -> LocalRedisCluster:
+        """Start every node and join them into a cluster; returns it when it is ready
+        (all slots served) or raises, every node stopped, after ``timeout`` seconds."""
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("'redis-cli' is not on PATH; install redis-tools")
@@ -148,6 +158,7 @@ class LocalRedisCluster:
         return "cluster_state:ok" in info
 
     def close(self) -> None:
+        """Stop every node and remove its files."""
         for node in self.nodes:
             node.close()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -34,6 +35,14 @@ class RedisServer:
         extra_args: list[str] | None = None,
         binary: str = "redis-server",
     ) -> None:
+        """Prepare a server in a temporary folder; ``start()`` (or ``with``) runs it.
+
+        Args:
+            port: The port to listen on (default: a free one).
+            appendonly: Keep an append-only file, so ``restart()`` keeps the data.
+            extra_args: More ``redis-server`` arguments.
+            binary: The ``redis-server`` executable, looked up on PATH.
+        """
         resolved = shutil.which(binary)
         if resolved is None:
             raise RuntimeError(f"{binary!r} is not on PATH; install redis-server")
@@ -46,9 +55,12 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        """Run the server; returns it once it answers PING (or raises after
+        ``timeout`` seconds)."""
         args = [
             self.binary,
             "--port",
@@ -101,6 +113,7 @@ class RedisServer:
             process.wait()
 
     def kill(self) -> None:
+        """SIGKILL: the server dies at once, as in a crash."""
         if self.process is not None and self.process.poll() is None:
             self.resume()
             self.process.kill()
@@ -112,14 +125,17 @@ class RedisServer:
             os.kill(self.process.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
+        """SIGCONT: a paused server answers again."""
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)
 
     def restart(self) -> None:
+        """Stop and start again on the same port (with ``appendonly``, data kept)."""
         self.stop()
         self.start()
 
     def close(self) -> None:
+        """Stop the server and remove its folder."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -34,6 +34,17 @@ class WebhookWorker:
         cwd: Path | None = None,
         path: str = "/webhook",
     ) -> None:
+        """Prepare a worker; ``start()`` runs it and waits until it listens.
+
+        Args:
+            module: The module to run with ``python -m``; it takes ``--port 0`` and
+                prints ``READY <port>`` once it listens.
+            log: File that receives the process's output.
+            args: More command-line arguments.
+            env: More environment variables.
+            cwd: Working directory of the process.
+            path: The webhook path on its server.
+        """
         self.log = log
         self._command = [sys.executable, "-m", module, "--port", "0", *(args or [])]
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -43,6 +54,8 @@ class WebhookWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> WebhookWorker:
+        """Run the worker; returns it once it printed ``READY <port>`` (or raises
+        after ``timeout`` seconds)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -62,17 +75,21 @@ class WebhookWorker:
 
     @property
     def url(self) -> str:
+        """Where to post updates."""
         return f"http://127.0.0.1:{self.port}{self._path}"
 
     @property
     def pid(self) -> int:
+        """The worker's process id."""
         assert self.process is not None, "worker not started"
         return self.process.pid
 
     def output(self) -> str:
+        """Everything the worker printed so far."""
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` (SIGTERM, SIGSTOP, SIGCONT, ...) to the worker."""
         assert self.process is not None, "worker not started"
         self.process.send_signal(sig)
 
@@ -85,6 +102,7 @@ class WebhookWorker:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
+        """SIGKILL the worker (if it runs) and wait for it to exit."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
