@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import math
 from collections import deque
 from typing import Generic, TypeVar
 
@@ -35,8 +34,6 @@ class SessionActor(Generic[T]):
         "expires_at",
         "held",
         "key",
-        "lease_token",
-        "lease_until",
         "load_future",
         "parked",
         "persisted_version",
@@ -79,10 +76,6 @@ class SessionActor(Generic[T]):
         self.parked = False
         #: Used since the LRU last looked at it (the second-chance bit, see _registry).
         self.referenced = False
-        #: Shared ownership only: the token of the lease this actor holds (None when
-        #: it holds none) and the clock time until which that lease can be relied on.
-        self.lease_token: str | None = None
-        self.lease_until = math.inf
 
     def __repr__(self) -> str:
         state = "dirty" if self.dirty else "clean"

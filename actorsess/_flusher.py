@@ -20,34 +20,23 @@ writing twice is harmless and a late copy never lands over newer data (rules 6
 and 11).
 
 A write the storage refuses (it holds a newer version; in shared ownership
-mode also: the lease is not ours) is never counted as done: it goes to the
-``on_refused`` hook as a conflict and its session leaves the dirty set, never
-retried.
+mode also: the lease is not ours) is never counted as done: it is reported as a
+conflict, its session leaves the dirty set, never retried, and the ownership
+hears of it (``Ownership.refused``). Writes go through the ownership, which in
+shared mode fences them by lease too.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from actorsess._actor import SessionActor, Status
-from actorsess._backoff import Backoff
-from actorsess._clock import Clock
-from actorsess._config import SessionConfig
+from actorsess._context import Context
+from actorsess._ownership import Ownership
 from actorsess._record import encode_record
-from actorsess._registry import Registry
-from actorsess._stats import Counters
-from actorsess._timings import Timings
 from actorsess.exceptions import BackpressureTimeoutError, SessionConflictError, StorageError
-from actorsess.storage.base import AtomicStorage, Conflict, Storage, WriteItem
-
-if TYPE_CHECKING:
-    from actorsess._leases import LeaseKeeper
-
-#: Called with an actor whose write storage refused, after the refusal is recorded:
-#: makes sure its next turn works on what storage holds.
-RefusedHook = Callable[[SessionActor[Any]], None]
+from actorsess.storage.base import WriteItem
 
 _NEVER = float("-inf")
 # One round's Python work (snapshot, settle) overlaps the other's storage call.
@@ -65,16 +54,13 @@ class Flusher:
         "_dirty_since",
         "_failures",
         "_in_flight",
-        "_keeper",
         "_log",
-        "_on_refused",
-        "_registry",
+        "_ownership",
         "_room",
         "_round_waiters",
         "_rounds",
         "_schema",
         "_stopping",
-        "_storage",
         "_task",
         "_timings",
         "_waiting_for_room",
@@ -84,32 +70,17 @@ class Flusher:
         "last_error",
     )
 
-    def __init__(
-        self,
-        storage: Storage,
-        config: SessionConfig,
-        registry: Registry,
-        counters: Counters,
-        clock: Clock,
-        backoff: Backoff,
-        log: Any,
-        timings: Timings,
-        on_refused: RefusedHook,
-        keeper: LeaseKeeper | None = None,
-        schema: int = 0,
-    ) -> None:
-        self._storage = storage
-        self._timings = timings
+    def __init__(self, context: Context, ownership: Ownership, schema: int = 0) -> None:
+        config = context.config
+        self._ownership = ownership
+        self._timings = context.timings
         #: The schema version written into every record (see ``actorsess._migrations``).
         self._schema = schema
-        self._keeper = keeper
-        self._on_refused = on_refused
         self._config = config
-        self._registry = registry
-        self._counters = counters
-        self._clock = clock
-        self._backoff = backoff
-        self._log = log
+        self._counters = context.counters
+        self._clock = context.clock
+        self._backoff = context.backoff
+        self._log = context.log
         self._write_through = config.flush_interval == 0
         #: Dirty actors by storage key, in the order they first became dirty.
         self.dirty: dict[str, SessionActor[Any]] = {}
@@ -192,7 +163,7 @@ class Flusher:
         actor.persisted_version = actor.version  # nothing more of it can be written
         # Out of the dirty set now: a later actor of this key must be able to enter it.
         self.drop(actor)
-        self._on_refused(actor)
+        self._ownership.refused(actor)
 
     # -- several sessions in one all-or-nothing write -----------------------
 
@@ -217,15 +188,16 @@ class Flusher:
                 actor.storage_key,
                 None if deleted else encode_record(actor.version + 1, blob, self._schema),
                 actor.version + 1,
-                actor.lease_token,
-                actor.persisted_version,
+                expected=actor.persisted_version,
             )
             for actor, blob, deleted in changes
         ]
         self._in_flight.update(keys)
         try:
             async with asyncio.timeout(self._config.write_timeout):
-                conflicts = await self._write_all(items)
+                conflicts = await self._ownership.write_all(
+                    [actor for actor, _, _ in changes], items, self._config.ttl_ms
+                )
         except BaseException:
             self._counters.write_failures += 1
             for actor, _, _ in changes:
@@ -374,9 +346,7 @@ class Flusher:
             batch.append(actor)
             version = actor.version
             record = None if actor.deleted else encode_record(version, actor.blob, schema)
-            items.append(
-                WriteItem(key, record, version, actor.lease_token, actor.persisted_version)
-            )
+            items.append(WriteItem(key, record, version, expected=actor.persisted_version))
             byte_budget -= len(actor.blob)
             # Bounded by count and by bytes; a single session larger than the byte
             # budget still goes, alone.
@@ -410,7 +380,7 @@ class Flusher:
         try:
             try:
                 async with asyncio.timeout(self._config.write_timeout):
-                    conflicts = await self._write(items)
+                    conflicts = await self._ownership.write(batch, items, self._config.ttl_ms)
             except BaseException as exc:
                 # Outcome unknown: this batch may still land later; the version fence
                 # keeps it from landing over anything newer.
@@ -432,7 +402,7 @@ class Flusher:
                     del dirty[item.key]  # unchanged since the snapshot: clean
         finally:
             self._in_flight.difference_update([item.key for item in items])
-        settle = self._registry.settle if self._keeper is None else self._keeper.settle
+        settle = self._ownership.settle
         for actor in batch:
             if actor.parked:
                 settle(actor)
@@ -469,20 +439,6 @@ class Flusher:
             attempt=attempt,
             **extra,
         )
-
-    async def _write_all(self, items: list[WriteItem]) -> list[Conflict]:
-        if self._keeper is not None:
-            return await self._keeper.write_all(items, self._config.ttl_ms)
-        storage = self._storage
-        assert isinstance(storage, AtomicStorage)  # checked by SessionManager.sessions()
-        return await storage.write_all(items, self._config.ttl_ms)
-
-    async def _write(self, items: list[WriteItem]) -> list[Conflict]:
-        if self._keeper is not None:
-            return await self._keeper.write(items, self._config.ttl_ms)
-        refused = await self._storage.write_many(items, self._config.ttl_ms)
-        # A storage written before writes could be refused returns None: all landed.
-        return refused or []
 
     def _on_failure(
         self, exc: Exception, waiters: list[asyncio.Future[None]], attempt: int

@@ -15,12 +15,11 @@ from typing import Any, Generic, TypeVar
 
 from actorsess._actor import SessionActor
 from actorsess._codec import Codec
+from actorsess._context import Context
 from actorsess._migrations import Migrations
-from actorsess._registry import Registry
-from actorsess._stats import Counters
 from actorsess._stored import Stored, read_stored
 from actorsess.exceptions import CorruptSessionError
-from actorsess.storage.base import LoadResult, ScannableStorage, Storage
+from actorsess.storage.base import LoadResult, ScannableStorage
 
 T = TypeVar("T")
 
@@ -70,25 +69,20 @@ class KeySpace(Generic[T]):
 
     def __init__(
         self,
-        storage: Storage,
+        context: Context,
         codec: Codec[T],
         migrations: Migrations,
-        registry: Registry,
-        prefix: str,
-        max_bytes: int,
-        counters: Counters,
-        log: Any,
         cached: Callable[[str], SessionActor[T] | None],
         empty_blob: bytes | None,
     ) -> None:
-        self._storage = storage
+        self._storage = context.storage
         self._codec = codec
         self._migrations = migrations
-        self._registry = registry
-        self._prefix = prefix
-        self._max_bytes = max_bytes
-        self._counters = counters
-        self._log = log
+        self._registry = context.registry
+        self._prefix = context.config.key_prefix
+        self._max_bytes = context.config.max_session_bytes
+        self._counters = context.counters
+        self._log = context.log
         #: The cached actor of a key whose committed value is current, or None.
         self._cached = cached
         #: The encoded initial value: a session committed back to it has no record.

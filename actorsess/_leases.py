@@ -18,6 +18,10 @@ with its own retries and the lease is released once it is clean. Every write
 is fenced by the lease token and the version (``write_leased``), so a stale
 owner (a paused process, an expired lease) is refused, reports
 ``session.conflict`` and reloads.
+
+``LeaseKeeper`` is the ``Ownership`` of shared mode (see ``actorsess._ownership``):
+the core reaches all of the above only through that seam. The lease state lives
+here too, on ``LeasedActor``, the actor type of shared mode.
 """
 
 from __future__ import annotations
@@ -26,16 +30,13 @@ import asyncio
 import itertools
 import math
 import secrets
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, cast
 
 from actorsess._actor import SessionActor, Status
-from actorsess._backoff import Backoff
-from actorsess._clock import Clock
-from actorsess._config import SessionConfig
+from actorsess._context import Context
+from actorsess._ownership import FlusherPort, LeaveTurn, LoaderPort, TakeTurn
 from actorsess._record import encode_record
-from actorsess._registry import Registry
-from actorsess._stats import Counters
 from actorsess.exceptions import ConfigError, LeaseTimeoutError
 from actorsess.storage.base import (
     AskAgain,
@@ -50,10 +51,6 @@ from actorsess.storage.base import (
     WriteItem,
 )
 
-if TYPE_CHECKING:
-    from actorsess._flusher import Flusher
-    from actorsess._loader import Loader
-
 #: ``lease_until`` of an actor whose lease was lost or released: never valid.
 LOST = -math.inf
 # The longest stop() waits for its tasks to end once cancelled.
@@ -63,8 +60,26 @@ _FIRST_RETRY = 0.02
 _MAX_RETRY = 0.5
 
 
+class LeasedActor(SessionActor[Any]):
+    """An actor of shared mode: it also holds its key's lease."""
+
+    __slots__ = ("lease_token", "lease_until")
+
+    def __init__(self, key: str, storage_key: str) -> None:
+        super().__init__(key, storage_key)
+        #: The token of the lease this actor holds (None when it holds none).
+        self.lease_token: str | None = None
+        #: Clock time until which that lease can be relied on.
+        self.lease_until = math.inf
+
+
+def _leased(actor: SessionActor[Any]) -> LeasedActor:
+    # Every actor of a shared-mode manager is made by LeaseKeeper.new_actor.
+    return cast(LeasedActor, actor)
+
+
 class _Waiting(NamedTuple):
-    actor: SessionActor[Any]
+    actor: LeasedActor
     #: The token of every acquire attempt of this wait.
     token: str
     deadline: float
@@ -81,9 +96,11 @@ class LeaseKeeper:
         "_config",
         "_counters",
         "_finishing",
+        "_flusher",
         "_gone",
         "_handed_back",
         "_leaving",
+        "_loader",
         "_log",
         "_prefix",
         "_registry",
@@ -94,28 +111,18 @@ class LeaseKeeper:
         "_tasks",
         "_tokens",
         "_waiting",
-        "flusher",
-        "loader",
         "manager_id",
     )
 
-    def __init__(
-        self,
-        storage: LeaseStorage,
-        config: SessionConfig,
-        registry: Registry,
-        counters: Counters,
-        clock: Clock,
-        backoff: Backoff,
-        log: Any,
-    ) -> None:
+    def __init__(self, context: Context, storage: LeaseStorage) -> None:
+        config = context.config
         self._storage = storage
         self._config = config
-        self._registry = registry
-        self._counters = counters
-        self._clock = clock
-        self._retry_backoff = backoff
-        self._log = log
+        self._registry = context.registry
+        self._counters = context.counters
+        self._clock = context.clock
+        self._retry_backoff = context.backoff
+        self._log = context.log
         self._prefix = config.key_prefix
         #: Random per manager: lease tokens are ``<manager_id>:<n>``.
         self.manager_id = secrets.token_hex(8)
@@ -126,19 +133,107 @@ class LeaseKeeper:
         #: its latest acquire attempt. The first is handed the key on release.
         self._requesters: dict[str, dict[str, str]] = {}
         #: Futures resolved when a retiring actor is forgotten, by storage key.
-        self._gone: dict[str, tuple[SessionActor[Any], asyncio.Future[None]]] = {}
+        self._gone: dict[str, tuple[LeasedActor, asyncio.Future[None]]] = {}
         #: Leases to release in the next batch.
         self._releases: list[Release] = []
         #: Leaving actors whose last write rides on a release now in flight.
-        self._finishing: dict[str, SessionActor[Any]] = {}
+        self._finishing: dict[str, LeasedActor] = {}
         #: Tokens of ``_finishing`` actors that another owner handed a lease back to
         #: while their release was in flight, by storage key.
         self._handed_back: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Storage keys of actors being let go of (handover, lost lease, conflict).
         self._leaving: set[str] = set()
-        self.loader: Loader | None = None
-        self.flusher: Flusher | None = None
+        self._loader: LoaderPort | None = None
+        self._flusher: FlusherPort | None = None
+
+    # -- the seam (Ownership) -------------------------------------------------
+
+    def bind(self, loader: LoaderPort, flusher: FlusherPort) -> None:
+        self._loader, self._flusher = loader, flusher
+
+    @property
+    def loader(self) -> LoaderPort:
+        assert self._loader is not None, "bind() first"
+        return self._loader
+
+    @property
+    def flusher(self) -> FlusherPort:
+        assert self._flusher is not None, "bind() first"
+        return self._flusher
+
+    def new_actor(self, key: str, storage_key: str) -> SessionActor[Any]:
+        return LeasedActor(key, storage_key)
+
+    def lookup(self) -> Callable[[str], SessionActor[Any] | None]:
+        index, clock = self._registry.lookup, self._clock
+
+        def owned(key: str) -> SessionActor[Any] | None:
+            # The cached actor, unless its lease cannot be relied on now.
+            actor = index(key)
+            if actor is not None and _leased(actor).lease_until <= clock.now():
+                return None
+            return actor
+
+        return owned
+
+    def usable(self, actor: SessionActor[Any]) -> bool:
+        """A loaded actor whose lease this manager can still rely on."""
+        return actor.status is Status.READY and _leased(actor).lease_until > self._clock.now()
+
+    async def take(self, key: str, take_turn: TakeTurn, leave: LeaveTurn) -> SessionActor[Any]:
+        """A turn runs only on an actor whose lease holds. One being handed over (or
+        whose lease lapsed) is left to finish and be forgotten; then a new actor
+        takes the lease again."""
+        deadline = self._clock.now() + self._config.lease_wait_timeout
+        while True:
+            actor = self._registry.peek(key)
+            if (
+                actor is None
+                or actor.status is not Status.READY
+                or not (self.leaving(actor) or not self.usable(actor))
+            ):
+                actor = await take_turn(key)
+                # Turns queued before a handover began still run while the lease holds.
+                if self.usable(actor):
+                    return actor
+                leave(actor)
+            leased = _leased(actor)
+            self.retire(leased)
+            await self.gone(leased, deadline)
+
+    async def fetch(self, actors: Sequence[SessionActor[Any]]) -> Sequence[LoadResult | Owned]:
+        return await self.acquire([_leased(actor) for actor in actors])
+
+    async def write(
+        self, actors: Sequence[SessionActor[Any]], items: Sequence[WriteItem], ttl_ms: int | None
+    ) -> list[Conflict]:
+        return await self._storage.write_leased(
+            _with_leases(actors, items), ttl_ms, self._config.lease_ms
+        )
+
+    async def write_all(
+        self, actors: Sequence[SessionActor[Any]], items: Sequence[WriteItem], ttl_ms: int | None
+    ) -> list[Conflict]:
+        """``write``, all or nothing (a ``sessions()`` group's commit)."""
+        return await self._storage.write_leased_all(
+            _with_leases(actors, items), ttl_ms, self._config.lease_ms
+        )
+
+    def refused(self, actor: SessionActor[Any]) -> None:
+        """Storage refused ``actor``'s write, so the lease cannot be relied on; let go
+        of the actor (the next turn takes the lease and reloads)."""
+        leased = _leased(actor)
+        leased.lease_until = LOST
+        self.retire(leased)
+
+    def allow_outside_edits(self, operation: str) -> None:
+        raise ConfigError(
+            "ownership",
+            f"{operation}() is for ownership='local'; with 'shared' the owner of a key "
+            "always holds what storage holds: change a session from elsewhere through a "
+            "shared-mode manager's update(), which goes through its owner",
+        )
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -202,7 +297,7 @@ class LeaseKeeper:
 
     # -- taking leases (the loader's fetch in shared mode) ---------------------
 
-    async def acquire(self, actors: Sequence[SessionActor[Any]]) -> list[LoadResult | Owned]:
+    async def acquire(self, actors: Sequence[LeasedActor]) -> list[LoadResult | Owned]:
         """Take the leases of ``actors`` and load their records, in one storage call.
 
         An actor keeps one token through all its attempts: it is what an owner
@@ -243,7 +338,7 @@ class LeaseKeeper:
                 loop.call_soon(self.retire, actor)
         return results
 
-    def _wait_for_owner(self, actor: SessionActor[Any], owner: str, token: str) -> None:
+    def _wait_for_owner(self, actor: LeasedActor, owner: str, token: str) -> None:
         """``actor``'s key is owned elsewhere: retry when told it is free, or after a delay."""
         key = actor.storage_key
         previous = self._waiting.get(key)
@@ -255,7 +350,6 @@ class LeaseKeeper:
             self._waiting.pop(key, None)
             error = LeaseTimeoutError(actor.key, self._config.lease_wait_timeout, owner)
             self._log.warning("session.lease_timeout", key=actor.key, owner=owner)
-            assert self.loader is not None
             self.loader.fail(actor, error)
             return
         # A notice that came while this attempt was in flight means the owner let go
@@ -281,7 +375,6 @@ class LeaseKeeper:
             return
         waiting.timer.cancel()
         self._waiting[key] = waiting._replace(timer=None)
-        assert self.loader is not None
         if not self.loader.retry(waiting.actor):
             del self._waiting[key]  # no longer loading: nothing to wait for
 
@@ -335,7 +428,6 @@ class LeaseKeeper:
         actor.lease_until = self._clock.now() + self._config.lease_time / 2
         if key in self._requesters:
             asyncio.get_running_loop().call_soon(self.retire, actor)
-        assert self.loader is not None
         self.loader.deliver(actor, record)
 
     def _handover(self, storage_key: str, requester: str) -> None:
@@ -354,10 +446,11 @@ class LeaseKeeper:
         # Still loading: the lease is about to be ours; the actor is retired right
         # after it takes it (see acquire).
 
-    def _actor_of(self, storage_key: str) -> SessionActor[Any] | None:
+    def _actor_of(self, storage_key: str) -> LeasedActor | None:
         if not storage_key.startswith(self._prefix):
             return None
-        return self._registry.peek(storage_key[len(self._prefix) :])
+        actor = self._registry.peek(storage_key[len(self._prefix) :])
+        return None if actor is None else _leased(actor)
 
     def _note_requester(self, storage_key: str, token: str) -> None:
         manager, _, number = token.rpartition(":")
@@ -371,7 +464,7 @@ class LeaseKeeper:
 
     # -- letting go -----------------------------------------------------------
 
-    def retire(self, actor: SessionActor[Any]) -> None:
+    def retire(self, actor: LeasedActor) -> None:
         """Let go of ``actor``: no new turns start on it (those already queued still run
         while the lease holds); once it is idle it is written and released in one
         step, and forgotten."""
@@ -394,9 +487,9 @@ class LeaseKeeper:
         """A parked ``actor`` may have become idle or clean. One being let go of is
         released with its last write (when idle and not being written); any other
         is dropped once idle and clean, as the registry does."""
+        actor = _leased(actor)
         key = actor.storage_key
         flusher = self.flusher
-        assert flusher is not None
         if (
             key not in self._leaving
             or not actor.dirty
@@ -417,7 +510,7 @@ class LeaseKeeper:
         waiters = list(self._requesters.get(key, {}).values())
         self._queue_release(Release(key, actor.lease_token, waiters, final))
 
-    async def gone(self, actor: SessionActor[Any], deadline: float) -> None:
+    async def gone(self, actor: LeasedActor, deadline: float) -> None:
         """Wait until the retiring ``actor`` is forgotten, or raise LeaseTimeoutError."""
         if self._registry.peek(actor.key) is not actor:
             return
@@ -433,6 +526,7 @@ class LeaseKeeper:
 
     def forgotten(self, actor: SessionActor[Any]) -> None:
         """The registry's hook: ``actor`` left it for good, so its lease goes too."""
+        actor = _leased(actor)
         key = actor.storage_key
         self._stop_waiting(actor)
         self._leaving.discard(key)
@@ -484,7 +578,6 @@ class LeaseKeeper:
         call they are still dirty: the flusher writes them with its own retries,
         and its settling then forgets them and releases their leases."""
         flusher = self.flusher
-        assert flusher is not None
         for position, release in enumerate(releases):
             final = release.final
             actor = self._finishing.pop(release.key, None) if final is not None else None
@@ -512,21 +605,6 @@ class LeaseKeeper:
             if handed_back:
                 self._queue_release(Release(release.key, release.token))
 
-    # -- fenced writes (the flusher's write in shared mode) -------------------
-
-    async def write(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
-        return await self._storage.write_leased(items, ttl_ms, self._config.lease_ms)
-
-    async def write_all(self, items: Sequence[WriteItem], ttl_ms: int | None) -> list[Conflict]:
-        """``write``, all or nothing (a ``sessions()`` group's commit)."""
-        return await self._storage.write_leased_all(items, ttl_ms, self._config.lease_ms)
-
-    def lost(self, actor: SessionActor[Any]) -> None:
-        """The flusher's hook: storage refused ``actor``'s write, so the lease cannot be
-        relied on; let go of the actor (the next turn takes the lease and reloads)."""
-        actor.lease_until = LOST
-        self.retire(actor)
-
     # -- renewal ----------------------------------------------------------------
 
     async def _renew_forever(self) -> None:
@@ -535,14 +613,14 @@ class LeaseKeeper:
             await asyncio.sleep(period)
             held = [
                 a
-                for a in self._registry.actors()
+                for a in map(_leased, self._registry.actors())
                 if a.lease_token is not None and a.lease_until != LOST
             ]
             step = self._config.max_batch
             for start in range(0, len(held), step):
                 await self._renew(held[start : start + step])
 
-    async def _renew(self, actors: list[SessionActor[Any]]) -> None:
+    async def _renew(self, actors: list[LeasedActor]) -> None:
         tokens = [a.lease_token or "" for a in actors]
         sent = self._clock.now()
         try:
@@ -572,9 +650,15 @@ class LeaseKeeper:
                 actor.lease_until = LOST
                 self.retire(actor)
 
-    def is_ready(self, actor: SessionActor[Any]) -> bool:
-        """A loaded actor whose lease this manager can still rely on."""
-        return actor.status is Status.READY and actor.lease_until > self._clock.now()
+
+def _with_leases(
+    actors: Sequence[SessionActor[Any]], items: Sequence[WriteItem]
+) -> list[WriteItem]:
+    """``items``, each fenced by the lease its actor holds."""
+    return [
+        item._replace(lease=_leased(actor).lease_token)
+        for actor, item in zip(actors, items, strict=True)
+    ]
 
 
 def _raise_if_cancelled() -> None:

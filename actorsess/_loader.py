@@ -3,31 +3,26 @@
 A miss creates the key's actor in LOADING state and queues it here; every
 miss in the same event-loop iteration rides in one ``load_many`` call.
 Concurrent misses of one key find the same LOADING actor, so they share one
-load (rule 9). In shared ownership mode a load also takes the key's lease; a
-key owned by another process stays LOADING while the lease keeper waits for
-it, then comes back here for another try.
+load (rule 9). The ownership does the storage call (``Ownership.fetch``): in
+shared mode it also takes the key's lease, and a key owned by another process
+stays LOADING while the ownership waits for it, then comes back here for
+another try (``retry``) or with its record (``deliver``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from actorsess._actor import SessionActor, Status
-from actorsess._clock import Clock
 from actorsess._codec import Codec
-from actorsess._config import SessionConfig
+from actorsess._context import Context
 from actorsess._migrations import Migrations
-from actorsess._registry import Registry
-from actorsess._stats import Counters
+from actorsess._ownership import Ownership
 from actorsess._stored import read_stored
-from actorsess._timings import Timings
 from actorsess.exceptions import CorruptSessionError, StorageError
-from actorsess.storage.base import LoadResult, Owned, Storage
-
-if TYPE_CHECKING:
-    from actorsess._leases import LeaseKeeper
+from actorsess.storage.base import LoadResult, Owned
 
 
 class Loader:
@@ -36,43 +31,35 @@ class Loader:
         "_codec",
         "_config",
         "_counters",
-        "_keeper",
         "_log",
         "_migrations",
         "_on_migrated",
+        "_ownership",
         "_pending",
         "_registry",
-        "_storage",
         "_tasks",
         "_timings",
     )
 
     def __init__(
         self,
-        storage: Storage,
+        context: Context,
         codec: Codec[Any],
-        config: SessionConfig,
-        registry: Registry,
-        counters: Counters,
-        clock: Clock,
-        log: Any,
-        timings: Timings,
         migrations: Migrations,
         on_migrated: Callable[[SessionActor[Any]], None],
-        keeper: LeaseKeeper | None = None,
+        ownership: Ownership,
     ) -> None:
-        self._storage = storage
-        self._timings = timings
+        self._ownership = ownership
+        self._timings = context.timings
         self._migrations = migrations
         #: Called with a session upgraded on load: it is dirty, for the flusher to write.
         self._on_migrated = on_migrated
-        self._keeper = keeper
         self._codec = codec
-        self._config = config
-        self._registry = registry
-        self._counters = counters
-        self._clock = clock
-        self._log = log
+        self._config = context.config
+        self._registry = context.registry
+        self._counters = context.counters
+        self._clock = context.clock
+        self._log = context.log
         self._pending: list[SessionActor[Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -106,7 +93,7 @@ class Loader:
         self._counters.loads += 1
         try:
             async with asyncio.timeout(self._config.load_timeout):
-                results = await self._fetch(actors)
+                results = await self._ownership.fetch(actors)
             if len(results) != len(actors):
                 raise StorageError(
                     f"storage returned {len(results)} records for {len(actors)} keys"
@@ -125,7 +112,7 @@ class Loader:
                 raise
             return
         for actor, raw in zip(actors, results, strict=True):
-            if not isinstance(raw, Owned):  # an owned key waits in the lease keeper
+            if not isinstance(raw, Owned):  # an owned key waits in the ownership
                 self._apply(actor, raw)
         duration = self._clock.now() - started
         self._timings.load_seconds.observe(duration)
@@ -135,11 +122,6 @@ class Loader:
         """Finish loading ``actor`` with a record obtained elsewhere (a handover notice)."""
         if actor.status is Status.LOADING:
             self._apply(actor, raw)
-
-    async def _fetch(self, actors: list[SessionActor[Any]]) -> Sequence[LoadResult | Owned]:
-        if self._keeper is not None:
-            return await self._keeper.acquire(actors)
-        return await self._storage.load_many([a.storage_key for a in actors])
 
     def _apply(self, actor: SessionActor[Any], raw: LoadResult) -> None:
         # Every record read from storage, by a load or a handover: a cache miss.

@@ -20,21 +20,22 @@ from actorsess._claim import KeySpaceClaim
 from actorsess._clock import Clock, MonotonicClock
 from actorsess._codec import Codec
 from actorsess._config import SessionConfig
+from actorsess._context import Context
 from actorsess._deadlock import wait_for_turn
 from actorsess._flusher import Flusher
 from actorsess._group import SessionGroup
 from actorsess._keyspace import KeySpace, MigrationReport
-from actorsess._leases import LeaseKeeper
 from actorsess._loader import Loader
 from actorsess._log import DefaultLogger
 from actorsess._migrations import Migration, Migrations
+from actorsess._owners import check_ownership, ownership_for
+from actorsess._ownership import Ownership
 from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
 from actorsess._timings import HistogramSnapshot, Timings, observed_turn
 from actorsess._turn import SessionTurn
 from actorsess.exceptions import (
     ActorSessError,
-    ConfigError,
     CorruptSessionError,
     InvalidKeyError,
     ManagerClosedError,
@@ -46,7 +47,6 @@ from actorsess.exceptions import (
 from actorsess.storage.base import (
     AtomicStorage,
     ClaimableStorage,
-    LeaseStorage,
     PreparableStorage,
     Storage,
 )
@@ -131,12 +131,7 @@ class SessionManager(Generic[T]):
         config = SessionConfig() if config is None else config
         if not isinstance(config, SessionConfig):
             raise TypeError(f"config must be a SessionConfig, got {type(config).__name__}")
-        if config.ownership == "shared" and not isinstance(storage, LeaseStorage):
-            raise ConfigError(
-                "ownership",
-                "'shared' (several processes on one Redis, with leases and fencing) needs a "
-                f"storage with leases, such as RedisStorage; got {type(storage).__name__}",
-            )
+        check_ownership(config, storage)
         self._storage = storage
         _use_storage(storage)
         self._config = config
@@ -183,71 +178,32 @@ class SessionManager(Generic[T]):
     # -- lifecycle ----------------------------------------------------------
 
     def _build(self) -> None:
-        """Make the registry, loader, flusher and (shared mode) lease keeper: at
+        """Make the registry, the ownership, the loader and the flusher: at
         construction, and again when a closed manager is started anew."""
-        storage, config = self._storage, self._config
-        self._keeper: LeaseKeeper | None = None
-        if isinstance(storage, LeaseStorage) and config.ownership == "shared":
-            self._registry = Registry(
-                config.max_cached, self._on_evict, self._release_lease, self._on_park
-            )
-            self._keeper = LeaseKeeper(
-                storage,
-                config,
-                self._registry,
-                self._counters,
-                self._clock,
-                self._backoff,
-                self._log,
-            )
-        else:
-            self._registry = Registry(config.max_cached, self._on_evict, on_park=self._on_park)
-        #: The cached actor of a key for the turn's fast path: the LRU index's lookup, bound
-        #: once; in shared mode it also misses actors whose lease is not good now.
-        self._lookup: Callable[[str], SessionActor[T] | None] = (
-            self._registry.lookup if self._keeper is None else self._lookup_owned
-        )
-        self._loader = Loader(
-            storage,
-            self._codec,
+        config = self._config
+        self._registry = Registry(config.max_cached, self._on_evict, self._forgotten, self._on_park)
+        context = Context(
+            self._storage,
             config,
             self._registry,
             self._counters,
-            self._clock,
-            self._log,
             self._timings,
-            self._migrations,
-            self._mark_migrated,
-            self._keeper,
-        )
-        self._flusher = Flusher(
-            storage,
-            config,
-            self._registry,
-            self._counters,
             self._clock,
             self._backoff,
             self._log,
-            self._timings,
-            self._registry.park if self._keeper is None else self._keeper.lost,
-            self._keeper,
-            self._migrations.schema,
         )
+        self._ownership: Ownership = ownership_for(context)
+        #: The cached actor of a key for the turn's fast path, bound once: the LRU
+        #: index's lookup (in shared mode it also misses actors whose lease is not good).
+        self._lookup: Callable[[str], SessionActor[T] | None] = self._ownership.lookup()
+        self._loader = Loader(
+            context, self._codec, self._migrations, self._mark_migrated, self._ownership
+        )
+        self._flusher = Flusher(context, self._ownership, self._migrations.schema)
+        self._ownership.bind(self._loader, self._flusher)
         self._keyspace = KeySpace(
-            storage,
-            self._codec,
-            self._migrations,
-            self._registry,
-            config.key_prefix,
-            config.max_session_bytes,
-            self._counters,
-            self._log,
-            self._cached_committed,
-            self._empty_blob,
+            context, self._codec, self._migrations, self._cached_committed, self._empty_blob
         )
-        if self._keeper is not None:
-            self._keeper.loader = self._loader
-            self._keeper.flusher = self._flusher
 
     @property
     def config(self) -> SessionConfig:
@@ -297,13 +253,11 @@ class SessionManager(Generic[T]):
 
     async def _startup(self) -> None:
         await self._prepare_storage()
-        if self._keeper is not None:
-            await self._keeper.check(min(self._config.load_timeout, _PREPARE_TIMEOUT))
+        await self._ownership.check(min(self._config.load_timeout, _PREPARE_TIMEOUT))
         if self._claim is not None:
             await self._claim.acquire(min(self._config.load_timeout, _PREPARE_TIMEOUT))
         self._flusher.start()
-        if self._keeper is not None:
-            self._keeper.start()
+        self._ownership.start()
         self._set_state(_State.RUNNING)
 
     async def _prepare_storage(self) -> None:
@@ -352,8 +306,8 @@ class SessionManager(Generic[T]):
             remaining = max(0.1, deadline - self._clock.now())
             unwritten = await self._flusher.stop(remaining)
         await self._loader.aclose()
-        if self._keeper is not None and was_running:
-            await self._keeper.stop(max(0.1, deadline - self._clock.now()))
+        if was_running:
+            await self._ownership.stop(max(0.1, deadline - self._clock.now()))
         if unwritten:
             self._log.error(
                 "session.unflushed",
@@ -638,17 +592,12 @@ class SessionManager(Generic[T]):
         if self._state is not _State.RUNNING:
             self._check_open()
             await self.start()
-        if self._keeper is not None:
-            # Each key needs its lease; get() takes it, and concurrent loads still batch.
-            values = await asyncio.gather(*(self.get(k) for k in wanted), return_exceptions=True)
-            for value in values:
-                if isinstance(value, BaseException):
-                    raise value
-            return dict(zip(wanted, values, strict=True))  # type: ignore[arg-type]
         actors: list[SessionActor[T]] = []
         pending: list[asyncio.Future[None]] = []
         for key in wanted:
-            actor: SessionActor[T] | None = self._registry.find(key)
+            # A parked session stays parked: in shared mode it may be on its way to
+            # another process.
+            actor: SessionActor[T] | None = self._registry.find_cached(key)
             if actor is None:
                 actor = self._new_actor(key)
             actors.append(actor)
@@ -659,11 +608,16 @@ class SessionManager(Generic[T]):
         result: dict[str, T] = {}
         failure: BaseException | None = None
         for actor in actors:
-            if actor.status is Status.READY and not self._expired(actor):
+            if (
+                actor.status is Status.READY
+                and not self._expired(actor)
+                and self._ownership.usable(actor)
+            ):
                 result[actor.key] = self._codec.decode(actor.blob)
             elif actor.status is Status.FAILED:
                 failure = failure or actor.error
-            else:  # expired, or still loading for a turn that arrived meanwhile
+            else:  # expired, still loading for a turn that arrived meanwhile, or its
+                # lease lapsed: through a turn, as get() does
                 result[actor.key] = await self.get(actor.key)
         if failure is not None:
             raise failure
@@ -765,7 +719,7 @@ class SessionManager(Generic[T]):
             actor is not None
             and actor.status is Status.READY
             and not self._expired(actor)
-            and (self._keeper is None or self._keeper.is_ready(actor))
+            and self._ownership.usable(actor)
         ):
             return actor
         return None
@@ -782,7 +736,7 @@ class SessionManager(Generic[T]):
         the reload (never dropped). In ``ownership="shared"`` edits go through the
         owner (another manager's ``update()``), so this raises ConfigError.
         """
-        self._refuse_when_shared("refresh")
+        self._ownership.allow_outside_edits("refresh")
         actor = await self._enter(key)
         try:
             await self._reload(actor)
@@ -797,7 +751,7 @@ class SessionManager(Generic[T]):
         frees the memory: blocks that queued meanwhile find the session reloaded
         instead. A key that is not cached is left alone.
         """
-        self._refuse_when_shared("evict")
+        self._ownership.allow_outside_edits("evict")
         self._check_key(key)
         if self._registry.peek(key) is None:
             return
@@ -812,16 +766,6 @@ class SessionManager(Generic[T]):
                 self._log.debug("session.evict", key=key, was_dirty=False)
         finally:
             self._leave(actor)
-
-    def _refuse_when_shared(self, operation: str) -> None:
-        if self._keeper is None:
-            return
-        raise ConfigError(
-            "ownership",
-            f"{operation}() is for ownership='local'; with 'shared' the owner of a key "
-            "always holds what storage holds: change a session from elsewhere through a "
-            "shared-mode manager's update(), which goes through its owner",
-        )
 
     async def _write_out(self, actor: SessionActor[T]) -> None:
         """Holding ``actor``'s turn: return once its committed state is in storage, or
@@ -880,12 +824,6 @@ class SessionManager(Generic[T]):
     def _has_room(self) -> bool:
         return len(self._flusher.dirty) < self._max_dirty
 
-    def _lookup_owned(self, key: str) -> SessionActor[T] | None:
-        actor: SessionActor[T] | None = self._registry.lookup(key)
-        if actor is not None and actor.lease_until <= self._clock.now():
-            return None
-        return actor
-
     async def _enter(self, key: str) -> SessionActor[T]:
         """Take ``key``'s turn: the general path (load, wait in line, shared ownership)."""
         self._check_key(key)
@@ -894,27 +832,7 @@ class SessionManager(Generic[T]):
             # Before any lookup: start() may wait (storage connections), and what a
             # lookup saw before that wait is stale after it.
             await self.start()
-        if self._keeper is None:
-            return await self._take_turn(key)
-        # Shared ownership: a turn runs only on an actor whose lease holds. One being
-        # handed over (or whose lease lapsed) is left to finish and be forgotten; then
-        # a new actor takes the lease again.
-        keeper = self._keeper
-        deadline = self._clock.now() + self._config.lease_wait_timeout
-        while True:
-            actor = self._registry.peek(key)
-            if (
-                actor is None
-                or actor.status is not Status.READY
-                or not (keeper.leaving(actor) or not keeper.is_ready(actor))
-            ):
-                actor = await self._take_turn(key)
-                # Turns queued before a handover began still run while the lease holds.
-                if keeper.is_ready(actor):
-                    return actor
-                self._leave(actor)
-            keeper.retire(actor)
-            await keeper.gone(actor, deadline)
+        return await self._ownership.take(key, self._take_turn, self._leave)
 
     async def _take_turn(self, key: str) -> SessionActor[T]:
         if self._state is not _State.RUNNING:
@@ -940,7 +858,7 @@ class SessionManager(Generic[T]):
         return actor
 
     def _new_actor(self, key: str) -> SessionActor[T]:
-        actor: SessionActor[T] = SessionActor(key, self._prefix + key)
+        actor: SessionActor[T] = self._ownership.new_actor(key, self._prefix + key)
         self._loader.request(actor)
         self._registry.add(actor)
         return actor
@@ -1045,10 +963,7 @@ class SessionManager(Generic[T]):
     def _release(self, actor: SessionActor[T]) -> None:
         if actor.release():
             if actor.parked:
-                if self._keeper is not None:
-                    self._keeper.settle(actor)  # may hand it over now
-                else:
-                    self._registry.settle(actor)
+                self._ownership.settle(actor)  # shared mode: may hand it over now
             if self._closing:
                 self._released.set()
 
@@ -1070,9 +985,8 @@ class SessionManager(Generic[T]):
                 f"a session value must be a {expected.__name__}, got {type(value).__name__}"
             )
 
-    def _release_lease(self, actor: SessionActor[Any]) -> None:
-        if self._keeper is not None:
-            self._keeper.forgotten(actor)
+    def _forgotten(self, actor: SessionActor[Any]) -> None:
+        self._ownership.forgotten(actor)
 
     def _on_evict(self, actor: SessionActor[Any]) -> None:
         # A session leaves memory only once idle and written (rule 4): never dirty here.

@@ -89,6 +89,15 @@ class Registry:
                 self.add(actor)
         return actor
 
+    def find_cached(self, key: str) -> SessionActor[Any] | None:
+        """The actor of ``key``, marked used if it is in the LRU; a parked one stays
+        parked."""
+        actor = self._index.get(key)
+        if actor is not None:
+            actor.referenced = True
+            return actor
+        return self.parked.get(key)
+
     def peek(self, key: str) -> SessionActor[Any] | None:
         """The actor of ``key`` without marking it used."""
         actor = self._index.get(key)
