@@ -614,7 +614,9 @@ class LeaseKeeper:
             held = [
                 a
                 for a in map(_leased, self._registry.actors())
-                if a.lease_token is not None and a.lease_until != LOST
+                if a.lease_token is not None
+                and a.lease_until != LOST
+                and a.storage_key not in self._finishing  # being released, last write on it
             ]
             step = self._config.max_batch
             for start in range(0, len(held), step):
@@ -639,7 +641,14 @@ class LeaseKeeper:
             )
             return
         for actor, token, ok in zip(actors, tokens, renewed, strict=True):
-            if actor.lease_token != token or actor.lease_until == LOST:
+            if (
+                actor.lease_token != token
+                or actor.lease_until == LOST
+                # Its release (carrying its last write and passing the lease on) may have
+                # run in Redis before this renewal did, its reply still on the way: a
+                # refusal then says nothing about a lease we still rely on.
+                or actor.storage_key in self._finishing
+            ):
                 continue
             if ok:
                 self._counters.leases_renewed += 1
