@@ -1,6 +1,7 @@
 """actorsess: race-free, write-behind per-chat sessions for aiogram 3 bots."""
 
 from actorsess._clock import Clock, MonotonicClock
+from actorsess._codec import SessionCodec
 from actorsess._config import SessionConfig
 from actorsess._group import SessionGroup
 from actorsess._keyspace import MigrationReport
@@ -42,6 +43,7 @@ __all__ = [
     "MigrationReport",
     "MonotonicClock",
     "RedisStorage",
+    "SessionCodec",
     "SessionConfig",
     "SessionConflictError",
     "SessionDeadlockError",

@@ -18,7 +18,7 @@ import datetime
 import math
 import typing
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 import pydantic
@@ -35,6 +35,26 @@ class DecodeFailure(ValueError):
     """Raised by a codec's ``decode``; carries a short, loggable reason."""
 
 
+class SessionCodec(Protocol[T]):
+    """An encoding of your own for ``SessionManager(..., codec=...)``: any object with
+    these two methods (compressed or encrypted JSON, msgpack, a versioned format).
+
+    ``decode(encode(v))`` must give back a value equal to ``v``; equal values
+    should encode to equal bytes (a commit whose bytes did not change writes
+    nothing). Whatever ``encode`` raises refuses the commit with
+    ``SessionEncodeError``, and whatever ``decode`` raises makes the record
+    ``CorruptSessionError`` (left untouched in storage).
+    """
+
+    def encode(self, value: T) -> bytes:
+        """The bytes to store for ``value``."""
+        ...
+
+    def decode(self, payload: bytes) -> T:
+        """The value ``payload`` was encoded from."""
+        ...
+
+
 class Codec(Generic[T]):
     """Turns session values into bytes and back, validating the shape on the way in."""
 
@@ -49,14 +69,23 @@ class Codec(Generic[T]):
         "value_type",
     )
 
-    def __init__(self, initial: Callable[[], T], *, strict_json: bool = True) -> None:
+    def __init__(
+        self,
+        initial: Callable[[], T],
+        *,
+        strict_json: bool = True,
+        custom: SessionCodec[T] | None = None,
+    ) -> None:
         self.initial = initial
         self.value_type = _value_type(initial)
         self.runtime_type = _runtime_type(self.value_type)
         #: JSON bytes of a value; raises ValueError/TypeError for unencodable values.
         #: The bare function (no wrapper call), since every commit calls it.
         self.encode: Callable[[T], bytes]
-        self.encode, self._decode = _build(self.value_type, strict_json)
+        if custom is None:
+            self.encode, self._decode = _build(self.value_type, strict_json)
+        else:
+            self.encode, self._decode = _custom(custom)
         #: For dict sessions with ``strict_json``: what a reload gives for the bytes
         #: ``encode_common`` returned. A value not equal to it must go to ``encode``,
         #: which refuses it naming the path. None where the bytes need no check
@@ -80,7 +109,7 @@ class Codec(Generic[T]):
         """Value from JSON bytes; raises ``DecodeFailure`` naming what was wrong."""
         try:
             value: T = self._decode(payload)
-        except (ValueError, TypeError, RecursionError) as exc:
+        except Exception as exc:  # a codec of your own may raise anything
             raise DecodeFailure(_first_line(exc)) from exc
         return value
 
@@ -96,6 +125,26 @@ class Codec(Generic[T]):
         """A new initial value and its encoding."""
         value = self.initial()
         return value, self.encode(value)
+
+
+def _custom(codec: SessionCodec[Any]) -> tuple[Encoder, Decoder]:
+    """The encoder and decoder of a codec of your own; its encoder checks that it
+    gives bytes (anything else could not be stored)."""
+    missing = [name for name in ("encode", "decode") if not callable(getattr(codec, name, None))]
+    if missing:
+        raise TypeError(
+            f"codec must have encode(value) -> bytes and decode(bytes) -> value methods; "
+            f"{type(codec).__name__} has no {' or '.join(missing)}"
+        )
+    encode = codec.encode
+
+    def checked(value: Any) -> bytes:
+        blob = encode(value)
+        if not isinstance(blob, bytes):
+            raise TypeError(f"codec.encode must return bytes, got {type(blob).__name__}")
+        return blob
+
+    return checked, codec.decode
 
 
 def _value_type(initial: Callable[[], Any]) -> Any:

@@ -135,6 +135,11 @@ class Loader:
             self._log.error("session.corrupt", key=actor.key, error=exc.reason)
             self.fail(actor, exc)
             return
+        except Exception as exc:
+            # initial() gives a value the codec cannot store: every block on this key
+            # gets the error (it used to escape the load and leave them waiting).
+            self.fail(actor, exc)
+            return
         actor.value, actor.blob = stored.value, stored.blob
         actor.version = actor.persisted_version = stored.version
         ttl = self._config.ttl

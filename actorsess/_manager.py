@@ -18,7 +18,7 @@ from actorsess._actor import SessionActor, Status
 from actorsess._backoff import Backoff
 from actorsess._claim import KeySpaceClaim
 from actorsess._clock import Clock, MonotonicClock
-from actorsess._codec import Codec
+from actorsess._codec import Codec, SessionCodec
 from actorsess._config import SessionConfig
 from actorsess._context import Context
 from actorsess._deadlock import wait_for_turn
@@ -109,6 +109,7 @@ class SessionManager(Generic[T]):
         logger: Any = None,
         rng: random.Random | None = None,
         migrations: Sequence[Migration] = (),
+        codec: SessionCodec[T] | None = None,
     ) -> None:
         """Sessions kept in ``storage``, started from ``initial()``.
 
@@ -127,6 +128,9 @@ class SessionManager(Generic[T]):
             rng: Random source of the retry backoff's jitter.
             migrations: Functions upgrading stored data, oldest first (see the
                 Session lifecycle page).
+            codec: An encoding of your own (a ``SessionCodec``: ``encode`` and
+                ``decode``) instead of the JSON typed by ``initial``; then
+                ``strict_json`` does not apply, and ``initial`` may return any class.
         """
         config = SessionConfig() if config is None else config
         if not isinstance(config, SessionConfig):
@@ -137,7 +141,7 @@ class SessionManager(Generic[T]):
         self._config = config
         self._clock: Clock = clock or MonotonicClock()
         self._log = logger if logger is not None else DefaultLogger()
-        self._codec: Codec[T] = Codec(initial, strict_json=config.strict_json)
+        self._codec: Codec[T] = Codec(initial, strict_json=config.strict_json, custom=codec)
         self._migrations = Migrations(migrations)
         self._encode = self._codec.encode
         self._encode_common = self._codec.encode_common

@@ -17,7 +17,9 @@ the payload: ``as1:42:~3:{"apple":3}`` is schema 3 (no head: schema 0). JSON
 never starts with ``~``, and the version fence (here and in Lua) reads only
 the header, so records with and without a schema head live side by side; an
 actorsess that knows nothing of schemas refuses such a record as corrupt
-rather than misreading it.
+rather than misreading it. A payload of a codec of your own may start with ``~``
+or be empty: such a payload always gets a head (``~0:`` at schema 0), so that it
+is read neither as a schema mark nor as a tombstone.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ _MAX_VERSION_DIGITS = 20
 #: How long storages keep a tombstone (seconds).
 TOMBSTONE_TTL_S = 600
 TOMBSTONE_TTL_MS = TOMBSTONE_TTL_S * 1000
+_SCHEMA_MARK = ord("~")
 
 
 def encode_record(version: int, payload: bytes, schema: int = 0) -> bytes:
-    if schema:
+    if schema or not payload or payload[0] == _SCHEMA_MARK:
         return b"%b%d:~%d:%b" % (_HEADER_PREFIX, version, schema, payload)
     return b"%b%d:%b" % (_HEADER_PREFIX, version, payload)
 

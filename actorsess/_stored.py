@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Generic, NamedTuple, TypeVar
 
-from actorsess._codec import Codec, DecodeFailure
+from actorsess._codec import Codec
 from actorsess._migrations import Migrations
 from actorsess._record import decode_record, split_schema
-from actorsess.exceptions import CorruptSessionError
+from actorsess.exceptions import CorruptSessionError, SessionEncodeError
 from actorsess.storage.base import BadValue, LoadResult
 
 T = TypeVar("T")
@@ -46,7 +46,12 @@ def read_stored(
             key, f"stored session is {len(payload)} bytes, over max_session_bytes={max_bytes}"
         )
     if not payload:
-        value, blob = codec.fresh()
+        try:
+            value, blob = codec.fresh()
+        except Exception as exc:
+            raise SessionEncodeError(
+                key, f"initial() gives a value that cannot be stored: {type(exc).__name__}: {exc}"
+            ) from exc
         return Stored(version, value, blob, False, None)
     schema, payload = split_schema(key, payload)
     upgraded_from = None
@@ -58,7 +63,7 @@ def read_stored(
         # An upgraded session is kept as the codec writes it (the next commit compares
         # its bytes with these).
         blob = payload if upgraded_from is None else codec.encode(value)
-    except (DecodeFailure, TypeError, ValueError) as exc:
+    except Exception as exc:  # DecodeFailure, or what a codec of your own raised
         after = "" if upgraded_from is None else f" (after migrating it from schema {schema})"
         raise CorruptSessionError(key, f"{exc}{after}") from exc
     return Stored(version, value, blob, True, upgraded_from)

@@ -171,3 +171,21 @@ async def test_get_many_with_a_small_cache_leaves_nothing_parked() -> None:
         assert len(values) == 200
         assert m.stats().cached == 10
         assert m.stats().parked == 0
+
+
+async def test_an_initial_that_cannot_be_stored_fails_its_loads_instead_of_hanging() -> None:
+    """``initial()`` giving a value the codec refuses (an int dict key) made the load
+    task die with the error and every block on a new key wait forever. Now each
+    caller gets ``SessionEncodeError`` naming the key and the problem, and the
+    manager goes on (a stored session still loads)."""
+    from actorsess import SessionEncodeError
+
+    storage = MemoryStorage()
+    storage.put_raw("actorsess:stored", b'as1:1:{"n":1}')
+    async with SessionManager(storage, initial=lambda: {1: 2}) as m:
+        for key in ("a", "b"):
+            async with asyncio.timeout(5):
+                with pytest.raises(SessionEncodeError, match=f"'{key}'.*initial\\(\\) gives"):
+                    await m.get(key)
+        async with asyncio.timeout(5):
+            assert await m.get("stored") == {"n": 1}
