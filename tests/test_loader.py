@@ -182,7 +182,8 @@ async def test_an_initial_that_cannot_be_stored_fails_its_loads_instead_of_hangi
 
     storage = MemoryStorage()
     storage.put_raw("actorsess:stored", b'as1:1:{"n":1}')
-    async with SessionManager(storage, initial=lambda: {1: 2}) as m:
+    unstorable: dict[Any, int] = {1: 2}
+    async with SessionManager(storage, initial=lambda: dict(unstorable)) as m:
         for key in ("a", "b"):
             async with asyncio.timeout(5):
                 with pytest.raises(SessionEncodeError, match=f"'{key}'.*initial\\(\\) gives"):
