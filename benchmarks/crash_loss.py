@@ -1,6 +1,6 @@
 """What a hard crash loses: SIGKILL a busy polling bot, count what storage is missing.
 
-For each flush_interval the bot (tests/bot_process.py: real polling against
+For each flush_interval the bot (harness/bot_process.py: real polling against
 LocalBotAPI, sessions in Redis) runs under steady traffic and is SIGKILLed;
 the replies it had sent are compared with the apples stored in Redis. The Redis
 commands the bot ran while it served them (INFO commandstats, those inside
@@ -19,7 +19,7 @@ import time
 
 from actorsess.testing import RedisServer
 from benchmarks._common import flush_redis, machine, redis_commands, table
-from tests.bot_process import spawn, stored_gains
+from harness.bot_process import spawn, stored_gains
 
 USERS = 20
 

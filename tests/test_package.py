@@ -45,7 +45,9 @@ def test_the_wheel_alone_runs_the_quick_start(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "actorsess/py.typed" in names
     assert "actorsess/testing/_botapi.py" in names
-    assert not [n for n in names if n.startswith(("tests/", "examples/", "benchmarks/"))]
+    assert not [
+        n for n in names if n.startswith(("tests/", "examples/", "benchmarks/", "harness/"))
+    ]
 
     env_dir = tmp_path / "fresh"
     venv.create(env_dir, with_pip=True)

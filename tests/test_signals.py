@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from .bot_process import spawn, stored_gains
+from harness.bot_process import spawn, stored_gains
 
 # Starts real processes, or private servers that it faults: -m 'not process' skips it.
 pytestmark = pytest.mark.process

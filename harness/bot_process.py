@@ -1,6 +1,7 @@
-"""A polling bot process for signal tests: it handles a burst, reports, then waits.
+"""A polling bot process for signal tests and the crash-loss benchmark: it handles a
+burst, reports, then waits.
 
-    python -m tests.bot_process REDIS_URL USERS MESSAGES FLUSH_INTERVAL
+    python -m harness.bot_process REDIS_URL USERS MESSAGES FLUSH_INTERVAL
 
 Sessions go to Redis. It prints ``HANDLED <n>`` once every reply is sent and
 then keeps polling until a signal stops it (aiogram's own SIGTERM/SIGINT
@@ -31,7 +32,7 @@ def spawn(url: str, users: int, messages: int, flush_interval: float) -> subproc
         [
             sys.executable,
             "-m",
-            "tests.bot_process",
+            "harness.bot_process",
             url,
             str(users),
             str(messages),
