@@ -203,7 +203,8 @@ class LeaseKeeper:
             await self.gone(leased, deadline)
 
     async def fetch(self, actors: Sequence[SessionActor[Any]]) -> Sequence[LoadResult | Owned]:
-        return await self.acquire([_leased(actor) for actor in actors])
+        # Every actor of a shared-mode manager is made by new_actor.
+        return await self.acquire(cast("Sequence[LeasedActor]", actors))
 
     async def write(
         self, actors: Sequence[SessionActor[Any]], items: Sequence[WriteItem], ttl_ms: int | None
@@ -614,9 +615,7 @@ class LeaseKeeper:
             held = [
                 a
                 for a in map(_leased, self._registry.actors())
-                if a.lease_token is not None
-                and a.lease_until != LOST
-                and a.storage_key not in self._finishing  # being released, last write on it
+                if a.lease_token is not None and a.lease_until != LOST
             ]
             step = self._config.max_batch
             for start in range(0, len(held), step):

@@ -136,8 +136,9 @@ class Loader:
             self.fail(actor, exc)
             return
         except Exception as exc:
-            # initial() gives a value the codec cannot store: every block on this key
-            # gets the error (it used to escape the load and leave them waiting).
+            # Anything else (SessionEncodeError: initial() gives a value the codec
+            # cannot store) fails this key alone; escaping, it would end the load's
+            # task and leave every key of the batch waiting.
             self.fail(actor, exc)
             return
         actor.value, actor.blob = stored.value, stored.blob

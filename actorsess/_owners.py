@@ -27,8 +27,7 @@ def check_ownership(config: SessionConfig, storage: Storage) -> None:
 def ownership_for(context: Context) -> Ownership:
     """``LeaseKeeper`` for ``ownership="shared"``, else ``LocalOwnership``."""
     storage = context.storage
-    check_ownership(context.config, storage)
     if context.config.ownership == "shared":
-        assert isinstance(storage, LeaseStorage)  # by check_ownership
+        assert isinstance(storage, LeaseStorage)  # check_ownership ran at construction
         return LeaseKeeper(context, storage)
     return LocalOwnership(context)
