@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -95,6 +96,18 @@ class SessionActor(Generic[T]):
             and self.status is not Status.LOADING
         )
 
+    # -- the turn ----------------------------------------------------------
+
+    def hold(self, holder: object = True) -> None:
+        """Mark the turn taken by ``holder`` (a free turn, or one just handed over)."""
+        self.held = holder
+
+    def hold_cached(self, holder: object) -> None:
+        """Take the free turn of a cached session found without the registry (the
+        fast path): a use the LRU must see."""
+        self.held = holder
+        self.referenced = True
+
     async def acquire(self) -> None:
         """Take the turn, waiting in FIFO order if someone holds it."""
         if not self.held:
@@ -126,6 +139,121 @@ class SessionActor(Generic[T]):
                 return False
         self.held = False
         return True
+
+    # -- the committed state --------------------------------------------------
+
+    def replace(self, value: T) -> None:
+        """Give the holder a new live value (uncommitted until ``commit``)."""
+        self.value = value
+
+    def rollback(self, decode: Callable[[bytes], T]) -> None:
+        """Drop the holder's uncommitted edits: the live value is the committed one again."""
+        self.value = decode(self.blob)
+
+    def commit(self, blob: bytes, deleted: bool, expires_at: float | None) -> bool:
+        """Take ``blob`` as the committed state at the next version; True if this made
+        the session dirty (the flusher must hear of it), False if it already was."""
+        was_clean = self.version <= self.persisted_version
+        self.blob = blob
+        self.version += 1
+        self.deleted = deleted
+        self.expires_at = expires_at
+        return was_clean
+
+    def renew(self, value: T, blob: bytes) -> None:
+        """Start again from ``initial()`` (the cached value expired): nothing stored
+        changes, so the version stays."""
+        self.value = value
+        self.blob = blob
+        self.expires_at = None
+
+    def extend(self, expires_at: float | None) -> None:
+        """Used again: the cached value expires later."""
+        self.expires_at = expires_at
+
+    def raise_version(self, version: int) -> None:
+        """Versions never go back (a record restored at an older version, or removed):
+        continue above ``version``, every one of which storage has seen."""
+        if self.version < version:
+            self.version = self.persisted_version = version
+
+    # -- loading ---------------------------------------------------------------
+
+    def start_loading(self, future: asyncio.Future[None]) -> None:
+        """A load of this key is under way; ``future`` resolves when it ends."""
+        self.status = Status.LOADING
+        self.load_future = future
+
+    def loaded(self, value: T, blob: bytes, version: int, expires_at: float | None) -> None:
+        """The stored record arrived (``version`` 0: nothing stored)."""
+        self.value = value
+        self.blob = blob
+        self.version = self.persisted_version = version
+        self.expires_at = expires_at
+        self.status = Status.READY
+
+    def upgraded(self, deleted: bool) -> None:
+        """The record just loaded was migrated: its new form is a change to write."""
+        self.version += 1
+        self.deleted = deleted
+
+    def load_failed(self, error: BaseException) -> None:
+        self.status = Status.FAILED
+        self.error = error
+
+    def end_loading(self) -> asyncio.Future[None] | None:
+        """Detach the load's future (for the loader to resolve)."""
+        future, self.load_future = self.load_future, None
+        return future
+
+    # -- writing ------------------------------------------------------------------
+
+    def became_dirty(self, now: float) -> None:
+        """Entered the flusher's dirty set at ``now``."""
+        self.dirty_since = now
+
+    def written(self, version: int) -> None:
+        """Storage holds ``version`` (or a newer one of ours)."""
+        if version > self.persisted_version:
+            self.persisted_version = version
+
+    def written_together(self, blob: bytes, deleted: bool) -> None:
+        """A group write carrying ``blob`` at the next version has landed: that is now
+        the committed and the stored state at once."""
+        self.blob = blob
+        self.version = self.persisted_version = self.version + 1
+        self.deleted = deleted
+
+    def skip_versions(self, count: int) -> None:
+        """A write of unknown outcome may have used these versions: never reuse them."""
+        self.version += count
+
+    def refused(self, error: BaseException) -> None:
+        """Storage refused the write (a newer version is stored): nothing more of this
+        state can be written, and the next turn raises ``error`` or reloads."""
+        self.error = error
+        self.persisted_version = self.version
+
+    def clear_error(self) -> None:
+        self.error = None
+
+    # -- the registry's bookkeeping ------------------------------------------------
+
+    def park(self) -> None:
+        """Pushed out of the LRU while busy or dirty: kept aside until it is not."""
+        self.parked = True
+
+    def unpark(self) -> None:
+        self.parked = False
+
+    def mark_used(self) -> None:
+        self.referenced = True
+
+    def second_chance(self) -> bool:
+        """True (and the bit cleared) if used since the LRU last looked at it."""
+        used = self.referenced
+        self.referenced = False
+        return used
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
         # O(1): a cancelled waiter is done, and ``release`` skips done waiters, so it

@@ -108,7 +108,8 @@ class Flusher:
         dirty = self.dirty
         if actor.storage_key not in dirty:
             dirty[actor.storage_key] = actor
-            actor.dirty_since = now = self._clock.now()
+            now = self._clock.now()
+            actor.became_dirty(now)
             size = len(dirty)
             if size == 1:
                 self._dirty_since = now
@@ -159,8 +160,7 @@ class Flusher:
         changes since the last good write are dropped; its next turn reloads."""
         self._counters.conflicts += 1
         self._log.warning("session.conflict", key=actor.key, version=actor.version, reason=reason)
-        actor.error = SessionConflictError(actor.key, reason)
-        actor.persisted_version = actor.version  # nothing more of it can be written
+        actor.refused(SessionConflictError(actor.key, reason))
         # Out of the dirty set now: a later actor of this key must be able to enter it.
         self.drop(actor)
         self._ownership.refused(actor)
@@ -201,7 +201,7 @@ class Flusher:
         except BaseException:
             self._counters.write_failures += 1
             for actor, _, _ in changes:
-                actor.version += 2
+                actor.skip_versions(2)
                 self.mark_dirty(actor)
             raise
         finally:
@@ -213,9 +213,7 @@ class Flusher:
             position, reason = conflicts[0]
             raise SessionConflictError(changes[position][0].key, reason)
         for actor, blob, deleted in changes:
-            actor.blob = blob
-            actor.version = actor.persisted_version = actor.version + 1
-            actor.deleted = deleted
+            actor.written_together(blob, deleted)
             self.drop(actor)
         self._count_written(items, started, 1, together=True)
 
@@ -395,10 +393,8 @@ class Flusher:
             for position, reason in conflicts:
                 self.refuse(batch[position], reason)
             for actor, item in zip(batch, items, strict=True):
-                written = item.version
-                if written > actor.persisted_version:
-                    actor.persisted_version = written
-                if actor.version == written and dirty.get(item.key) is actor:
+                actor.written(item.version)
+                if actor.version == item.version and dirty.get(item.key) is actor:
                     del dirty[item.key]  # unchanged since the snapshot: clean
         finally:
             self._in_flight.difference_update([item.key for item in items])

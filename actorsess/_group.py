@@ -10,13 +10,11 @@ or a dialog stack and its context, never half done.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from actorsess._turn import SessionTurn
-
-if TYPE_CHECKING:
-    from actorsess._manager import SessionManager
+from actorsess._turn import SessionTurn, Turns
 
 T = TypeVar("T")
 
@@ -30,16 +28,23 @@ class SessionGroup(Generic[T]):
     delete it (``.delete()``). Leaving with an exception rolls every one back.
     """
 
-    __slots__ = ("_held", "_keys", "_manager", "turns")
+    __slots__ = ("_held", "_keys", "_open", "_turns", "turns")
 
-    def __init__(self, manager: SessionManager[T], keys: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        turns: Turns[T],
+        open_turn: Callable[[str], SessionTurn[T]],
+        keys: tuple[str, ...],
+    ) -> None:
         """Made by ``manager.sessions(*keys)``, not by hand.
 
         Args:
-            manager: The manager the sessions belong to.
+            turns: The turn rules of the manager the sessions belong to.
+            open_turn: Makes one key's turn (``manager.session``).
             keys: The session keys, in the order the values are yielded.
         """
-        self._manager = manager
+        self._turns = turns
+        self._open = open_turn
         self._keys = keys
         #: The turns, in the order of the keys given (set while the block runs).
         self.turns: tuple[SessionTurn[T], ...] = ()
@@ -53,9 +58,8 @@ class SessionGroup(Generic[T]):
     async def __aenter__(self) -> tuple[T, ...]:
         if self.turns:
             raise RuntimeError("this group of sessions is already entered")
-        manager = self._manager
-        manager._check_group(self._keys)
-        turns = {key: manager.session(key) for key in self._keys}
+        self._turns.check_group(self._keys)
+        turns = {key: self._open(key) for key in self._keys}
         held = self._held = []
         try:
             for key in sorted(turns):  # one order for every group: no deadlock
@@ -83,4 +87,4 @@ class SessionGroup(Generic[T]):
             for turn in reversed(turns):
                 await turn.__aexit__(exc_type, exc, tb)
             return
-        await self._manager._commit_group(turns)
+        await self._turns.commit_group(turns)

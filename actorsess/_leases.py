@@ -594,8 +594,7 @@ class LeaseKeeper:
                 flusher.refuse(actor, refused[position])
                 self._registry.settle(actor)
                 continue
-            if final.version > actor.persisted_version:
-                actor.persisted_version = final.version
+            actor.written(final.version)
             flusher.drop(actor)
             # Who asked while the release was on its way is not among its waiters: its
             # wait goes on and asks the new owner. Kept, its request would hand a later

@@ -65,7 +65,7 @@ class Loader:
 
     def request(self, actor: SessionActor[Any]) -> None:
         loop = asyncio.get_running_loop()
-        actor.load_future = loop.create_future()
+        actor.start_loading(loop.create_future())
         if not self._pending:
             loop.call_soon(self._dispatch)
         self._pending.append(actor)
@@ -141,15 +141,12 @@ class Loader:
             # task and leave every key of the batch waiting.
             self.fail(actor, exc)
             return
-        actor.value, actor.blob = stored.value, stored.blob
-        actor.version = actor.persisted_version = stored.version
         ttl = self._config.ttl
-        actor.expires_at = None if ttl is None else self._clock.now() + ttl
-        actor.status = Status.READY
+        expires_at = None if ttl is None else self._clock.now() + ttl
+        actor.loaded(stored.value, stored.blob, stored.version, expires_at)
         if stored.upgraded_from is not None:
             # Written back at the current schema by the flusher, in its usual batches.
-            actor.version += 1
-            actor.deleted = actor.blob == self._codec.empty_blob()
+            actor.upgraded(actor.blob == self._codec.empty_blob())
             self._on_migrated(actor)
             self._log.debug(
                 "session.migrated",
@@ -162,15 +159,13 @@ class Loader:
             self._registry.settle(actor)
 
     def fail(self, actor: SessionActor[Any], error: BaseException) -> None:
-        actor.status = Status.FAILED
-        actor.error = error
+        actor.load_failed(error)
         self._registry.discard(actor)
         self._resolve(actor)
 
     @staticmethod
     def _resolve(actor: SessionActor[Any]) -> None:
-        future = actor.load_future
-        actor.load_future = None
+        future = actor.end_loading()
         if future is not None and not future.done():
             future.set_result(None)
 

@@ -24,6 +24,7 @@ from actorsess._context import Context
 from actorsess._deadlock import wait_for_turn
 from actorsess._flusher import Flusher
 from actorsess._group import SessionGroup
+from actorsess._key import check_key
 from actorsess._keyspace import KeySpace, MigrationReport
 from actorsess._loader import Loader
 from actorsess._log import DefaultLogger
@@ -32,17 +33,13 @@ from actorsess._owners import check_ownership, ownership_for
 from actorsess._ownership import Ownership
 from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
-from actorsess._timings import HistogramSnapshot, Timings, observed_turn
-from actorsess._turn import SessionTurn
+from actorsess._timings import HistogramSnapshot, Timings
+from actorsess._turn import SessionTurn, Turns, observed_turn
 from actorsess.exceptions import (
-    ActorSessError,
     CorruptSessionError,
     InvalidKeyError,
     ManagerClosedError,
     SessionConflictError,
-    SessionEncodeError,
-    SessionTooLargeError,
-    StorageError,
 )
 from actorsess.storage.base import (
     AtomicStorage,
@@ -53,8 +50,6 @@ from actorsess.storage.base import (
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-MAX_KEY_LENGTH = 1024
 
 # The longest start() waits for the storage to open its connections.
 _PREPARE_TIMEOUT = 2.0
@@ -143,33 +138,16 @@ class SessionManager(Generic[T]):
         self._log = logger if logger is not None else DefaultLogger()
         self._codec: Codec[T] = Codec(initial, strict_json=config.strict_json, custom=codec)
         self._migrations = Migrations(migrations)
-        self._encode = self._codec.encode
-        self._encode_common = self._codec.encode_common
-        self._encode_option = self._codec.encode_option
-        self._read_back = self._codec.read_back
-        #: The encoded initial value: a session committed back to it is deleted.
-        self._empty_blob = self._codec.empty_blob()
         self._prefix = config.key_prefix
-        self._ttl = config.ttl
-        self._write_through = config.flush_interval == 0
-        #: Commits may take the turn's fast path (not in write-through, nor once closing).
-        self._fast_commit = not self._write_through
-        self._max_dirty = config.max_dirty
-        self._max_bytes = config.max_session_bytes
         self._counters = Counters()
         self._timings = Timings()
         #: What ``session()`` calls to make a turn (``observed_turn`` once
         #: ``observe_turns()`` was called).
-        self._make_turn: Callable[[SessionManager[T], str], SessionTurn[T]] = SessionTurn
+        self._make_turn: Callable[[Turns[T], str], SessionTurn[T]] = SessionTurn
         self._backoff = Backoff(config.retry_base_delay, config.retry_max_delay, rng)
+        self._turns: Turns[T] = Turns(self._codec, self.start, wait_for_turn)
         self._build()
         self._state = _State.NEW
-        #: Mirrors of ``_state``, as plain bools for the hot path; set only by _set_state.
-        self._running = False
-        self._closing = False
-        #: Set (while closing) whenever a session's turn is released, so that
-        #: ``_shutdown`` re-checks whether the holders it waits for are done.
-        self._released = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
         self._start_task: asyncio.Task[None] | None = None
         #: One process per key space in local mode; local and shared never mix.
@@ -182,8 +160,8 @@ class SessionManager(Generic[T]):
     # -- lifecycle ----------------------------------------------------------
 
     def _build(self) -> None:
-        """Make the registry, the ownership, the loader and the flusher: at
-        construction, and again when a closed manager is started anew."""
+        """Make the registry, the ownership, the loader, the flusher and the turn
+        rules: at construction, and again when a closed manager is started anew."""
         config = self._config
         self._registry = Registry(config.max_cached, self._on_evict, self._forgotten, self._on_park)
         context = Context(
@@ -197,16 +175,14 @@ class SessionManager(Generic[T]):
             self._log,
         )
         self._ownership: Ownership = ownership_for(context)
-        #: The cached actor of a key for the turn's fast path, bound once: the LRU
-        #: index's lookup (in shared mode it also misses actors whose lease is not good).
-        self._lookup: Callable[[str], SessionActor[T] | None] = self._ownership.lookup()
         self._loader = Loader(
             context, self._codec, self._migrations, self._mark_migrated, self._ownership
         )
         self._flusher = Flusher(context, self._ownership, self._migrations.schema)
         self._ownership.bind(self._loader, self._flusher)
+        self._turns.attach(context, self._ownership, self._loader, self._flusher)
         self._keyspace = KeySpace(
-            context, self._codec, self._migrations, self._cached_committed, self._empty_blob
+            context, self._codec, self._migrations, self._cached_committed, self._turns.empty_blob
         )
 
     @property
@@ -221,8 +197,9 @@ class SessionManager(Generic[T]):
 
     def _set_state(self, state: _State) -> None:
         self._state = state
-        self._running = state is _State.RUNNING
-        self._closing = state is _State.CLOSING
+        # Mirrored as plain bools for the turn's hot path.
+        self._turns.running = state is _State.RUNNING
+        self._turns.closing = state is _State.CLOSING
 
     async def start(self) -> None:
         """Start the background flusher and open storage connections.
@@ -242,7 +219,6 @@ class SessionManager(Generic[T]):
             _use_storage(self._storage)
             self._close_task = None
             self._start_task = None
-            self._fast_commit = not self._write_through
             self._set_state(_State.NEW)
         # Every caller arriving while the start is under way waits for the same task and
         # resumes in arrival order, so the first turns of a key keep their order too.
@@ -298,14 +274,14 @@ class SessionManager(Generic[T]):
         await asyncio.shield(self._close_task)
 
     async def _shutdown(self, budget: float) -> None:
-        was_running = self._running
+        was_running = self._state is _State.RUNNING
         self._set_state(_State.CLOSING)
         deadline = self._clock.now() + budget
         await self._wait_for_holders(deadline)
         unwritten: list[str] = []
         # From now on every commit takes the general path, which refuses it once the
         # flusher has stopped (the fast path has no check of its own).
-        self._fast_commit = False
+        self._turns.fast_commit = False
         if was_running:
             remaining = max(0.1, deadline - self._clock.now())
             unwritten = await self._flusher.stop(remaining)
@@ -330,17 +306,18 @@ class SessionManager(Generic[T]):
 
         No new turn starts once closing, so the set of held sessions only shrinks.
         Turns are not counted one by one (that would cost every turn): each release
-        while closing sets ``_released`` and the held sessions are looked at again.
+        while closing sets ``released`` and the held sessions are looked at again.
         """
+        released = self._turns.released
         holders = [actor for actor in self._registry.actors() if actor.held]
         while holders:
-            self._released.clear()
+            released.clear()
             remaining = deadline - self._clock.now()
             # The periodic look also catches a turn released without passing through
             # the manager (a waiter cancelled just as the turn reached it).
             if remaining <= 0:
                 return
-            await self._clock.wait(self._released, min(remaining, _HOLDER_RECHECK))
+            await self._clock.wait(released, min(remaining, _HOLDER_RECHECK))
             holders = [actor for actor in holders if actor.held]
 
     async def __aenter__(self) -> SessionManager[T]:
@@ -384,9 +361,9 @@ class SessionManager(Generic[T]):
 
         An invalid key raises InvalidKeyError when the block is entered.
         """
-        # The key is checked where a session is created for it (``_enter``), not here:
-        # every cached key passed that check, and this call is on the hot path.
-        return self._make_turn(self, key)
+        # The key is checked where a session is created for it (``Turns.enter``), not
+        # here: every cached key passed that check, and this call is on the hot path.
+        return self._make_turn(self._turns, key)
 
     def observe_turns(self) -> None:
         """Count every session block (``stats().turns``) and time how long one in 16
@@ -415,7 +392,7 @@ class SessionManager(Generic[T]):
         On Redis Cluster the keys must share a hash slot (a common ``{tag}``);
         otherwise entering raises InvalidKeyError saying so.
         """
-        return SessionGroup(self, keys)
+        return SessionGroup(self._turns, self.session, keys)
 
     async def move(self, renames: Mapping[str, str]) -> int:
         """Move sessions to new keys (``{old key: new key}``); returns how many moved.
@@ -429,8 +406,8 @@ class SessionManager(Generic[T]):
         """
         pairs = [(old, new) for old, new in renames.items() if old != new]
         for old, new in pairs:
-            self._check_key(old)
-            self._check_key(new)
+            check_key(old)
+            check_key(new)
         news = {new for _, new in pairs}
         if len(news) < len(pairs) or news & set(renames):
             raise InvalidKeyError("move(): every new key must be distinct and not an old key")
@@ -480,81 +457,6 @@ class SessionManager(Generic[T]):
                 turn.delete()
         return True
 
-    def _check_group(self, keys: tuple[str, ...]) -> None:
-        """Raise, before any turn is taken, what would make ``sessions(*keys)`` fail."""
-        if not keys:
-            raise ValueError("sessions() needs at least one key")
-        seen: set[str] = set()
-        for key in keys:
-            self._check_key(key)
-            if key in seen:
-                raise InvalidKeyError(f"sessions(): key {key!r} is given twice")
-            seen.add(key)
-        storage = self._storage
-        if not isinstance(storage, AtomicStorage):
-            raise TypeError(
-                "sessions() needs a storage that can write several sessions in one atomic "
-                f"step (write_all); {type(storage).__name__} cannot"
-            )
-        problem = storage.atomic_problem([self._prefix + key for key in keys])
-        if problem is not None:
-            raise InvalidKeyError(problem)
-
-    async def _commit_group(self, turns: tuple[SessionTurn[T], ...]) -> None:
-        """End a group's turns: write its changes in one atomic step, or roll all back."""
-        actors: list[SessionActor[T]] = []
-        for turn in turns:
-            actor = turn._actor
-            assert actor is not None
-            turn._actor = None
-            actors.append(actor)
-        try:
-            changes: list[tuple[SessionActor[Any], bytes, bool]] = []
-            for actor in actors:
-                blob = self._encode_change(actor)
-                if blob is not None:
-                    changes.append((actor, blob, blob == self._empty_blob))
-            if changes:
-                self._check_accepting(changes[0][0])
-                await self._flusher.write_together(changes)
-                if self._ttl is not None:
-                    for actor, _, _ in changes:
-                        actor.expires_at = self._clock.now() + self._ttl
-        except BaseException as exc:
-            for actor in actors:
-                actor.value = self._codec.decode(actor.blob)
-            if isinstance(exc, Exception) and not isinstance(exc, ActorSessError):
-                keys = ", ".join(repr(actor.key) for actor in actors)
-                raise StorageError(
-                    f"sessions {keys} were not saved ({type(exc).__name__}: {exc}); "
-                    "all of them were rolled back"
-                ) from exc
-            raise
-        finally:
-            for actor in actors:
-                self._leave(actor)
-
-    @staticmethod
-    def _check_key(key: object) -> None:
-        """Raise InvalidKeyError unless ``key`` is a non-empty str of acceptable length
-        that every storage can hold: valid Unicode (no lone surrogates) and no NUL."""
-        if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH:
-            if "\x00" in key:
-                raise InvalidKeyError(f"session key {key[:60]!r} contains NUL ('\\x00')")
-            if not key.isascii():
-                try:
-                    key.encode()
-                except UnicodeEncodeError as exc:
-                    raise InvalidKeyError(
-                        f"session key {key[:60]!r} is not valid Unicode "
-                        f"(lone surrogate at position {exc.start})"
-                    ) from None
-            return
-        raise InvalidKeyError(
-            f"session key must be a non-empty str of at most {MAX_KEY_LENGTH} characters, "
-            f"got {type(key).__name__} {str(key)[:60]!r}"
-        )
-
     @overload
     async def update(self, key: str, fn: Callable[[T], Awaitable[R]]) -> R: ...
     @overload
@@ -573,15 +475,15 @@ class SessionManager(Generic[T]):
     async def get(self, key: str) -> T:
         """A copy of ``key``'s last committed value (loading it if needed)."""
         self._check_open()
-        self._check_key(key)
+        check_key(key)
         actor = self._cached_committed(key)
         if actor is not None:
             return self._codec.decode(actor.blob)
-        actor = await self._enter(key)
+        actor = await self._turns.enter(key)
         try:
             return self._codec.decode(actor.blob)
         finally:
-            self._leave(actor)
+            self._turns.leave(actor)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, T]:
         """Copies of the committed values of ``keys``, loading every missing one in batches.
@@ -592,7 +494,7 @@ class SessionManager(Generic[T]):
         """
         wanted = list(dict.fromkeys(keys))
         for key in wanted:
-            self._check_key(key)
+            check_key(key)
         if self._state is not _State.RUNNING:
             self._check_open()
             await self.start()
@@ -603,7 +505,7 @@ class SessionManager(Generic[T]):
             # another process.
             actor: SessionActor[T] | None = self._registry.find_cached(key)
             if actor is None:
-                actor = self._new_actor(key)
+                actor = self._turns.new_actor(key)
             actors.append(actor)
             if actor.status is Status.LOADING and actor.load_future is not None:
                 pending.append(actor.load_future)
@@ -614,7 +516,7 @@ class SessionManager(Generic[T]):
         for actor in actors:
             if (
                 actor.status is Status.READY
-                and not self._expired(actor)
+                and not self._turns.expired(actor)
                 and self._ownership.usable(actor)
             ):
                 result[actor.key] = self._codec.decode(actor.blob)
@@ -630,7 +532,7 @@ class SessionManager(Generic[T]):
     async def persist(self, key: str) -> None:
         """Return once ``key``'s current committed state is in storage."""
         self._check_open()
-        self._check_key(key)
+        check_key(key)
         actor = self._registry.peek(key)
         if actor is not None:
             await self._flusher.wait_persisted(actor, actor.version)
@@ -645,8 +547,9 @@ class SessionManager(Generic[T]):
 
         Returns once the record is gone from storage.
         """
+        turns = self._turns
         try:
-            actor = await self._enter(key)
+            actor = await turns.enter(key)
         except CorruptSessionError:
             # No version can be read from a corrupt record, so it cannot be fenced:
             # remove it directly. No actor exists for it (the failed one is gone).
@@ -654,18 +557,18 @@ class SessionManager(Generic[T]):
                 await self._storage.delete_many([self._prefix + key])
             return
         try:
-            if not actor.dirty and not self._has_room():
+            if not actor.dirty and not turns.has_room():
                 # A delete makes the session dirty like any commit (rule 5).
                 await self._flusher.wait_for_room()
-            self._check_accepting(actor)
-            actor.value, actor.blob = self._codec.fresh()
+            turns.check_accepting(actor)
+            value, blob = self._codec.fresh()
+            actor.replace(value)
             # One past the stored version, so the version fence lets the delete through.
-            actor.version += 1
-            actor.deleted = True
+            actor.commit(blob, True, actor.expires_at)
             version = actor.version
             self._flusher.mark_dirty(actor)
         finally:
-            self._leave(actor)
+            turns.leave(actor)
         await self._flusher.wait_persisted(actor, version)
 
     async def scan(
@@ -722,7 +625,7 @@ class SessionManager(Generic[T]):
         if (
             actor is not None
             and actor.status is Status.READY
-            and not self._expired(actor)
+            and not self._turns.expired(actor)
             and self._ownership.usable(actor)
         ):
             return actor
@@ -741,12 +644,12 @@ class SessionManager(Generic[T]):
         owner (another manager's ``update()``), so this raises ConfigError.
         """
         self._ownership.allow_outside_edits("refresh")
-        actor = await self._enter(key)
+        actor = await self._turns.enter(key)
         try:
             await self._reload(actor)
             return self._codec.decode(actor.blob)
         finally:
-            self._leave(actor)
+            self._turns.leave(actor)
 
     async def evict(self, key: str) -> None:
         """Drop ``key``'s cached copy, so that its next use loads what storage holds.
@@ -756,10 +659,10 @@ class SessionManager(Generic[T]):
         instead. A key that is not cached is left alone.
         """
         self._ownership.allow_outside_edits("evict")
-        self._check_key(key)
+        check_key(key)
         if self._registry.peek(key) is None:
             return
-        actor = await self._enter(key)
+        actor = await self._turns.enter(key)
         try:
             if actor.waiters:
                 await self._reload(actor)  # needed again at once: keep it, fresh
@@ -769,7 +672,7 @@ class SessionManager(Generic[T]):
                 self._counters.evictions += 1
                 self._log.debug("session.evict", key=key, was_dirty=False)
         finally:
-            self._leave(actor)
+            self._turns.leave(actor)
 
     async def _write_out(self, actor: SessionActor[T]) -> None:
         """Holding ``actor``'s turn: return once its committed state is in storage, or
@@ -778,13 +681,12 @@ class SessionManager(Generic[T]):
         if actor.dirty:
             with contextlib.suppress(SessionConflictError):
                 await self._flusher.wait_persisted(actor, actor.version)
-        actor.error = None  # a refusal is settled by the reload or the drop that follows
+        actor.clear_error()  # a refusal is settled by the reload or the drop that follows
 
     async def _reload(self, actor: SessionActor[T]) -> None:
         """Holding ``actor``'s turn: write it out, then load it again from storage."""
         await self._write_out(actor)
         version = actor.version
-        actor.status = Status.LOADING
         self._loader.request(actor)
         future = actor.load_future
         assert future is not None
@@ -794,8 +696,7 @@ class SessionManager(Generic[T]):
             raise actor.error
         # A record put back at an older version (a restored backup) or removed outright:
         # this key's versions still go on above every one it has had (rule 11).
-        if actor.version < version:
-            actor.version = actor.persisted_version = version
+        actor.raise_version(version)
 
     def stats(self) -> SessionStats:
         """Counts of this manager's sessions and storage calls, as of now (the source
@@ -823,171 +724,11 @@ class SessionManager(Generic[T]):
         busiest = heapq.nlargest(n, (depth for depth in depths if depth[0] > 0))
         return [(key, blocks) for blocks, key in busiest]
 
-    # -- the turn -----------------------------------------------------------
-
-    def _has_room(self) -> bool:
-        return len(self._flusher.dirty) < self._max_dirty
-
-    async def _enter(self, key: str) -> SessionActor[T]:
-        """Take ``key``'s turn: the general path (load, wait in line, shared ownership)."""
-        self._check_key(key)
-        if self._state is not _State.RUNNING:
-            self._check_open()
-            # Before any lookup: start() may wait (storage connections), and what a
-            # lookup saw before that wait is stale after it.
-            await self.start()
-        return await self._ownership.take(key, self._take_turn, self._leave)
-
-    async def _take_turn(self, key: str) -> SessionActor[T]:
-        if self._state is not _State.RUNNING:
-            # Closed while this caller waited for a handover: its actor is gone.
-            raise ManagerClosedError("this SessionManager closed while this block waited")
-        actor: SessionActor[T] | None = self._registry.find(key)
-        if actor is None:
-            actor = self._new_actor(key)
-        if actor.held:
-            blocks = 2 + len(actor.waiters or ())  # the holder, those waiting, this one
-            if blocks == self._config.hot_key_threshold:
-                self._log.warning("session.hot_key", key=key, blocks=blocks)
-            since = self._clock.now()
-            await wait_for_turn(actor)
-            self._timings.turn_wait_seconds.observe(self._clock.now() - since)
-        else:
-            actor.held = True  # SessionTurn.__aenter__ names itself the holder
-        if actor.status is not Status.READY:
-            await self._ready(actor)
-        elif self._expired(actor):
-            actor.value, actor.blob = self._codec.fresh()
-            actor.expires_at = None
-        return actor
-
-    def _new_actor(self, key: str) -> SessionActor[T]:
-        actor: SessionActor[T] = self._ownership.new_actor(key, self._prefix + key)
-        self._loader.request(actor)
-        self._registry.add(actor)
-        return actor
-
-    async def _ready(self, actor: SessionActor[T]) -> None:
-        """Called holding the turn of a LOADING or FAILED actor: wait for the load, or
-        release the turn and raise the load's error."""
-        try:
-            if actor.status is Status.LOADING:
-                future = actor.load_future
-                assert future is not None
-                await asyncio.shield(future)
-            if actor.status is Status.READY:
-                return
-        except BaseException:
-            self._release(actor)
-            raise
-        self._release(actor)
-        assert actor.error is not None
-        raise actor.error
-
-    async def _exit(self, actor: SessionActor[T], ok: bool) -> None:
-        """End a turn through the general path: rollback, backpressure, write-through."""
-        version = actor.version
-        try:
-            if not ok:
-                actor.value = self._codec.decode(actor.blob)
-            else:
-                blob = self._encode_change(actor)
-                if blob is not None:
-                    try:
-                        self._check_accepting(actor)
-                    except ManagerClosedError:
-                        actor.value = self._codec.decode(actor.blob)
-                        raise
-                    if actor.version <= actor.persisted_version and not self._has_room():
-                        # Backpressure (rule 5): this change would add a dirty session
-                        # while too many wait for storage. Wait for room still holding
-                        # the turn, so the bound on dirty sessions is exact.
-                        try:
-                            await self._flusher.wait_for_room()
-                        except BaseException:
-                            actor.value = self._codec.decode(actor.blob)
-                            raise
-                    self._apply(actor, blob)
-        finally:
-            self._leave(actor)
-        if self._write_through and actor.version != version:
-            await self._flusher.wait_persisted(actor, actor.version)
-
-    def _check_accepting(self, actor: SessionActor[T]) -> None:
-        """Raise (and log) if a change to ``actor`` could no longer be written: the
-        flusher has stopped, so it would be lost silently."""
-        if self._flusher.accepting:
-            return
-        self._counters.errors += 1
-        self._log.error("session.commit_refused", key=actor.key, reason="manager closed")
-        raise ManagerClosedError(
-            f"session {actor.key!r}: the SessionManager closed before this block ended "
-            "(close_timeout passed), so its change cannot be saved and was rolled back"
-        )
-
-    def _encode_change(self, actor: SessionActor[T]) -> bytes | None:
-        """The new committed bytes, or None if the value did not change. Rolls back on refusal."""
-        try:
-            blob = self._encode(actor.value)  # type: ignore[arg-type]
-        except Exception as exc:
-            actor.value = self._codec.decode(actor.blob)
-            raise SessionEncodeError(actor.key, f"{type(exc).__name__}: {exc}") from exc
-        if blob == actor.blob:
-            return None
-        if len(blob) > self._max_bytes:
-            actor.value = self._codec.decode(actor.blob)
-            raise SessionTooLargeError(actor.key, len(blob), self._max_bytes)
-        return blob
-
-    def _apply(self, actor: SessionActor[T], blob: bytes) -> None:
-        # SessionTurn.__aexit__ writes out the already-dirty case of this (and
-        # ``_leave``) inline, for speed; keep the two in step.
-        was_dirty = actor.version > actor.persisted_version
-        actor.blob = blob
-        actor.version += 1
-        # A session back at its initial value needs no record: it is deleted (as
-        # aiogram deletes an FSM key with no state and no data), so storage does not
-        # fill up with empty sessions; loading it again gives the same value.
-        actor.deleted = blob == self._empty_blob
-        if self._ttl is not None:
-            actor.expires_at = self._clock.now() + self._ttl
-        # A dirty session is already queued for the flusher (it leaves the queue only
-        # once clean); only a newly dirty one, or write-through, needs telling it.
-        if not was_dirty or self._write_through:
-            self._flusher.mark_dirty(actor)
-
-    def _leave(self, actor: SessionActor[T]) -> None:
-        if actor.waiters or actor.parked:
-            self._release(actor)
-        else:
-            actor.held = False  # what release() does when nobody waits
-            if self._closing:
-                self._released.set()
-
-    def _release(self, actor: SessionActor[T]) -> None:
-        if actor.release():
-            if actor.parked:
-                self._ownership.settle(actor)  # shared mode: may hand it over now
-            if self._closing:
-                self._released.set()
-
-    def _expired(self, actor: SessionActor[T]) -> bool:
-        expires_at = actor.expires_at
-        return expires_at is not None and self._clock.now() >= expires_at
-
     # -- helpers --------------------------------------------------------------
 
     def _check_open(self) -> None:
         """Raise while closing: no new work then. A closed manager starts again on use."""
-        if self._state is _State.CLOSING:
-            raise ManagerClosedError("this SessionManager is closing; no new session work")
-
-    def _check_value(self, value: object) -> None:
-        expected = self._codec.runtime_type
-        if not isinstance(value, expected):
-            raise TypeError(
-                f"a session value must be a {expected.__name__}, got {type(value).__name__}"
-            )
+        self._turns.check_open()
 
     def _forgotten(self, actor: SessionActor[Any]) -> None:
         self._ownership.forgotten(actor)

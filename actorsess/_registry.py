@@ -38,10 +38,9 @@ class _ActorLRU(cachetools.LRUCache[str, SessionActor[Any]]):
         # Ends within len(self) + 1 rounds: each round clears one referenced bit.
         while True:
             key, actor = super().popitem()
-            if not actor.referenced:
+            if not actor.second_chance():
                 self._on_evict(actor)
                 return key, actor
-            actor.referenced = False
             # One slot is free now, so this re-insert evicts nothing.
             super().__setitem__(key, actor)
 
@@ -81,11 +80,11 @@ class Registry:
         """The actor of ``key`` (marked used), bringing a parked one back into the LRU."""
         actor = self._index.get(key)
         if actor is not None:
-            actor.referenced = True
+            actor.mark_used()
         else:
             actor = self.parked.pop(key, None)
             if actor is not None:
-                actor.parked = False
+                actor.unpark()
                 self.add(actor)
         return actor
 
@@ -94,7 +93,7 @@ class Registry:
         parked."""
         actor = self._index.get(key)
         if actor is not None:
-            actor.referenced = True
+            actor.mark_used()
             return actor
         return self.parked.get(key)
 
@@ -121,7 +120,7 @@ class Registry:
         if self.parked.get(actor.key) is actor:
             del self.parked[actor.key]
             registered = True
-        actor.parked = False
+        actor.unpark()
         if registered:
             self._forget(actor)
 
@@ -131,7 +130,7 @@ class Registry:
         if self._index.get(actor.key) is actor:
             del self._index[actor.key]
             self._cache.pop(actor.key, None)
-            actor.parked = True
+            actor.park()
             self.parked[actor.key] = actor
         self.settle(actor)
 
@@ -139,7 +138,7 @@ class Registry:
         """Drop a parked actor once it is idle and clean."""
         if actor.parked and actor.droppable and self.parked.get(actor.key) is actor:
             del self.parked[actor.key]
-            actor.parked = False
+            actor.unpark()
             self._on_drop(actor)
             self._forget(actor)
 
@@ -149,6 +148,6 @@ class Registry:
             self._on_drop(actor)
             self._forget(actor)
         else:
-            actor.parked = True
+            actor.park()
             self.parked[actor.key] = actor
             self._on_park(actor)

@@ -5,23 +5,15 @@ as plain counts, observed only off the cached turn's fast path: per load batch,
 per flush round, per turn that had to wait. How long turns hold their session
 is observed only once asked for (``SessionManager.observe_turns()``, which the
 Prometheus collector calls): then ``session()`` counts every turn and hands one
-in ``SAMPLE_EVERY`` out as a ``TimedTurn``; until then the fast path is
-untouched.
+in ``SAMPLE_EVERY`` out as a ``TimedTurn`` (in ``_turn``); until then the fast
+path is untouched.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
-
-from actorsess._turn import SessionTurn
-
-if TYPE_CHECKING:
-    from actorsess._manager import SessionManager
-
-T = TypeVar("T")
+from typing import NamedTuple
 
 #: Upper bounds of the time buckets, in seconds (100 µs to 10 s).
 SECONDS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
@@ -34,7 +26,6 @@ BYTES = tuple(float(4**n * 256) for n in range(9))  # 256 B to 16 MiB
 #: One turn in this many has its hold time measured (while turns are observed); a
 #: power of two, so that picking them is a bit mask.
 SAMPLE_EVERY = 16
-_SAMPLE_MASK = SAMPLE_EVERY - 1
 
 
 class HistogramSnapshot(NamedTuple):
@@ -97,35 +88,3 @@ class Timings:
         return {
             field.name: getattr(self, field.name).snapshot() for field in dataclasses.fields(self)
         }
-
-
-class TimedTurn(SessionTurn[T]):
-    """A SessionTurn that measures how long its block holds the session."""
-
-    __slots__ = ("_since",)
-
-    async def __aenter__(self) -> T:
-        value = await super().__aenter__()
-        self._since = self._manager._clock.now()
-        return value
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._actor is not None:
-            manager = self._manager
-            manager._timings.turn_hold_seconds.observe(manager._clock.now() - self._since)
-        await super().__aexit__(exc_type, exc, tb)
-
-
-def observed_turn(manager: SessionManager[T], key: str) -> SessionTurn[T]:
-    """What ``session()`` makes while turns are observed: every turn counted, one in
-    ``SAMPLE_EVERY`` timed (timing each would cost a coroutine layer per turn)."""
-    counters = manager._counters
-    turns = counters.turns = counters.turns + 1
-    if turns & _SAMPLE_MASK:
-        return SessionTurn(manager, key)
-    return TimedTurn(manager, key)

@@ -2,7 +2,7 @@
 
     python -m benchmarks._aiogram_worker --port 0 --isolation none|simple|redis
 
-The same handler as examples.shared_webhook (read the counter, await once,
+The same handler as harness.webhook_bot (read the counter, await once,
 write it + 1, reply in the webhook response), on aiogram's FSM data instead of
 an actorsess session. Prints ``READY <port>``; exits cleanly on SIGTERM.
 """
@@ -24,7 +24,7 @@ from aiohttp import web
 
 from benchmarks._common import quiet_logs
 from benchmarks.e2e_aiogram import peer_redis
-from examples.shared_webhook import OFFLINE_TOKEN, WEBHOOK_PATH, serve
+from harness.webhook_bot import OFFLINE_TOKEN, WEBHOOK_PATH, serve
 
 
 def build_app(redis_url: str, isolation_kind: str) -> web.Application:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import redis
 
-from actorsess.testing import RedisServer, WebhookWorker, message_update
+from actorsess.testing import RedisServer, message_update
 from benchmarks._common import (
     flush_redis,
     machine,
@@ -41,7 +41,8 @@ from benchmarks._common import (
     table,
 )
 from benchmarks._http import Pool
-from examples.shared_webhook import OFFLINE_TOKEN, stored_apples
+from harness.webhook_bot import OFFLINE_TOKEN, stored_apples
+from harness.webhook_worker import WebhookWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +56,7 @@ class Row:
 
     @property
     def actorsess(self) -> bool:
-        return self.module == "examples.shared_webhook"
+        return self.module == "harness.webhook_bot"
 
 
 ROWS = [
@@ -76,10 +77,10 @@ ROWS = [
     ),
     Row(
         "actorsess ownership=local, a key prefix per process (no coordination: the bound)",
-        "examples.shared_webhook",
+        "harness.webhook_bot",
         ownership="local",
     ),
-    Row("actorsess ownership=shared", "examples.shared_webhook"),
+    Row("actorsess ownership=shared", "harness.webhook_bot"),
 ]
 BASELINE = ROWS[2].name
 

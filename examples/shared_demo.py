@@ -1,7 +1,7 @@
 """The demo, part two: several bot processes on one Redis, updates routed at random.
 
 Starts a private redis-server and ``--processes`` webhook workers
-(``examples.shared_webhook``, ``ownership="shared"``), then posts every
+(``harness.webhook_bot``, ``ownership="shared"``), then posts every
 simulated user's messages, as real Bot API update JSON, to a worker picked at
 random, as a load balancer without sticky sessions would. One chat's updates
 reach several processes at once; the counts read back from Redis must still
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import aiohttp
 
-from actorsess.testing import RedisServer, WebhookWorker, message_update
-from examples.shared_webhook import stored_apples
+from actorsess.testing import RedisServer, message_update
+from harness.webhook_bot import stored_apples
+from harness.webhook_worker import WebhookWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +43,7 @@ async def run_shared_demo(
         log_dir = logs or Path(scratch)
         env = {"ACTORSESS_REDIS_URL": redis_server.url, "ACTORSESS_FLUSH_INTERVAL": "0.5"}
         workers = [
-            WebhookWorker("examples.shared_webhook", log_dir / f"{i}.log", env=env, cwd=ROOT)
+            WebhookWorker("harness.webhook_bot", log_dir / f"{i}.log", env=env, cwd=ROOT)
             for i in range(processes)
         ]
         try:

@@ -17,13 +17,35 @@ import sys
 from pathlib import Path
 
 import redis
+from aiogram import Dispatcher, F
+from aiogram.types import Message
 
 from actorsess import RedisStorage, SessionConfig, SessionManager
+from actorsess.aiogram import SessionMiddleware
 from actorsess.testing import LocalBotAPI
-from examples.apple_counter import build_dispatcher, new_session
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_ID = 123456789  # LocalBotAPI's default token
+
+
+Apples = dict[str, int]
+
+
+def new_session() -> Apples:
+    return {"apple": 1}
+
+
+def build_dispatcher(sessions: SessionManager[Apples]) -> Dispatcher:
+    """The counter bot: one apple more per message, answered with the count."""
+    dp = Dispatcher()
+    SessionMiddleware(sessions, name="session").setup(dp)
+
+    @dp.message(F.text)
+    async def on_message(message: Message, session: Apples) -> None:
+        session["apple"] += 1
+        await message.answer(f"apples: {session['apple']}")
+
+    return dp
 
 
 def spawn(url: str, users: int, messages: int, flush_interval: float) -> subprocess.Popen[str]:

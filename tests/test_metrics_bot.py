@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from actorsess import RedisStorage, SessionConfig, SessionManager
 from actorsess.prometheus import register_prometheus
 from actorsess.testing import LocalBotAPI, RedisServer, free_port
-from examples.apple_counter import build_dispatcher, new_session
+from harness.bot_process import build_dispatcher, new_session
 
 pytestmark = pytest.mark.process  # pauses a private redis-server
 

@@ -14,7 +14,7 @@ import redis
 
 from actorsess import RedisStorage, SessionConfig, SessionManager
 from actorsess.testing import RedisServer
-from examples.shared_webhook import OFFLINE_TOKEN, new_session, stored_apples
+from harness.webhook_bot import OFFLINE_TOKEN, new_session, stored_apples
 from tests.workers import Feed, stop, workers
 
 # Starts real processes, or private servers that it faults: -m 'not process' skips it.

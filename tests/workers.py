@@ -1,4 +1,4 @@
-"""Webhook worker processes (examples.shared_webhook) and a client that feeds them updates."""
+"""Webhook worker processes (harness.webhook_bot) and a client that feeds them updates."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import aiohttp
 
-from actorsess.testing import WebhookWorker, message_update
+from actorsess.testing import message_update
+from harness.webhook_worker import WebhookWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,7 +19,7 @@ def start_worker(redis_url: str, log: Path, **settings: object) -> WebhookWorker
     """Start one worker; ``settings`` become ACTORSESS_* variables (lease_time=1 ...)."""
     env = {"ACTORSESS_REDIS_URL": redis_url}
     env.update({f"ACTORSESS_{k.upper()}": str(v) for k, v in settings.items()})
-    return WebhookWorker("examples.shared_webhook", log, env=env, cwd=ROOT).start()
+    return WebhookWorker("harness.webhook_bot", log, env=env, cwd=ROOT).start()
 
 
 @contextmanager

@@ -20,6 +20,8 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiohttp import web
 
+from actorsess.testing._updates import text_message
+
 _NO_OP_METHODS = {
     "deleteWebhook",
     "setWebhook",
@@ -214,31 +216,6 @@ class LocalBotAPI:
             "from": self.bot_user,
             "text": record["text"],
         }
-
-
-def text_message(
-    message_id: int,
-    chat_id: int,
-    text: str,
-    *,
-    user_id: int | None = None,
-    chat_type: str = "private",
-    thread_id: int | None = None,
-) -> dict[str, Any]:
-    """A Bot API ``Message`` payload: ``text`` from a user (the chat's own id by default)."""
-    sender = chat_id if user_id is None else user_id
-    message: dict[str, Any] = {
-        "message_id": message_id,
-        "date": int(time.time()),
-        "chat": {"id": chat_id, "type": chat_type},
-        "from": {"id": sender, "is_bot": False, "first_name": f"user{sender}"},
-        "text": text,
-    }
-    if thread_id is not None:
-        message["message_thread_id"] = thread_id
-        message["is_topic_message"] = True
-        message["chat"]["is_forum"] = True
-    return message
 
 
 def _ok(result: Any) -> web.Response:

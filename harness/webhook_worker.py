@@ -1,24 +1,19 @@
-"""WebhookWorker: a webhook bot process on a free port, for multi-process tests.
+"""WebhookWorker: a webhook bot process on a free port, for this project's
+multi-process tests, benchmarks and demo.
 
 The worker is any ``python -m <module> --port 0`` that prints ``READY <port>``
-once it serves and exits cleanly on SIGTERM (see ``examples.shared_webhook``).
+once it serves and exits cleanly on SIGTERM (see ``harness.webhook_bot``).
 Its output goes to a log file, so a chatty worker can never block on a full pipe.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from actorsess.testing._botapi import text_message
-
-_update_ids = itertools.count(1)
 
 
 class WebhookWorker:
@@ -106,9 +101,3 @@ class WebhookWorker:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-def message_update(chat_id: int, text: str = "hi", *, user_id: int | None = None) -> dict[str, Any]:
-    """A Bot API update payload (JSON-ready): a private text message, as Telegram posts it."""
-    n = next(_update_ids)
-    return {"update_id": n, "message": text_message(n, chat_id, text, user_id=user_id)}

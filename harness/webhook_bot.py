@@ -1,15 +1,13 @@
-"""One webhook worker of several behind a load balancer, all on one Redis (shared ownership).
+"""The webhook worker of this project's multi-process tests, benchmarks and demo: the
+apple counter on one Redis, ``ownership="shared"``, several of it behind a balancer.
 
-Start as many as you like, each on its own port, and point the balancer at them:
+    ACTORSESS_REDIS_URL=redis://127.0.0.1:6379/0 python -m harness.webhook_bot --port 0
 
-    ACTORSESS_REDIS_URL=redis://127.0.0.1:6379/0 BOT_TOKEN=... \\
-        python -m examples.shared_webhook --port 8081
-
-One chat's updates may reach any worker, even several at once. Each session
-is owned by one worker at a time (a lease in Redis); a worker that gets an
-update for a session another owns asks for it, and the owner writes it and
-hands it over within milliseconds. Writes are fenced by the lease and the
-version, so a worker stalled past its lease cannot overwrite newer data.
+One chat's updates may reach any worker, even several at once; each session is
+owned by one worker at a time and handed over on demand (see the "Several
+processes" page). The handler awaits once between reading and writing the
+counter, as a real handler awaits a database or API call, so a lost update
+would show.
 
 Replies go back in the webhook response (no outgoing Bot API call), and the
 response is sent once the handler is done, so a 200 means "handled".
