@@ -38,6 +38,10 @@ class SessionConfig:
             larger than this is written alone). A write that times out is split in half.
         max_cached: Sessions kept in the in-process LRU cache (held or dirty ones may exceed it
             briefly: they are parked, never dropped).
+        max_live: Of the cached sessions, how many are kept live (decoded, with their
+            actor): the most recently used. The others are kept as their encoded bytes,
+            which the garbage collector never scans, and decoded again when used. Shared
+            ownership keeps every cached session live.
         max_dirty: Dirty sessions allowed before new session blocks wait for the flusher
             (backpressure while storage is slow or down).
         ttl: Seconds a stored session lives after its last change; ``None`` keeps it forever.
@@ -76,6 +80,7 @@ class SessionConfig:
     max_batch: int = 1000
     max_batch_bytes: int = 8_388_608
     max_cached: int = 10_000
+    max_live: int = 1024
     max_dirty: int = 100_000
     ttl: float | None = None
     key_prefix: str = "actorsess:"
@@ -98,6 +103,7 @@ class SessionConfig:
             "max_batch",
             "max_batch_bytes",
             "max_cached",
+            "max_live",
             "max_dirty",
             "max_session_bytes",
         ):

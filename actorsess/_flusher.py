@@ -259,8 +259,11 @@ class Flusher:
 
     async def wait_all_dirty(self) -> None:
         """Return once every session dirty now is in storage at its current version."""
-        targets = [(actor, actor.version) for actor in self.dirty.values()]
-        for actor, version in targets:
+        # Two flat lists, not a tuple per session: a flush of many sessions should
+        # not itself allocate enough to set off a full garbage collection.
+        actors = list(self.dirty.values())
+        versions = [actor.version for actor in actors]
+        for actor, version in zip(actors, versions, strict=True):
             await self.wait_persisted(actor, version)
 
     async def _next_round(self) -> None:

@@ -200,7 +200,7 @@ class KeySpace(Generic[T]):
                     upgrade.append(key)
             if not upgrade:
                 continue
-            was_cached = {key for key in upgrade if self._registry.peek(key) is not None}
+            was_cached = {key for key in upgrade if key in self._registry}
             results = await asyncio.gather(*(get(key) for key in upgrade), return_exceptions=True)
             for key, result in zip(upgrade, results, strict=True):
                 if isinstance(result, CorruptSessionError):

@@ -114,6 +114,10 @@ class LeaseKeeper:
         "manager_id",
     )
 
+    # A session goes with its lease: one that leaves its actor is released and must
+    # be loaded (with the lease) again, so none is kept as idle bytes.
+    keeps_idle = False
+
     def __init__(self, context: Context, storage: LeaseStorage) -> None:
         config = context.config
         self._storage = storage

@@ -24,6 +24,7 @@ from actorsess._context import Context
 from actorsess._deadlock import wait_for_turn
 from actorsess._flusher import Flusher
 from actorsess._group import SessionGroup
+from actorsess._idle import IdleSession
 from actorsess._key import check_key
 from actorsess._keyspace import KeySpace, MigrationReport
 from actorsess._loader import Loader
@@ -175,6 +176,8 @@ class SessionManager(Generic[T]):
             self._log,
         )
         self._ownership: Ownership = ownership_for(context)
+        if self._ownership.keeps_idle:
+            self._registry.keep_idle(config.max_live, self._thaw)
         self._loader = Loader(
             context, self._codec, self._migrations, self._mark_migrated, self._ownership
         )
@@ -661,6 +664,8 @@ class SessionManager(Generic[T]):
         self._ownership.allow_outside_edits("evict")
         check_key(key)
         if self._registry.peek(key) is None:
+            if self._registry.discard_idle(key):  # kept as bytes: written, idle
+                self._on_evict(key)
             return
         actor = await self._turns.enter(key)
         try:
@@ -733,10 +738,16 @@ class SessionManager(Generic[T]):
     def _forgotten(self, actor: SessionActor[Any]) -> None:
         self._ownership.forgotten(actor)
 
-    def _on_evict(self, actor: SessionActor[Any]) -> None:
+    def _on_evict(self, key: str) -> None:
         # A session leaves memory only once idle and written (rule 4): never dirty here.
         self._counters.evictions += 1
-        self._log.debug("session.evict", key=actor.key, was_dirty=actor.dirty)
+        self._log.debug("session.evict", key=key, was_dirty=False)
+
+    def _thaw(self, key: str, idle: IdleSession) -> SessionActor[Any]:
+        """The live actor of a session kept as bytes (it was written and idle)."""
+        actor: SessionActor[T] = self._ownership.new_actor(key, self._prefix + key)
+        actor.loaded(self._codec.decode(idle.blob), idle.blob, idle.version, idle.expires_at)
+        return actor
 
     def _on_park(self, actor: SessionActor[Any]) -> None:
         # Pushed out of the LRU while busy or dirty: kept (findable) until it is not.

@@ -61,6 +61,10 @@ class FlusherPort(Protocol):
 class Ownership(Protocol):
     """How this process owns the keys it serves (see the module docstring)."""
 
+    #: Whether a written, idle session may stay cached with no actor (as bytes):
+    #: True when nothing but the actor ties this process to the key.
+    keeps_idle: bool
+
     def bind(self, loader: LoaderPort, flusher: FlusherPort) -> None:
         """Called once, right after the loader and the flusher are made."""
 
@@ -128,6 +132,8 @@ class LocalOwnership:
 
     def bind(self, loader: LoaderPort, flusher: FlusherPort) -> None:
         pass
+
+    keeps_idle = True
 
     def new_actor(self, key: str, storage_key: str) -> SessionActor[Any]:
         return SessionActor(key, storage_key)

@@ -1,10 +1,17 @@
-"""The registry: an LRU of actors bounded by ``max_cached``, plus a parking lot.
+"""The registry: an LRU of actors, a parking lot, and idle sessions kept as bytes.
 
 Every removal from the LRU passes through one choke point, ``popitem``. An
 actor leaving the LRU is forgotten only when it is droppable (idle, clean,
 loaded); otherwise it is parked, where lookups still find it, until the
 flusher has written it or its holder has released it. So a dirty session is
-never dropped, and there is never more than one actor per key.
+never dropped, and there is never more than one actor per key, nor an actor
+and idle bytes for the same key.
+
+With ``keep_idle`` (local ownership), the LRU of actors holds only
+``max_live`` sessions and a forgotten actor's session stays cached as bytes
+(``_idle``) up to ``max_cached`` in all; a lookup that finds it there makes
+the actor again (``thaw``). Without it, the LRU holds ``max_cached`` actors
+and a forgotten actor's session leaves memory.
 
 Hits do not reorder the cachetools LRU (that costs more than the rest of a
 cached turn): they set the actor's ``referenced`` bit, read from a plain dict
@@ -20,9 +27,12 @@ from typing import Any
 
 import cachetools
 
-from actorsess._actor import SessionActor
+from actorsess._actor import SessionActor, Status
+from actorsess._idle import IdleSession, IdleSessions
 
 EvictHook = Callable[[SessionActor[Any]], None]
+#: Makes the actor of an idle session again: (key, what was kept) -> a READY actor.
+Thaw = Callable[[str, IdleSession], SessionActor[Any]]
 
 
 def _nothing(actor: SessionActor[Any]) -> None:
@@ -48,16 +58,27 @@ class _ActorLRU(cachetools.LRUCache[str, SessionActor[Any]]):
 class Registry:
     """Finds the one live actor of a key, creating none itself."""
 
-    __slots__ = ("_cache", "_forget", "_index", "_on_drop", "_on_park", "parked")
+    __slots__ = (
+        "_cache",
+        "_forget",
+        "_idle",
+        "_index",
+        "_max_cached",
+        "_on_drop",
+        "_on_park",
+        "_thaw",
+        "parked",
+    )
 
     def __init__(
         self,
         max_cached: int,
-        on_evict: EvictHook,
+        on_evict: Callable[[str], None],
         on_forget: EvictHook = _nothing,
         on_park: EvictHook = _nothing,
     ) -> None:
-        #: Called for every session that leaves memory because the LRU pushed it out.
+        #: Called with the key of every session that leaves memory because the cache
+        #: pushed it out.
         self._on_drop = on_evict
         #: Called for a session the LRU pushed out that stays (busy or dirty): parked.
         self._on_park = on_park
@@ -67,9 +88,36 @@ class Registry:
         #: Same members as the LRU, for lookups at dict speed.
         self._index: dict[str, SessionActor[Any]] = {}
         self.parked: dict[str, SessionActor[Any]] = {}
+        self._max_cached = max_cached
+        self._idle: IdleSessions | None = None
+        self._thaw: Thaw | None = None
+
+    def keep_idle(self, max_live: int, thaw: Thaw) -> None:
+        """Keep only ``max_live`` sessions as actors and the rest of ``max_cached`` as
+        bytes; ``thaw`` makes an actor again. Called once, before any use."""
+        assert not self._index and not self.parked, "keep_idle() after use"
+        if max_live >= self._max_cached:
+            return  # every cached session is live: nothing to keep as bytes
+        self._cache = _ActorLRU(max_live, self._leave_lru)
+        self._idle = IdleSessions(self._max_cached - max_live, self._on_drop)
+        self._thaw = thaw
 
     def __len__(self) -> int:
-        return len(self._index) + len(self.parked)
+        idle = 0 if self._idle is None else len(self._idle)
+        return len(self._index) + len(self.parked) + idle
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key``'s session is cached (live, parked or as bytes)."""
+        return (
+            key in self._index
+            or key in self.parked
+            or (self._idle is not None and key in self._idle)
+        )
+
+    @property
+    def idle(self) -> int:
+        """Cached sessions kept as bytes only."""
+        return 0 if self._idle is None else len(self._idle)
 
     @property
     def lookup(self) -> Callable[[str], SessionActor[Any] | None]:
@@ -86,6 +134,8 @@ class Registry:
             if actor is not None:
                 actor.unpark()
                 self.add(actor)
+            else:
+                actor = self._thawed(key)
         return actor
 
     def find_cached(self, key: str) -> SessionActor[Any] | None:
@@ -95,7 +145,25 @@ class Registry:
         if actor is not None:
             actor.mark_used()
             return actor
-        return self.parked.get(key)
+        actor = self.parked.get(key)
+        return actor if actor is not None else self._thawed(key)
+
+    def _thawed(self, key: str) -> SessionActor[Any] | None:
+        """``key``'s idle session as a live actor again (added to the LRU), or None."""
+        idle = self._idle
+        if idle is None:
+            return None
+        kept = idle.take(key)
+        if kept is None:
+            return None
+        assert self._thaw is not None
+        actor = self._thaw(key, kept)
+        self.add(actor)
+        return actor
+
+    def discard_idle(self, key: str) -> bool:
+        """Forget ``key``'s session if it is kept as bytes; True if it was."""
+        return self._idle is not None and self._idle.discard(key)
 
     def peek(self, key: str) -> SessionActor[Any] | None:
         """The actor of ``key`` without marking it used."""
@@ -139,15 +207,23 @@ class Registry:
         if actor.parked and actor.droppable and self.parked.get(actor.key) is actor:
             del self.parked[actor.key]
             actor.unpark()
-            self._on_drop(actor)
-            self._forget(actor)
+            self._retire(actor)
 
     def _leave_lru(self, actor: SessionActor[Any]) -> None:
         del self._index[actor.key]
         if actor.droppable:
-            self._on_drop(actor)
-            self._forget(actor)
+            self._retire(actor)
         else:
             actor.park()
             self.parked[actor.key] = actor
             self._on_park(actor)
+
+    def _retire(self, actor: SessionActor[Any]) -> None:
+        """A droppable actor leaves for good: its session stays as bytes if idle
+        sessions are kept, else it leaves memory. One whose write storage refused
+        (``error``) holds what storage does not: it leaves, to be loaded again."""
+        self._forget(actor)
+        if self._idle is not None and actor.status is Status.READY and actor.error is None:
+            self._idle.keep(actor.key, actor.version, actor.blob, actor.expires_at)
+        else:
+            self._on_drop(actor.key)

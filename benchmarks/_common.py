@@ -41,7 +41,12 @@ class CollectorWatch:
 
 
 def quiet_logs() -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # structlog's production setup: filtered levels cost a no-op call, and the
+    # logger is bound once (uncached, every event binds a new logger: ~10 µs).
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        cache_logger_on_first_use=True,
+    )
     logging.getLogger("aiogram").setLevel(logging.WARNING)
 
 

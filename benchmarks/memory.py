@@ -1,9 +1,11 @@
 """Memory per cached idle session, and proof that idle sessions own no task.
 
 Loads N sessions into a manager (no holders, all clean) and measures with
-tracemalloc what the cache costs beyond the session values themselves
-(the decoded dicts); compares with aiogram's SimpleEventIsolation, which keeps
-one asyncio.Lock per chat forever.
+tracemalloc what the cache costs: with the default ``max_live`` (all but the
+most recent 1,024 kept as their encoded bytes) against its encoded size, and
+with every session live (``max_live=max_cached``) beyond the decoded values;
+compares with aiogram's SimpleEventIsolation, which keeps one asyncio.Lock per
+chat forever.
 
     .venv/bin/python -m benchmarks.memory [--sessions 100000]
 """
@@ -17,6 +19,7 @@ import tracemalloc
 from collections import defaultdict
 from collections.abc import Hashable
 
+import orjson
 from aiogram.fsm.storage.base import StorageKey
 
 from actorsess import MemoryStorage, SessionConfig, SessionManager
@@ -27,9 +30,11 @@ def value(i: int) -> dict[str, int | str]:
     return {"apple": i, "name": f"user {i}"}
 
 
-async def actorsess_bytes(n: int) -> tuple[float, float, int, int]:
+async def actorsess_bytes(n: int, max_live: int) -> tuple[float, float, float, int, int]:
+    """(bytes per session, beyond the decoded value, beyond the encoded session,
+    tasks while idle, sessions cached)."""
     storage = MemoryStorage()
-    config = SessionConfig(max_cached=n + 1, max_batch=5000)
+    config = SessionConfig(max_cached=n + 1, max_live=max_live, max_batch=5000)
     keys = [f"session:42:{i}:{i}" for i in range(n)]
     async with SessionManager(
         storage, initial=lambda: {"apple": 0, "name": ""}, config=config
@@ -57,8 +62,9 @@ async def actorsess_bytes(n: int) -> tuple[float, float, int, int]:
     data_bytes = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     del values
+    encoded = sum(len(orjson.dumps(value(i))) for i in range(n)) / n
     per_session = (after - before) / n
-    return per_session, per_session - data_bytes / n, tasks, cached
+    return per_session, per_session - data_bytes / n, per_session - encoded, tasks, cached
 
 
 def simple_isolation_bytes(n: int) -> float:
@@ -79,7 +85,8 @@ async def main() -> None:
     args = parser.parse_args()
     quiet_logs()
     n = args.sessions
-    total, overhead, tasks, cached = await actorsess_bytes(n)
+    live, live_overhead, _, tasks, cached = await actorsess_bytes(n, max_live=n + 1)
+    kept, _, kept_overhead, _, _ = await actorsess_bytes(n, max_live=1024)
     lock_bytes = simple_isolation_bytes(n)
     print(f"\n{n} cached idle sessions; {machine()}\n")
     print(
@@ -87,11 +94,21 @@ async def main() -> None:
             ["what", "bytes per session", "notes"],
             [
                 [
-                    "actorsess, total per cached session",
-                    total,
+                    "actorsess default (max_live=1024), total per cached session",
+                    kept,
+                    "idle sessions as encoded bytes: key, entry, version + JSON",
+                ],
+                [
+                    "actorsess default, beyond the encoded session",
+                    kept_overhead,
+                    "target <= 250",
+                ],
+                [
+                    "actorsess, every session live, total",
+                    live,
                     "actor + LRU entry + index + committed JSON + the value",
                 ],
-                ["actorsess, beyond the value itself", overhead, "target <= 600"],
+                ["actorsess, every session live, beyond the value", live_overhead, ""],
                 [
                     "aiogram SimpleEventIsolation lock per chat",
                     lock_bytes,
