@@ -80,6 +80,18 @@ class Loader:
         self._pending.append(actor)
         return True
 
+    async def drain(self) -> None:
+        """Return once every load requested so far has ended: each key's own future
+        is resolved then, unless the key waits on the ownership (``Owned``).
+
+        For callers that asked for many keys at once (``get_many``): one wait on
+        the batches instead of a callback on every key's future.
+        """
+        if self._pending:
+            self._dispatch()  # now: the caller has queued all it wants
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     def _dispatch(self) -> None:
         pending, self._pending = self._pending, []
         step = self._config.max_batch

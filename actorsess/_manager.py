@@ -502,7 +502,7 @@ class SessionManager(Generic[T]):
             self._check_open()
             await self.start()
         actors: list[SessionActor[T]] = []
-        pending: list[asyncio.Future[None]] = []
+        loading = False
         for key in wanted:
             # A parked session stays parked: in shared mode it may be on its way to
             # another process.
@@ -510,10 +510,17 @@ class SessionManager(Generic[T]):
             if actor is None:
                 actor = self._turns.new_actor(key)
             actors.append(actor)
-            if actor.status is Status.LOADING and actor.load_future is not None:
-                pending.append(actor.load_future)
-        if pending:
-            await asyncio.shield(asyncio.gather(*pending))
+            loading = loading or actor.status is Status.LOADING
+        if loading:
+            await self._loader.drain()
+            # Keys another process owns (shared mode) arrive later, one by one.
+            waiting = [
+                actor.load_future
+                for actor in actors
+                if actor.status is Status.LOADING and actor.load_future is not None
+            ]
+            if waiting:
+                await asyncio.shield(asyncio.gather(*waiting))
         result: dict[str, T] = {}
         failure: BaseException | None = None
         for actor in actors:
@@ -751,4 +758,8 @@ class SessionManager(Generic[T]):
 
     def _on_park(self, actor: SessionActor[Any]) -> None:
         # Pushed out of the LRU while busy or dirty: kept (findable) until it is not.
+        # A load nobody waits in line for (get_many() warming more keys than stay
+        # live) is parked as a matter of course, silently: it leaves as its record lands.
+        if actor.status is Status.LOADING and not actor.held:
+            return
         self._log.debug("session.park", key=actor.key, was_dirty=actor.dirty, held=bool(actor.held))

@@ -185,3 +185,22 @@ async def test_shared_ownership_keeps_every_cached_session_live(
 def test_max_live_must_be_a_positive_integer() -> None:
     with pytest.raises(ConfigError, match="max_live"):
         SessionConfig(max_live=0)
+
+
+async def test_warming_more_keys_than_stay_live_parks_them_silently(events: Any) -> None:
+    """get_many() beyond max_live: each key is pushed out while its load is in
+    flight and goes to bytes as its record lands; no session.park event for that
+    (it is routine), and every key is cached afterwards."""
+    storage = RecordingStorage()
+    for i in range(50):
+        storage.put_raw(f"actorsess:w{i}", b'as1:1:{"n":%d}' % i)
+    config = SessionConfig(max_cached=100, max_live=5, max_batch=7)
+    m = SessionManager(storage, initial=counter, config=config, logger=events.logger)
+    async with m:
+        values = await m.get_many([f"w{i}" for i in range(50)])
+        assert values == {f"w{i}": {"n": i} for i in range(50)}
+        assert events.named("session.park") == []
+        assert m.stats().cached == 50 and m.stats().parked == 0
+        assert m._registry.idle == 45
+        await bump(m, "w0")  # a turn on a key kept as bytes: no load
+        assert loads(storage) == 50
