@@ -25,6 +25,13 @@ from actorsess.exceptions import CorruptSessionError, StorageError
 from actorsess.storage.base import LoadResult, Owned
 
 
+def failure_reason(exc: BaseException, load_timeout: float) -> str:
+    """What a failed batched load says about its cause, in the log and the error."""
+    if isinstance(exc, TimeoutError):
+        return f"load timed out after {load_timeout:g}s"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class Loader:
     __slots__ = (
         "_clock",
@@ -112,9 +119,7 @@ class Loader:
                 )
         except BaseException as exc:
             self._counters.errors += 1
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                reason = f"load timed out after {self._config.load_timeout:g}s"
+            reason = failure_reason(exc, self._config.load_timeout)
             self._log.warning("session.load_failed", keys=len(actors), error=reason)
             for actor in actors:
                 error = StorageError(f"could not load session {actor.key!r}: {reason}")

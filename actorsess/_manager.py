@@ -36,6 +36,7 @@ from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
 from actorsess._timings import HistogramSnapshot, Timings
 from actorsess._turn import SessionTurn, Turns, observed_turn
+from actorsess._warm import Warmer
 from actorsess.exceptions import (
     CorruptSessionError,
     InvalidKeyError,
@@ -181,6 +182,7 @@ class SessionManager(Generic[T]):
         self._loader = Loader(
             context, self._codec, self._migrations, self._mark_migrated, self._ownership
         )
+        self._warmer = Warmer(context, self._codec, self._migrations)
         self._flusher = Flusher(context, self._ownership, self._migrations.schema)
         self._ownership.bind(self._loader, self._flusher)
         self._turns.attach(context, self._ownership, self._loader, self._flusher)
@@ -538,6 +540,30 @@ class SessionManager(Generic[T]):
         if failure is not None:
             raise failure
         return result
+
+    async def warm(self, keys: Iterable[str]) -> None:
+        """Load ``keys`` into the cache ahead of their turns, e.g. the chats that were
+        active before a restart, so their first updates find them cached.
+
+        Records are read in batches of ``max_batch`` and kept as the bytes an idle
+        session is kept as (see ``max_live``): no actor and no live value until a
+        turn takes the session, so warming many keys costs little more than reading
+        them. Keys already cached are left alone; beyond ``max_cached`` the oldest
+        cached sessions make room, as for any load. Where sessions are not kept as
+        bytes (shared ownership, or ``max_live`` at ``max_cached``), this is
+        ``get_many`` without its result. A corrupt or unloadable key raises its error
+        after the others have loaded.
+        """
+        wanted = list(dict.fromkeys(keys))
+        for key in wanted:
+            check_key(key)
+        if self._state is not _State.RUNNING:
+            self._check_open()
+            await self.start()
+        if self._registry.keeps_idle:
+            wanted = await self._warmer.warm(wanted)
+        if wanted:
+            await self.get_many(wanted)
 
     async def persist(self, key: str) -> None:
         """Return once ``key``'s current committed state is in storage."""

@@ -67,6 +67,7 @@ class Registry:
         "_on_drop",
         "_on_park",
         "_thaw",
+        "departures",
         "parked",
     )
 
@@ -89,6 +90,10 @@ class Registry:
         self._index: dict[str, SessionActor[Any]] = {}
         self.parked: dict[str, SessionActor[Any]] = {}
         self._max_cached = max_cached
+        #: Sessions that left memory so far. A load begun before one of them left may
+        #: hold an older record than the departed session wrote: ``keep_loaded`` callers
+        #: compare this across their storage call.
+        self.departures = 0
         self._idle: IdleSessions | None = None
         self._thaw: Thaw | None = None
 
@@ -99,7 +104,7 @@ class Registry:
         if max_live >= self._max_cached:
             return  # every cached session is live: nothing to keep as bytes
         self._cache = _ActorLRU(max_live, self._leave_lru)
-        self._idle = IdleSessions(self._max_cached - max_live, self._on_drop)
+        self._idle = IdleSessions(self._max_cached - max_live, self._dropped)
         self._thaw = thaw
 
     def __len__(self) -> int:
@@ -163,7 +168,23 @@ class Registry:
 
     def discard_idle(self, key: str) -> bool:
         """Forget ``key``'s session if it is kept as bytes; True if it was."""
-        return self._idle is not None and self._idle.discard(key)
+        if self._idle is not None and self._idle.discard(key):
+            self.departures += 1
+            return True
+        return False
+
+    @property
+    def keeps_idle(self) -> bool:
+        """Whether sessions are kept as bytes beyond the live ones."""
+        return self._idle is not None
+
+    def keep_loaded(self, key: str, version: int, blob: bytes, expires_at: float | None) -> bool:
+        """Cache a record just read from storage as bytes, with no actor (warming);
+        False, keeping nothing, if ``key`` is cached already or bytes are not kept."""
+        if self._idle is None or key in self:
+            return False
+        self._idle.keep(key, version, blob, expires_at)
+        return True
 
     def peek(self, key: str) -> SessionActor[Any] | None:
         """The actor of ``key`` without marking it used."""
@@ -190,6 +211,7 @@ class Registry:
             registered = True
         actor.unpark()
         if registered:
+            self.departures += 1
             self._forget(actor)
 
     def park(self, actor: SessionActor[Any]) -> None:
@@ -226,4 +248,8 @@ class Registry:
         if self._idle is not None and actor.status is Status.READY and actor.error is None:
             self._idle.keep(actor.key, actor.version, actor.blob, actor.expires_at)
         else:
-            self._on_drop(actor.key)
+            self._dropped(actor.key)
+
+    def _dropped(self, key: str) -> None:
+        self.departures += 1
+        self._on_drop(key)
