@@ -493,16 +493,11 @@ class SessionManager(Generic[T]):
     async def get_many(self, keys: Iterable[str]) -> dict[str, T]:
         """Copies of the committed values of ``keys``, loading every missing one in batches.
 
-        Takes no turns (like ``get``), so it is also the way to warm the cache
-        (e.g. after a restart) without a task per key. A corrupt or unloadable
+        Takes no turns (like ``get``) and makes no task per key. To warm the cache
+        without needing the values, ``warm`` is cheaper. A corrupt or unloadable
         key raises its error after the others have loaded.
         """
-        wanted = list(dict.fromkeys(keys))
-        for key in wanted:
-            check_key(key)
-        if self._state is not _State.RUNNING:
-            self._check_open()
-            await self.start()
+        wanted = await self._started_with(keys)
         actors: list[SessionActor[T]] = []
         loading = False
         for key in wanted:
@@ -554,16 +549,22 @@ class SessionManager(Generic[T]):
         ``get_many`` without its result. A corrupt or unloadable key raises its error
         after the others have loaded.
         """
+        wanted = await self._started_with(keys)
+        if self._registry.keeps_idle:
+            wanted = await self._warmer.warm(wanted)
+        if wanted:
+            await self.get_many(wanted)
+
+    async def _started_with(self, keys: Iterable[str]) -> list[str]:
+        """``keys`` checked and without repeats, the manager started (for the calls
+        that take many keys at once)."""
         wanted = list(dict.fromkeys(keys))
         for key in wanted:
             check_key(key)
         if self._state is not _State.RUNNING:
             self._check_open()
             await self.start()
-        if self._registry.keeps_idle:
-            wanted = await self._warmer.warm(wanted)
-        if wanted:
-            await self.get_many(wanted)
+        return wanted
 
     async def persist(self, key: str) -> None:
         """Return once ``key``'s current committed state is in storage."""

@@ -160,6 +160,20 @@ async def fsm_counts(storage: BaseStorage, chats: list[int]) -> list[int]:
 Runner = Callable[[], Awaitable[Result]]
 
 
+def middleware_dispatcher(manager: actorsess.SessionManager[dict[str, int]]) -> Dispatcher:
+    """The benchmark's handler over actorsess's middleware: read, await once, write."""
+    dp = Dispatcher()
+    SessionMiddleware(manager).setup(dp)
+
+    @dp.message()
+    async def handler(message: Message, session: dict[str, int]) -> None:
+        n = session["n"]
+        await asyncio.sleep(0)
+        session["n"] = n + 1
+
+    return dp
+
+
 async def run_fsm(
     name: str,
     url: str | None,
@@ -222,15 +236,7 @@ async def run_middleware(
     )
     if metrics:  # what a Prometheus collector costs: turns counted, 1 in 16 timed
         register_prometheus(manager, registry=CollectorRegistry())
-    dp = Dispatcher()
-    SessionMiddleware(manager).setup(dp)
-
-    @dp.message()
-    async def handler(message: Message, session: dict[str, int]) -> None:
-        n = session["n"]
-        await asyncio.sleep(0)
-        session["n"] = n + 1
-
+    dp = middleware_dispatcher(manager)
     bot = Bot(f"{BOT_ID}:BENCH")
     before = count_commands() if count_commands else 0
     run = await drive(dp, bot, updates, in_flight)

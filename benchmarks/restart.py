@@ -26,10 +26,10 @@ import redis.asyncio as redis_asyncio
 from aiogram import Bot, Dispatcher
 from aiogram.fsm.storage.base import DefaultKeyBuilder, StorageKey
 from aiogram.fsm.storage.memory import SimpleEventIsolation
-from aiogram.types import Message, Update
+from aiogram.types import Update
 
 import actorsess
-from actorsess.aiogram import SessionMiddleware, session_key
+from actorsess.aiogram import session_key
 from actorsess.testing import RedisServer
 from benchmarks._common import (
     flush_redis,
@@ -40,7 +40,14 @@ from benchmarks._common import (
     redis_commands,
     table,
 )
-from benchmarks.e2e_aiogram import BOT_ID, fsm_counts, fsm_dispatcher, message_update, peer_redis
+from benchmarks.e2e_aiogram import (
+    BOT_ID,
+    fsm_counts,
+    fsm_dispatcher,
+    message_update,
+    middleware_dispatcher,
+    peer_redis,
+)
 
 IN_FLIGHT = 256
 
@@ -117,14 +124,7 @@ async def aiogram_row(url: str, chats: list[int], isolation: bool) -> Row:
 async def actorsess_row(url: str, chats: list[int], warm: bool) -> Row:
     await seed_actorsess(url, chats)
     after_restart = manager(url, len(chats))
-    dp = Dispatcher()
-    SessionMiddleware(after_restart).setup(dp)
-
-    @dp.message()
-    async def handler(message: Message, session: dict[str, int]) -> None:
-        n = session["n"]
-        await asyncio.sleep(0)
-        session["n"] = n + 1
+    dp = middleware_dispatcher(after_restart)
 
     updates = [message_update(c) for c in chats]
     before = redis_commands(url)
