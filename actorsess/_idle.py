@@ -35,7 +35,8 @@ class IdleSessions:
     __slots__ = ("_batch", "_capacity", "_entries", "_expiry", "_on_evict")
 
     def __init__(self, capacity: int, on_evict: Callable[[str], None]) -> None:
-        """Keep at most ``capacity`` sessions; ``on_evict(key)`` for each one pushed out."""
+        """Keep at most ``capacity`` sessions, fewer when ``keep`` is given less room;
+        ``on_evict(key)`` for each one pushed out."""
         self._capacity = capacity
         #: Evicted together once over capacity: the oldest entries sit behind the
         #: dict's deleted slots, so trimming one at a time would rescan them.
@@ -52,14 +53,18 @@ class IdleSessions:
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
-    def keep(self, key: str, version: int, blob: bytes, expires_at: float | None) -> None:
-        """Keep ``key``'s written, idle session (the youngest now)."""
+    def keep(
+        self, key: str, version: int, blob: bytes, expires_at: float | None, room: int
+    ) -> None:
+        """Keep ``key``'s written, idle session (the youngest now), in at most ``room``
+        entries (what the cache has left beside its live sessions)."""
         entries = self._entries
         entries[key] = b"%d:%b" % (version, blob)
         if expires_at is not None:
             self._expiry[key] = expires_at
-        if len(entries) > self._capacity:
-            excess = len(entries) - self._capacity + self._batch - 1
+        limit = min(room, self._capacity)
+        if len(entries) > limit:
+            excess = len(entries) - limit + self._batch - 1
             for old in list(itertools.islice(entries, min(excess, len(entries)))):
                 self.discard(old)
                 self._on_evict(old)

@@ -104,7 +104,9 @@ class Registry:
         if max_live >= self._max_cached:
             return  # every cached session is live: nothing to keep as bytes
         self._cache = _ActorLRU(max_live, self._leave_lru)
-        self._idle = IdleSessions(self._max_cached - max_live, self._dropped)
+        # Up to max_cached in all: the room the live sessions leave (all of it
+        # after a restart, before any turn, when warming fills the cache).
+        self._idle = IdleSessions(self._max_cached, self._dropped)
         self._thaw = thaw
 
     def __len__(self) -> int:
@@ -183,7 +185,7 @@ class Registry:
         False, keeping nothing, if ``key`` is cached already or bytes are not kept."""
         if self._idle is None or key in self:
             return False
-        self._idle.keep(key, version, blob, expires_at)
+        self._idle.keep(key, version, blob, expires_at, self._max_cached - len(self._index))
         return True
 
     def peek(self, key: str) -> SessionActor[Any] | None:
@@ -229,24 +231,24 @@ class Registry:
         if actor.parked and actor.droppable and self.parked.get(actor.key) is actor:
             del self.parked[actor.key]
             actor.unpark()
-            self._retire(actor)
+            self._retire(actor, self._max_cached - len(self._index))
 
     def _leave_lru(self, actor: SessionActor[Any]) -> None:
         del self._index[actor.key]
         if actor.droppable:
-            self._retire(actor)
+            self._retire(actor, self._max_cached - int(self._cache.maxsize))
         else:
             actor.park()
             self.parked[actor.key] = actor
             self._on_park(actor)
 
-    def _retire(self, actor: SessionActor[Any]) -> None:
+    def _retire(self, actor: SessionActor[Any], room: int) -> None:
         """A droppable actor leaves for good: its session stays as bytes if idle
         sessions are kept, else it leaves memory. One whose write storage refused
         (``error``) holds what storage does not: it leaves, to be loaded again."""
         self._forget(actor)
         if self._idle is not None and actor.status is Status.READY and actor.error is None:
-            self._idle.keep(actor.key, actor.version, actor.blob, actor.expires_at)
+            self._idle.keep(actor.key, actor.version, actor.blob, actor.expires_at, room)
         else:
             self._dropped(actor.key)
 

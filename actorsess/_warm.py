@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from actorsess._codec import Codec
 from actorsess._context import Context
@@ -27,6 +27,17 @@ from actorsess._loader import failure_reason
 from actorsess._migrations import Migrations
 from actorsess._stored import read_stored
 from actorsess.exceptions import StorageError
+from actorsess.storage.base import LoadResult
+
+
+class _Read(NamedTuple):
+    """One batch as storage returned it."""
+
+    keys: list[str]
+    records: Sequence[LoadResult]
+    #: Some session left memory while storage was read: these records may be older
+    #: than what it wrote.
+    stale: bool
 
 
 class Warmer:
@@ -41,36 +52,55 @@ class Warmer:
     async def warm(self, keys: Sequence[str]) -> list[str]:
         """Cache ``keys`` as bytes where they are not cached yet; the keys left for
         the usual load path."""
-        context = self._context
-        registry = context.registry
-        step = context.config.max_batch
+        step = self._context.config.max_batch
         left: list[str] = []
-        for start in range(0, len(keys), step):
-            wanted = [key for key in keys[start : start + step] if key not in registry]
-            if not wanted:
-                continue
-            departures = registry.departures
-            records = await self._load(wanted)
-            if registry.departures != departures:
-                left.extend(wanted)
-                continue
-            config = context.config
-            expires_at = None if config.ttl is None else context.clock.now() + config.ttl
-            for key, raw in zip(wanted, records, strict=True):
-                try:
-                    stored = read_stored(
-                        key, raw, self._codec, self._migrations, config.max_session_bytes
-                    )
-                except Exception:  # corrupt, or initial() unstorable: raised by get_many
-                    left.append(key)
-                    continue
-                if stored.upgraded_from is not None:
-                    left.append(key)  # a change to write: it needs an actor
-                else:
-                    registry.keep_loaded(key, stored.version, stored.blob, expires_at)
+        # Two batches at a time: storage reads the next while this one is decoded.
+        reading: asyncio.Task[_Read] | None = None
+        try:
+            for start in range(0, len(keys), step):
+                following = asyncio.ensure_future(self._read(keys[start : start + step]))
+                if reading is not None:
+                    self._keep(await reading, left)
+                reading = following
+            if reading is not None:
+                self._keep(await reading, left)
+                reading = None
+        finally:
+            if reading is not None and not reading.done():
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
         return left
 
-    async def _load(self, keys: list[str]) -> Sequence[Any]:
+    async def _read(self, keys: Sequence[str]) -> _Read:
+        registry = self._context.registry
+        wanted = [key for key in keys if key not in registry]
+        if not wanted:
+            return _Read(wanted, [], stale=False)
+        departures = registry.departures
+        records = await self._load(wanted)
+        return _Read(wanted, records, stale=registry.departures != departures)
+
+    def _keep(self, read: _Read, left: list[str]) -> None:
+        if read.stale:
+            left.extend(read.keys)
+            return
+        context = self._context
+        config = context.config
+        expires_at = None if config.ttl is None else context.clock.now() + config.ttl
+        for key, raw in zip(read.keys, read.records, strict=True):
+            try:
+                stored = read_stored(
+                    key, raw, self._codec, self._migrations, config.max_session_bytes
+                )
+            except Exception:  # corrupt, or initial() unstorable: raised by get_many
+                left.append(key)
+                continue
+            if stored.upgraded_from is not None:
+                left.append(key)  # a change to write: it needs an actor
+            else:
+                context.registry.keep_loaded(key, stored.version, stored.blob, expires_at)
+
+    async def _load(self, keys: list[str]) -> Sequence[LoadResult]:
         context = self._context
         started = context.clock.now()
         context.counters.loads += 1

@@ -97,16 +97,17 @@ async def test_a_session_leaving_memory_during_the_read_sends_the_batch_the_usua
     async with SessionManager(storage, initial=counter, config=config) as m:
         stale = await storage.load_many(["actorsess:k"])
         original = storage.load_many
-        gate = asyncio.Event()
+        gate, reading = asyncio.Event(), asyncio.Event()
 
         async def read_then_stall(keys: Any) -> Any:
             storage.load_many = original  # type: ignore[method-assign]
+            reading.set()
             await gate.wait()
             return stale  # what storage held when the read was made
 
         storage.load_many = read_then_stall  # type: ignore[method-assign]
         warming = asyncio.create_task(m.warm(["k"]))
-        await asyncio.sleep(0)
+        await reading.wait()
         assert await bump(m, "k") == 2  # loads on its own, changes, ...
         await m.persist("k")
         await m.evict("k")  # ... and leaves memory
@@ -124,3 +125,21 @@ async def test_without_an_idle_tier_warm_loads_live_sessions(
     ) as m:
         await m.warm([f"shared-warm:{i}" for i in range(10)])
         assert m.stats().cached == 10 and m._registry.idle == 0
+
+
+async def test_warming_fills_the_whole_cache_and_no_more() -> None:
+    """Before any turn the live sessions take no room: warming may fill all of
+    ``max_cached`` with bytes; past it, the oldest make room."""
+    storage = RecordingStorage()
+    for i in range(150):
+        storage.put_raw(f"actorsess:f{i}", b'as1:1:{"n":%d}' % i)
+    config = SessionConfig(max_cached=100, max_live=16, max_batch=10)
+    async with SessionManager(storage, initial=counter, config=config) as m:
+        await m.warm([f"f{i}" for i in range(100)])
+        assert m.stats().cached == 100 and m.stats().evictions == 0
+        await m.warm([f"f{i}" for i in range(100, 150)])
+        assert m.stats().cached <= 100
+        assert "f149" in m._registry and "f0" not in m._registry
+        for i in range(20):  # turns make live sessions: the bytes make room for them
+            await bump(m, f"f{130 + i}")
+        assert m.stats().cached <= 100
