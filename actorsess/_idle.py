@@ -32,12 +32,11 @@ class IdleSession(NamedTuple):
 class IdleSessions:
     """A bounded, least-recently-used store of idle sessions as bytes."""
 
-    __slots__ = ("_batch", "_capacity", "_entries", "_expiry", "_on_evict")
+    __slots__ = ("_batch", "_entries", "_expiry", "_on_evict")
 
     def __init__(self, capacity: int, on_evict: Callable[[str], None]) -> None:
-        """Keep at most ``capacity`` sessions, fewer when ``keep`` is given less room;
-        ``on_evict(key)`` for each one pushed out."""
-        self._capacity = capacity
+        """Keep at most the room ``keep`` is given (never more than ``capacity``);
+        ``on_evict(key)`` for each session pushed out."""
         #: Evicted together once over capacity: the oldest entries sit behind the
         #: dict's deleted slots, so trimming one at a time would rescan them.
         self._batch = max(1, capacity // 64)
@@ -62,9 +61,8 @@ class IdleSessions:
         entries[key] = b"%d:%b" % (version, blob)
         if expires_at is not None:
             self._expiry[key] = expires_at
-        limit = min(room, self._capacity)
-        if len(entries) > limit:
-            excess = len(entries) - limit + self._batch - 1
+        if len(entries) > room:
+            excess = len(entries) - room + self._batch - 1
             for old in list(itertools.islice(entries, min(excess, len(entries)))):
                 self.discard(old)
                 self._on_evict(old)
