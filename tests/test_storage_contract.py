@@ -79,6 +79,25 @@ async def test_redis_prepare_opens_connections_and_loads_every_script(
         assert await redis_client.script_exists(*map(sha1_hex, sources)) == [True] * 10
 
 
+async def test_sqlite_prepare_opens_the_file_before_the_first_load(tmp_path: Any) -> None:
+    """A started manager over SQLite has the file open in WAL mode with its table,
+    so the first loads after start do not wait for the file to be set up."""
+    import sqlite3
+
+    from actorsess import SqliteStorage
+
+    path = tmp_path / "sessions.sqlite3"
+    async with SessionManager(SqliteStorage(path), initial=dict):
+        look = sqlite3.connect(path)
+        try:
+            [(mode,)] = look.execute("PRAGMA journal_mode").fetchall()
+            tables = look.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            assert mode == "wal"
+            assert [name for (name,) in tables] == ["actorsess_sessions"]
+        finally:
+            look.close()
+
+
 async def test_unreachable_redis_at_start_is_logged_and_start_returns(events: Any) -> None:
     """start() does not fail (nor wait long) when Redis is down; loads then fail as usual."""
     from actorsess import RedisStorage, StorageError

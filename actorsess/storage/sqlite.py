@@ -27,6 +27,7 @@ from actorsess.storage.base import (
     Claimant,
     Conflict,
     LoadResult,
+    PreparableStorage,
     ScannableStorage,
     Storage,
     WriteItem,
@@ -102,7 +103,7 @@ class _FileClaims:
 _file_claims = _FileClaims()
 
 
-class SqliteStorage(Storage, AtomicStorage, ScannableStorage, ClaimableStorage):
+class SqliteStorage(Storage, AtomicStorage, ScannableStorage, ClaimableStorage, PreparableStorage):
     """Sessions in one SQLite file (WAL mode, ``synchronous=NORMAL``).
 
     A manager in local mode claims the file at start (an exclusive ``flock`` on
@@ -152,6 +153,14 @@ class SqliteStorage(Storage, AtomicStorage, ScannableStorage, ClaimableStorage):
             conn.execute(_SCHEMA)
             self._conn = conn
         return fn(self._conn)
+
+    async def prepare(self) -> None:
+        """Open the file now (WAL mode, the table), not in the first load after start."""
+
+        def opened(conn: sqlite3.Connection) -> None:
+            pass
+
+        await self._run(opened)
 
     async def load_many(self, keys: Sequence[str]) -> list[LoadResult]:
         if not keys:
