@@ -20,6 +20,8 @@ import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
+from contextlib import _AsyncGeneratorContextManager
+from types import MethodType
 from typing import Any
 
 from actorsess._actor import SessionActor
@@ -148,17 +150,18 @@ def _objects_held_by(task: asyncio.Task[Any]) -> Iterator[object]:
     (``async with`` keeps its bound ``__aexit__`` there, which the collector's view of
     a suspended coroutine includes), the turns of a ``sessions(...)`` group, and the
     locals of the generators behind ``@asynccontextmanager`` blocks (aiogram's event
-    isolation)."""
+    isolation). Types are compared exactly, never looked up by attribute: the frames
+    of a handler hold pydantic models (the update, the message), whose failed
+    attribute lookups cost several times a hit."""
     awaitable: Any = task.get_coro()
     for _ in range(200):  # await chains are short; a bound keeps the look cheap
         if awaitable is None:
             return
         for ref in gc.get_referents(awaitable):
-            owner = getattr(ref, "__self__", ref)
+            owner = ref.__self__ if type(ref) is MethodType else ref
             yield owner
-            if isinstance(owner, SessionGroup):
+            if type(owner) is SessionGroup:
                 yield from owner.held_turns()  # several sessions held by one block
-            gen = getattr(owner, "gen", None)
-            if gen is not None:
-                yield from gc.get_referents(gen)
+            elif type(owner) is _AsyncGeneratorContextManager:
+                yield from gc.get_referents(owner.gen)
         awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
