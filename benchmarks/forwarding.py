@@ -32,6 +32,13 @@ of ``--in-flight`` updates), the server's CPU time per 1,000 updates (Redis:
 update, Redis commands per update, and checks: every update received exactly
 once, and each chat's updates from one receiver in the order sent.
 
+Then the same with a fault: worker 0 only owns (it receives no webhooks, so no
+unanswered one dies with it) and is killed with SIGKILL once half the updates
+have arrived; worker 1 then takes its partitions over (Streams: reads them from
+what is left; pub/sub: subscribes to its channel; RabbitMQ: consumes its queues,
+to which the broker has returned what the dead consumer had not acknowledged).
+The table shows what was lost, received twice, or out of order.
+
     .venv/bin/python -m benchmarks.forwarding [--workers 3] [--partitions 12]
         [--chats 2000] [--updates 30000] [--in-flight 64] [--rounds 3]
 
@@ -50,7 +57,6 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from multiprocessing.synchronize import Event
 from typing import Any
 
 import aiormq
@@ -78,8 +84,9 @@ def partition_of(chat: int, partitions: int) -> int:
     return zlib.crc32(str(chat).encode()) % partitions
 
 
-def update_body(chat: int, receiver: int, seq: int) -> bytes:
-    return b"%d:%d:%d:%b" % (chat, receiver, seq, PADDING)
+def update_body(chat: int, receiver: int, seq: int, uid: int) -> bytes:
+    """The chat first (RabbitMQ's row routes on it), then what the checks read."""
+    return b"%d:%d:%d:%d:%b" % (chat, receiver, seq, uid, PADDING)
 
 
 @dataclass
@@ -89,54 +96,96 @@ class WorkerSpec:
     partitions: int
     transport: str
     url: str
-    #: (chat, seq) of the updates this worker receives, in arrival order.
-    sends: list[tuple[int, int]]
+    #: (chat, seq, update id) of the updates this worker receives, in arrival order.
+    sends: list[tuple[int, int, int]]
     in_flight: int
+    #: The worker whose partitions this one takes over when told (the fault run).
+    standby_for: int | None = None
+
+    def partitions_of(self, worker: int) -> list[int]:
+        return [p for p in range(self.partitions) if p % self.workers == worker]
+
+
+GO, DONE, TAKEOVER = range(3)
+
+
+async def until(flags: Any, which: int) -> None:
+    """Return once the driver has set ``flags[which]``."""
+    while not flags[which]:  # noqa: ASYNC110 - set by another process: nothing to await
+        await asyncio.sleep(0.005)
+
+
+@dataclass
+class Shared:
+    """What the driver and the workers of one run share. The counts are written by one
+    worker each, with no lock: a worker killed by SIGKILL holding a lock would stop
+    every other process at its next count."""
+
+    #: Updates received per worker, duplicates included.
+    received: Any
+    #: Receipts per worker and update id, row by row (``worker * updates + id``): an
+    #: update with none in any row is lost, with two or more duplicated.
+    receipts: Any
+    updates: int
+    #: GO, DONE and TAKEOVER, set by the driver. Plain flags the workers poll, not
+    #: multiprocessing Events: setting an Event waits for every process waiting on it
+    #: to wake, and a killed one never does.
+    flags: Any
+    ready: Any
+    out: Any
+
+    def total_received(self) -> int:
+        return sum(self.received[:])
+
+    def receipts_per_update(self) -> list[int]:
+        counts = [0] * self.updates
+        rows = self.receipts[:]
+        for row in range(len(rows) // self.updates):
+            for uid, n in enumerate(rows[row * self.updates : (row + 1) * self.updates]):
+                counts[uid] += n
+        return counts
 
 
 @dataclass
 class WorkerReport:
-    received: int
-    duplicates: int
     out_of_order: int
     handoff_s: list[float]
     cpu_s: float
 
 
 class Owner:
-    """What an owner checks of what it receives."""
+    """What an owner checks of what it receives, and counts where the driver sees it."""
 
-    def __init__(self, counter: Any) -> None:
+    def __init__(self, shared: Shared, worker: int) -> None:
         self._last: dict[tuple[bytes, bytes], int] = {}
-        self._seen: set[tuple[bytes, int]] = set()
-        self._counter = counter
-        self.received = 0
-        self.duplicates = 0
+        self._shared = shared
+        self._worker = worker
+        self._row = worker * shared.updates
         self.out_of_order = 0
 
     def take(self, bodies: list[bytes]) -> None:
+        receipts = self._shared.receipts
         for body in bodies:
-            chat, receiver, seq_text, _ = body.split(b":", 3)
+            chat, receiver, seq_text, uid, _ = body.split(b":", 4)
             seq = int(seq_text)
-            if (chat, seq) in self._seen:
-                self.duplicates += 1
-                continue
-            self._seen.add((chat, seq))
             if self._last.get((chat, receiver), -1) > seq:
                 self.out_of_order += 1
             self._last[(chat, receiver)] = seq
-        self.received += len(bodies)
-        with self._counter.get_lock():
-            self._counter.value += len(bodies)
+            receipts[self._row + int(uid)] += 1
+        self._shared.received[self._worker] += len(bodies)
 
 
 Sender = Callable[[list[tuple[int, bytes]]], Awaitable[None]]
+#: Starts receiving ``partitions`` of the dead ``worker`` as well.
+TakeOver = Callable[[list[int], int], Awaitable[None]]
 
 
-async def _redis_streams(spec: WorkerSpec, owner: Owner, stop: asyncio.Event) -> Sender:
+async def _redis_streams(
+    spec: WorkerSpec, owner: Owner, stop: asyncio.Event
+) -> tuple[Sender, TakeOver]:
     client = redis_asyncio.Redis.from_url(spec.url)
     reader = redis_asyncio.Redis.from_url(spec.url)
-    mine = {f"fwd:{p}": "0-0" for p in range(spec.partitions) if p % spec.workers == spec.index}
+    mine = {f"fwd:{p}": "0-0" for p in spec.partitions_of(spec.index)}
 
     async def consume() -> None:
         while not stop.is_set():
@@ -149,6 +198,8 @@ async def _redis_streams(spec: WorkerSpec, owner: Owner, stop: asyncio.Event) ->
                 owner.take([fields[b"u"] for _, fields in entries])
                 last = entries[-1][0]
                 mine[stream.decode()] = last.decode()
+                # Acknowledged by trimming what was read (the last entry stays: an
+                # owner that takes over reads from the start of what is left).
                 trim.xtrim(stream, minid=last)
             await trim.execute()
 
@@ -160,10 +211,15 @@ async def _redis_streams(spec: WorkerSpec, owner: Owner, stop: asyncio.Event) ->
             pipe.xadd(f"fwd:{partition}", {"u": body})
         await pipe.execute()
 
-    return send
+    async def take_over(partitions: list[int], worker: int) -> None:
+        mine.update({f"fwd:{p}": "0-0" for p in partitions})  # the next XREAD has them
+
+    return send, take_over
 
 
-async def _redis_pubsub(spec: WorkerSpec, owner: Owner, stop: asyncio.Event) -> Sender:
+async def _redis_pubsub(
+    spec: WorkerSpec, owner: Owner, stop: asyncio.Event
+) -> tuple[Sender, TakeOver]:
     client = redis_asyncio.Redis.from_url(spec.url)
     pubsub = client.pubsub()
     await pubsub.subscribe(f"fwd:w{spec.index}")
@@ -182,12 +238,15 @@ async def _redis_pubsub(spec: WorkerSpec, owner: Owner, stop: asyncio.Event) -> 
             pipe.publish(f"fwd:w{partition % spec.workers}", body)
         await pipe.execute()
 
-    return send
+    async def take_over(partitions: list[int], worker: int) -> None:
+        await pubsub.subscribe(f"fwd:w{worker}")  # what was published meanwhile is gone
+
+    return send, take_over
 
 
 async def _rabbitmq(
     spec: WorkerSpec, owner: Owner, stop: asyncio.Event, *, durable: bool = True
-) -> Sender:
+) -> tuple[Sender, TakeOver]:
     # aiormq, the protocol library under aio-pika: the same broker work at a fraction
     # of the client's CPU per message.
     connection = await aiormq.connect(spec.url)
@@ -202,9 +261,13 @@ async def _rabbitmq(
         assert message.delivery_tag is not None  # consumed with acks
         await consuming.basic_ack(message.delivery_tag)
 
-    for p in range(spec.partitions):
-        if p % spec.workers == spec.index:
+    async def take_over(partitions: list[int], worker: int) -> None:
+        # The dead consumer's unacknowledged messages went back to its queues when its
+        # connection closed; this consumer becomes the queues' single active one.
+        for p in partitions:
             await consuming.basic_consume(f"fwd.{p}", on_message)
+
+    await take_over(spec.partitions_of(spec.index), spec.index)
 
     async def send(batch: list[tuple[int, bytes]]) -> None:
         # Published in order on one channel; each awaits the broker's confirm.
@@ -220,10 +283,12 @@ async def _rabbitmq(
             )
         )
 
-    return send
+    return send, take_over
 
 
-async def _rabbitmq_transient(spec: WorkerSpec, owner: Owner, stop: asyncio.Event) -> Sender:
+async def _rabbitmq_transient(
+    spec: WorkerSpec, owner: Owner, stop: asyncio.Event
+) -> tuple[Sender, TakeOver]:
     return await _rabbitmq(spec, owner, stop, durable=False)
 
 
@@ -235,34 +300,41 @@ TRANSPORT_SETUP = {
 }
 
 
-async def _work(spec: WorkerSpec, counter: Any, go: Event, done: Event, ready: Any) -> WorkerReport:
-    owner = Owner(counter)
+async def _work(spec: WorkerSpec, shared: Shared) -> WorkerReport:
+    owner = Owner(shared, spec.index)
     stop = asyncio.Event()
-    send = await TRANSPORT_SETUP[spec.transport](spec, owner, stop)
-    ready.put(spec.index)
-    await asyncio.to_thread(go.wait)
+    send, take_over = await TRANSPORT_SETUP[spec.transport](spec, owner, stop)
+    shared.ready.put(spec.index)
+    await until(shared.flags, GO)
+    if spec.standby_for is not None:
+        dead = spec.standby_for
+
+        async def stand_by() -> None:
+            await until(shared.flags, TAKEOVER)
+            if not stop.is_set():
+                await take_over(spec.partitions_of(dead), dead)
+
+        asyncio.get_running_loop().create_task(stand_by())
     cpu_before = time.process_time()
     handoff: list[float] = []
     updates = [
-        (partition_of(chat, spec.partitions), update_body(chat, spec.index, seq))
-        for chat, seq in spec.sends
+        (partition_of(chat, spec.partitions), update_body(chat, spec.index, seq, uid))
+        for chat, seq, uid in spec.sends
     ]
     for start in range(0, len(updates), spec.in_flight):
         began = time.perf_counter()
         await send(updates[start : start + spec.in_flight])
         handoff.append(time.perf_counter() - began)
     # Keep consuming until the driver has seen every update arrive (or given up).
-    await asyncio.to_thread(done.wait)
+    await until(shared.flags, DONE)
     stop.set()
     cpu = time.process_time() - cpu_before
-    return WorkerReport(owner.received, owner.duplicates, owner.out_of_order, handoff, cpu)
+    return WorkerReport(owner.out_of_order, handoff, cpu)
 
 
-def worker_main(
-    spec: WorkerSpec, counter: Any, go: Event, done: Event, ready: Any, out: Any
-) -> None:
-    report = asyncio.run(_work(spec, counter, go, done, ready))
-    out.put((spec.index, report))
+def worker_main(spec: WorkerSpec, shared: Shared) -> None:
+    report = asyncio.run(_work(spec, shared))
+    shared.out.put((spec.index, report))
 
 
 @dataclass
@@ -278,15 +350,16 @@ class Row:
     out_of_order: int
 
 
-def plan(workers: int, chats: int, updates: int, seed: int) -> list[list[tuple[int, int]]]:
-    """Each worker's arrivals: (chat, seq), seq counting each chat's updates."""
+def plan(receivers: int, chats: int, updates: int, seed: int) -> list[list[tuple[int, int, int]]]:
+    """Each receiver's arrivals: (chat, seq, update id), seq counting each chat's
+    updates."""
     rng = random.Random(seed)
     seqs = [0] * (chats + 1)
-    arrivals: list[list[tuple[int, int]]] = [[] for _ in range(workers)]
-    for _ in range(updates):
+    arrivals: list[list[tuple[int, int, int]]] = [[] for _ in range(receivers)]
+    for uid in range(updates):
         chat = rng.randint(1, chats)
         seqs[chat] += 1
-        arrivals[rng.randrange(workers)].append((chat, seqs[chat]))
+        arrivals[rng.randrange(receivers)].append((chat, seqs[chat], uid))
     return arrivals
 
 
@@ -313,7 +386,12 @@ async def declare_rabbit(url: str, partitions: int) -> None:
     await connection.close()
 
 
-def run_row(transport: str, url: str, args: argparse.Namespace, rabbit: RabbitServer) -> Row:
+def run_row(
+    transport: str, url: str, args: argparse.Namespace, rabbit: RabbitServer, *, kill: bool
+) -> Row:
+    """One run. With ``kill``, worker 0 only owns (it receives nothing, so no update
+    is lost with a webhook it had not answered); it is killed with SIGKILL once half
+    the updates have arrived, and worker 1 then takes its partitions over."""
     if transport.startswith("rabbitmq"):
         asyncio.run(declare_rabbit(url, args.partitions))
         server_cpu = rabbit.cpu_seconds
@@ -329,54 +407,72 @@ def run_row(transport: str, url: str, args: argparse.Namespace, rabbit: RabbitSe
         def commands() -> int:
             return redis_cpu_and_commands(url)[1]
 
-    arrivals = plan(args.workers, args.chats, args.updates, seed=7)
+    receivers = list(range(1, args.workers)) if kill else list(range(args.workers))
+    arrivals = plan(len(receivers), args.chats, args.updates, seed=7)
+    sends: list[list[tuple[int, int, int]]] = [[] for _ in range(args.workers)]
+    for receiver, share in zip(receivers, arrivals, strict=True):
+        sends[receiver] = share
     context = multiprocessing.get_context("spawn")
-    counter = context.Value("q", 0)
-    go = context.Event()
-    done = context.Event()
-    ready = context.Queue()
-    out = context.Queue()
-    processes = [
-        context.Process(
-            target=worker_main,
-            args=(
-                WorkerSpec(i, args.workers, args.partitions, transport, url, sends, args.in_flight),
-                counter,
-                go,
-                done,
-                ready,
-                out,
-            ),
+    shared = Shared(
+        received=context.Array("q", args.workers, lock=False),
+        receipts=context.Array("i", args.workers * args.updates, lock=False),
+        updates=args.updates,
+        flags=context.Array("b", 3, lock=False),
+        ready=context.Queue(),
+        out=context.Queue(),
+    )
+    specs = [
+        WorkerSpec(
+            i,
+            args.workers,
+            args.partitions,
+            transport,
+            url,
+            sends[i],
+            args.in_flight,
+            standby_for=0 if kill and i == 1 else None,
         )
-        for i, sends in enumerate(arrivals)
+        for i in range(args.workers)
     ]
+    processes = [context.Process(target=worker_main, args=(spec, shared)) for spec in specs]
     for process in processes:
         process.start()
     for _ in processes:
-        ready.get(timeout=120)
+        shared.ready.get(timeout=120)
     cpu_before, commands_before = server_cpu(), commands()
     started = time.perf_counter()
-    go.set()
-    deadline = started + 300
-    while counter.value < args.updates and time.perf_counter() < deadline:
+    shared.flags[GO] = 1
+    killed = False
+    last_count, last_change = 0, started
+    while (count := shared.total_received()) < args.updates:
+        now = time.perf_counter()
+        if count != last_count:
+            last_count, last_change = count, now
+        elif now - last_change > 3.0:
+            break  # nothing arrives any more: the rest is lost
+        if kill and not killed and count >= args.updates // 2:
+            processes[0].kill()
+            processes[0].join()
+            killed = True
+            shared.flags[TAKEOVER] = 1
         time.sleep(0.002)
     elapsed = time.perf_counter() - started
     cpu_after, commands_after = server_cpu(), commands()
-    done.set()
-    reports = [out.get(timeout=120)[1] for _ in processes]
+    shared.flags[DONE] = 1
+    reports = [shared.out.get(timeout=120)[1] for _ in processes[1 if kill else 0 :]]
     for process in processes:
         process.join(timeout=30)
-    received = sum(r.received for r in reports)
+    receipts = shared.receipts_per_update()
     handoff = [s for r in reports for s in r.handoff_s]
     return Row(
-        rate=received / elapsed,
+        rate=shared.total_received() / elapsed,
         handoff_p50_ms=percentile(handoff, 0.5) * 1000,
         handoff_p99_ms=percentile(handoff, 0.99) * 1000,
         server_cpu_ms_per_1k=(cpu_after - cpu_before) * 1000 / args.updates * 1000,
         worker_cpu_us=sum(r.cpu_s for r in reports) / args.updates * 1e6,
         commands_per_update=(commands_after - commands_before) / args.updates,
-        lost=args.updates - (received - sum(r.duplicates for r in reports)),
-        duplicates=sum(r.duplicates for r in reports),
+        lost=receipts.count(0),
+        duplicates=sum(n - 1 for n in receipts if n > 1),
         out_of_order=sum(r.out_of_order for r in reports),
     )
 
@@ -390,35 +486,23 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=64, help="updates per hand-off batch")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    rows: dict[str, list[Row]] = {}
+    if args.workers < 2:
+        parser.error("--workers must be at least 2 (one is killed in the fault runs)")
+    rows: dict[tuple[str, bool], list[Row]] = {}
     with RedisServer() as server, RabbitServer() as rabbit:
         urls = {t: rabbit.url if t.startswith("rabbitmq") else server.url for t in TRANSPORTS}
         for _ in range(args.rounds):
-            for transport in TRANSPORTS:  # interleaved, so drift hits every row alike
-                rows.setdefault(transport, []).append(
-                    run_row(transport, urls[transport], args, rabbit)
-                )
-    out = []
-    for transport, results in rows.items():
-        out.append(
-            [
-                ROW_NAMES[transport],
-                median([r.rate for r in results]),
-                median([r.handoff_p50_ms for r in results]),
-                median([r.handoff_p99_ms for r in results]),
-                median([r.server_cpu_ms_per_1k for r in results]),
-                median([r.worker_cpu_us for r in results]),
-                f"{median([r.commands_per_update for r in results]):.3f}",
-                max(r.lost for r in results),
-                max(r.duplicates for r in results),
-                max(r.out_of_order for r in results),
-            ]
-        )
+            for kill in (False, True):
+                for transport in TRANSPORTS:  # interleaved, so drift hits every row alike
+                    rows.setdefault((transport, kill), []).append(
+                        run_row(transport, urls[transport], args, rabbit, kill=kill)
+                    )
     print(
         f"\nforwarding {args.updates} updates of {len(PADDING)}+ bytes over {args.chats} chats, "
         f"{args.workers} workers, {args.partitions} partitions, hand-off batches of "
         f"{args.in_flight}, median of {args.rounds} runs; {machine()}\n"
     )
+    checks = ["lost (max)", "duplicated (max)", "out of order (max)"]
     print(
         table(
             [
@@ -429,13 +513,46 @@ def main() -> None:
                 "server CPU ms / 1k updates",
                 "worker CPU µs / update",
                 "Redis cmds/update",
-                "lost (max)",
-                "duplicated (max)",
-                "out of order (max)",
+                *checks,
             ],
-            out,
+            [
+                [
+                    ROW_NAMES[transport],
+                    median([r.rate for r in results]),
+                    median([r.handoff_p50_ms for r in results]),
+                    median([r.handoff_p99_ms for r in results]),
+                    median([r.server_cpu_ms_per_1k for r in results]),
+                    median([r.worker_cpu_us for r in results]),
+                    f"{median([r.commands_per_update for r in results]):.3f}",
+                    *_checks(results),
+                ]
+                for (transport, kill), results in rows.items()
+                if not kill
+            ],
         )
     )
+    print(
+        "\nworker 0 (an owner only) killed with SIGKILL halfway; worker 1 takes its "
+        "partitions over:\n"
+    )
+    print(
+        table(
+            ["transport", *checks],
+            [
+                [ROW_NAMES[transport], *_checks(results)]
+                for (transport, kill), results in rows.items()
+                if kill
+            ],
+        )
+    )
+
+
+def _checks(results: list[Row]) -> list[int]:
+    return [
+        max(r.lost for r in results),
+        max(r.duplicates for r in results),
+        max(r.out_of_order for r in results),
+    ]
 
 
 if __name__ == "__main__":
