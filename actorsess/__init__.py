@@ -7,6 +7,7 @@ from actorsess._group import SessionGroup
 from actorsess._keyspace import MigrationReport
 from actorsess._manager import SessionManager
 from actorsess._migrations import Migration
+from actorsess._partitions import Partitions
 from actorsess._stats import SessionStats
 from actorsess._turn import SessionTurn
 from actorsess.exceptions import (
@@ -18,6 +19,7 @@ from actorsess.exceptions import (
     KeySpaceInUseError,
     LeaseTimeoutError,
     ManagerClosedError,
+    PartitionNotOwnedError,
     SessionConflictError,
     SessionDeadlockError,
     SessionEncodeError,
@@ -42,6 +44,8 @@ __all__ = [
     "Migration",
     "MigrationReport",
     "MonotonicClock",
+    "PartitionNotOwnedError",
+    "Partitions",
     "RedisStorage",
     "SessionCodec",
     "SessionConfig",

@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 from actorsess._record import TOMBSTONE_TTL_S
 from actorsess.exceptions import ConfigError
 
-Ownership = Literal["local", "shared"]
+Ownership = Literal["local", "shared", "partitioned"]
 
 _ENV_PREFIX = "ACTORSESS_"
 #: ``ACTORSESS_*`` variables that are not settings: the examples' Redis URL.
@@ -48,6 +48,9 @@ class SessionConfig:
         key_prefix: Namespace prepended to every storage key.
         ownership: ``"local"``: this process owns every key it serves (one bot process).
             ``"shared"``: several processes on one Redis (leases and fencing).
+            ``"partitioned"``: several worker processes, each owning whole partitions of
+            the chats, with updates forwarded to their owner (give the manager a
+            ``Partitions``; see the "Several processes" page).
         lease_time: Shared ownership: seconds a lease lives unless renewed (renewal runs every
             third of it). A crashed process's sessions are taken over after this long.
         lease_wait_timeout: Shared ownership: seconds a session block waits for another process
@@ -143,7 +146,10 @@ class SessionConfig:
         if not isinstance(self.strict_json, bool):
             raise ConfigError("strict_json", f"must be True or False, got {self.strict_json!r}")
         if self.ownership not in get_args(Ownership):
-            raise ConfigError("ownership", f"must be 'local' or 'shared', got {self.ownership!r}")
+            raise ConfigError(
+                "ownership",
+                f"must be 'local', 'shared' or 'partitioned', got {self.ownership!r}",
+            )
 
     @property
     def lease_ms(self) -> int:

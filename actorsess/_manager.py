@@ -32,6 +32,7 @@ from actorsess._log import DefaultLogger
 from actorsess._migrations import Migration, Migrations
 from actorsess._owners import check_ownership, ownership_for
 from actorsess._ownership import Ownership
+from actorsess._partitions import Partitions
 from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
 from actorsess._timings import HistogramSnapshot, Timings
@@ -107,6 +108,7 @@ class SessionManager(Generic[T]):
         rng: random.Random | None = None,
         migrations: Sequence[Migration] = (),
         codec: SessionCodec[T] | None = None,
+        partitions: Partitions | None = None,
     ) -> None:
         """Sessions kept in ``storage``, started from ``initial()``.
 
@@ -128,11 +130,15 @@ class SessionManager(Generic[T]):
             codec: An encoding of your own (a ``SessionCodec``: ``encode`` and
                 ``decode``) instead of the JSON typed by ``initial``; then
                 ``strict_json`` does not apply, and ``initial`` may return any class.
+            partitions: With ``ownership="partitioned"`` (and only then): this
+                worker's ``Partitions``, shared with the forwarder and the other
+                managers of the process.
         """
         config = SessionConfig() if config is None else config
         if not isinstance(config, SessionConfig):
             raise TypeError(f"config must be a SessionConfig, got {type(config).__name__}")
-        check_ownership(config, storage)
+        check_ownership(config, storage, partitions)
+        self._partitions = partitions
         self._storage = storage
         _use_storage(storage)
         self._config = config
@@ -176,7 +182,7 @@ class SessionManager(Generic[T]):
             self._backoff,
             self._log,
         )
-        self._ownership: Ownership = ownership_for(context)
+        self._ownership: Ownership = ownership_for(context, self._partitions, self._codec.decode)
         if self._ownership.keeps_idle:
             self._registry.keep_idle(config.max_live, self._thaw)
         self._loader = Loader(

@@ -57,6 +57,11 @@ class FlusherPort(Protocol):
 
     def refuse(self, actor: SessionActor[Any], reason: str) -> None: ...
 
+    async def wait_persisted(self, actor: SessionActor[Any], version: int) -> None: ...
+
+    @property
+    def dirty(self) -> dict[str, SessionActor[Any]]: ...
+
 
 class Ownership(Protocol):
     """How this process owns the keys it serves (see the module docstring)."""

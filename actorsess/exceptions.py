@@ -11,6 +11,7 @@ __all__ = [
     "KeySpaceInUseError",
     "LeaseTimeoutError",
     "ManagerClosedError",
+    "PartitionNotOwnedError",
     "SessionConflictError",
     "SessionDeadlockError",
     "SessionEncodeError",
@@ -160,6 +161,28 @@ class LeaseTimeoutError(ActorSessError, TimeoutError):
         super().__init__(
             f"session {key!r}: gave up waiting {waited:g}s for its lease{holder}; "
             "is the owning process stalled? (SessionConfig.lease_wait_timeout)"
+        )
+
+
+class PartitionNotOwnedError(ActorSessError, RuntimeError):
+    """Partitioned ownership: a session was opened in a worker that does not own its
+    partition (now). Sessions are opened by the updates of their chat, which the
+    forwarder brings to the owner; work on a session from elsewhere goes through
+    a manager with ``ownership="shared"``."""
+
+    def __init__(self, key: str, partition: int) -> None:
+        """Make the error.
+
+        Args:
+            key: The session key (``.key``).
+            partition: Its partition (``.partition``).
+        """
+        self.key = key
+        self.partition = partition
+        super().__init__(
+            f"session {key!r} belongs to partition {partition}, which this worker does not "
+            "own now; open it while handling an update of its chat (the forwarder brings "
+            "those to the owner)"
         )
 
 

@@ -1,6 +1,6 @@
 """A webhook worker with aiogram's own RedisStorage, the peer in benchmarks/multi_process.py.
 
-    python -m benchmarks._aiogram_worker --port 0 --isolation none|simple|redis
+    python -m benchmarks._aiogram_worker --port 0 --isolation none|simple|redis [--memory]
 
 The same handler as harness.webhook_bot (read the counter, await once,
 write it + 1, reply in the webhook response), on aiogram's FSM data instead of
@@ -15,8 +15,8 @@ import os
 
 from aiogram import Bot, Dispatcher, F
 from aiogram.fsm.context import FSMContext
-from aiogram.fsm.storage.base import BaseEventIsolation
-from aiogram.fsm.storage.memory import SimpleEventIsolation
+from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
+from aiogram.fsm.storage.memory import MemoryStorage, SimpleEventIsolation
 from aiogram.methods import SendMessage
 from aiogram.types import Message
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
@@ -24,16 +24,22 @@ from aiohttp import web
 
 from benchmarks._common import quiet_logs
 from benchmarks.e2e_aiogram import peer_redis
-from harness.webhook_bot import OFFLINE_TOKEN, WEBHOOK_PATH, serve
+from harness.webhook_bot import OFFLINE_TOKEN, REPLY, WEBHOOK_PATH, serve
 
 
-def build_app(redis_url: str, isolation_kind: str) -> web.Application:
-    storage = peer_redis(redis_url)
-    isolation: BaseEventIsolation | None = {
-        "none": None,
-        "simple": SimpleEventIsolation(),
-        "redis": storage.create_isolation(),
-    }[isolation_kind]
+def build_app(redis_url: str, isolation_kind: str, in_memory: bool) -> web.Application:
+    storage: BaseStorage
+    if in_memory:
+        storage = MemoryStorage()
+        isolation: BaseEventIsolation | None = None
+    else:
+        redis_storage = peer_redis(redis_url)
+        storage = redis_storage
+        isolation = {
+            "none": None,
+            "simple": SimpleEventIsolation(),
+            "redis": redis_storage.create_isolation(),
+        }[isolation_kind]
     dp = (
         Dispatcher(storage=storage, events_isolation=isolation)
         if isolation
@@ -41,10 +47,12 @@ def build_app(redis_url: str, isolation_kind: str) -> web.Application:
     )
 
     @dp.message(F.text)
-    async def on_message(message: Message, state: FSMContext) -> SendMessage:
+    async def on_message(message: Message, state: FSMContext) -> SendMessage | None:
         apples = (await state.get_data()).get("apple", 0)
         await asyncio.sleep(0)
         await state.update_data(apple=apples + 1)
+        if not REPLY:
+            return None
         return message.answer(f"🍏 apples: {apples + 1}")
 
     app = web.Application()
@@ -59,9 +67,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--isolation", choices=["none", "simple", "redis"], default="redis")
+    parser.add_argument(
+        "--memory", action="store_true", help="MemoryStorage: no persistence (the ceiling)"
+    )
     args = parser.parse_args()
     quiet_logs()
-    app = build_app(os.environ["ACTORSESS_REDIS_URL"], args.isolation)
+    app = build_app(os.environ["ACTORSESS_REDIS_URL"], args.isolation, args.memory)
     asyncio.run(serve(app, "127.0.0.1", args.port))
 
 

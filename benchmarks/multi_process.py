@@ -3,11 +3,18 @@
 Worker processes (default 3) serve the same bot; the driver posts every update
 (real Bot API JSON, over HTTP) to a worker picked at random, as a load
 balancer without sticky sessions would, so one chat's updates reach several
-processes at once. Each handler reads a counter, awaits once, writes it + 1
-and replies in the webhook response; a 200 means handled. Lost increments are
-read back from Redis after the workers have stopped (SIGTERM); Redis commands
-come from INFO commandstats (commands inside Lua scripts included) over the
-whole run, shutdown flush included.
+processes at once. Each handler reads a counter, awaits once and writes it
++ 1 (no reply: a forwarded update's answer would be a Bot API call, and every
+row does the same work). A 200 means handled, except in partitioned mode, where
+it means stored in the partition's stream: there the run ends when the workers
+report every update handled (``GET /handled``). Lost increments are read back
+from Redis after the workers have stopped (SIGTERM); Redis commands come from
+INFO commandstats (commands inside Lua scripts included) over the whole run,
+shutdown flush included.
+
+The first row is the ceiling: aiogram's MemoryStorage in each process, no
+persistence and no coordination (it loses what another process counted); the
+ratios are against it.
 
 Two workloads: "hot chats" (20 chats x 100 messages: several updates of one
 chat in flight at once, the case isolation exists for) and "spread" (200
@@ -28,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import redis
 
 from actorsess.testing import RedisServer, message_update
@@ -58,8 +66,17 @@ class Row:
     def actorsess(self) -> bool:
         return self.module == "harness.webhook_bot"
 
+    @property
+    def persists(self) -> bool:
+        return "--memory" not in self.args
+
 
 ROWS = [
+    Row(
+        "aiogram MemoryStorage per process (no persistence, lossy: the ceiling)",
+        "benchmarks._aiogram_worker",
+        ("--memory",),
+    ),
     Row(
         "aiogram RedisStorage (default isolation)",
         "benchmarks._aiogram_worker",
@@ -81,8 +98,14 @@ ROWS = [
         ownership="local",
     ),
     Row("actorsess ownership=shared", "harness.webhook_bot"),
+    Row(
+        "actorsess ownership=partitioned (updates forwarded to the partition's owner)",
+        "harness.webhook_bot",
+        ownership="partitioned",
+    ),
 ]
-BASELINE = ROWS[2].name
+CEILING = ROWS[0].name
+ISOLATION = ROWS[3].name
 
 
 @dataclass
@@ -97,7 +120,7 @@ class Result:
 
 async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Result:
     flush_redis(url)
-    env = {"ACTORSESS_REDIS_URL": url, "ACTORSESS_OWNERSHIP": row.ownership}
+    env = {"ACTORSESS_REDIS_URL": url, "ACTORSESS_OWNERSHIP": row.ownership, "HARNESS_REPLY": "0"}
     # Local mode serves one key space per process (a second one is refused), so the
     # no-coordination bound gives each process its own prefix: each counts its share
     # of a chat's updates, and the stored counts are summed over the prefixes.
@@ -137,6 +160,8 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
         cpu_before = sum(cpu_seconds(w.pid) for w in workers)
         started = time.perf_counter()
         await asyncio.gather(*(send(pool, request) for pool, request in prepared))
+        if row.ownership == "partitioned":
+            await all_handled(workers, len(plan) - failed)
         elapsed = time.perf_counter() - started
         cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_before
         for pool in pools:
@@ -148,11 +173,15 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
     finally:
         for worker in workers:
             worker.kill()
-    if prefixes:
+    if not row.persists:
+        stored = [0] * len(chats)
+    elif prefixes:
         stored = stored_per_prefix(url, chats, prefixes)
     else:
         stored = await (stored_actorsess if row.actorsess else stored_aiogram)(url, chats)
-    lost = len(plan) - sum(stored)  # failed requests included: their updates are missing
+    # Failed requests included: their updates are missing. Nothing is stored without
+    # persistence, so there "lost" is only the failed requests.
+    lost = len(plan) - sum(stored) if row.persists else failed
     return Result(
         len(plan) / elapsed,
         lost,
@@ -161,6 +190,22 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
         percentile(latencies, 0.5) * 1000,
         percentile(latencies, 0.99) * 1000,
     )
+
+
+async def all_handled(workers: list[WebhookWorker], expected: int, timeout: float = 120) -> None:
+    """Wait until the workers' handlers together ran ``expected`` updates."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as client:
+        while True:
+            handled = 0
+            for worker in workers:
+                async with client.get(f"http://127.0.0.1:{worker.port}/handled") as response:
+                    handled += (await response.json())["handled"]
+            if handled >= expected:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{handled} of {expected} updates handled in {timeout:g}s")
+            await asyncio.sleep(0.005)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -225,7 +270,8 @@ async def main() -> None:
 
 
 def summary(results: dict[str, list[Result]]) -> str:
-    baseline = median([r.rate for r in results[BASELINE]])
+    ceiling = median([r.rate for r in results[CEILING]])
+    isolation = median([r.rate for r in results[ISOLATION]])
     out = []
     for name, runs in results.items():
         rate = median([r.rate for r in runs])
@@ -233,7 +279,8 @@ def summary(results: dict[str, list[Result]]) -> str:
             [
                 name,
                 rate,
-                f"{rate / baseline:.2f}x",
+                f"{rate / ceiling:.2f}x",
+                f"{rate / isolation:.2f}x",
                 max(r.lost for r in runs),
                 f"{median([r.commands_per_update for r in runs]):.2f}",
                 f"{median([r.cpu_ms_per_update for r in runs]):.2f}",
@@ -244,6 +291,7 @@ def summary(results: dict[str, list[Result]]) -> str:
     headers = [
         "row",
         "updates/s",
+        "vs ceiling",
         "vs RedisEventIsolation",
         "lost (max)",
         "Redis cmds/update",

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
+from typing import Any
 
+import redis
 import structlog
 from aiogram import Bot, Dispatcher, F
 from aiogram.methods import SendMessage
@@ -30,14 +33,24 @@ from aiogram.types import Message
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 from aiohttp import web
 
-from actorsess import RedisStorage, SessionConfig, SessionManager
-from actorsess.aiogram import SessionMiddleware
+from actorsess import Partitions, RedisStorage, SessionConfig, SessionManager
+from actorsess.aiogram import ForwardingRequestHandler, SessionMiddleware
 
 WEBHOOK_PATH = "/webhook"
 #: A syntactically valid token for running without Telegram (tests, benchmarks).
 OFFLINE_TOKEN = "123456789:LOCAL-actorsess-demo-token"
 
-Apples = dict[str, int]
+#: ``{"apple": <count>}``, and ``"seen"``: the numbers of numbered messages, in the
+#: order they were handled (the partitioned-mode fault tests check order with it).
+Apples = dict[str, Any]
+
+#: Whether the handler answers (in the webhook response; a forwarded update's
+#: answer is a Bot API call). ``HARNESS_REPLY=0`` turns it off: the
+#: benchmark of the partitioned mode compares rows doing the same work, and
+#: runs with no Telegram to call.
+REPLY = os.environ.get("HARNESS_REPLY", "1") != "0"
+#: Updates this worker's handler ran (served at ``GET /handled``).
+handled = 0
 
 
 def new_session() -> Apples:
@@ -49,10 +62,16 @@ def build_dispatcher(sessions: SessionManager[Apples]) -> Dispatcher:
     SessionMiddleware(sessions).setup(dp)
 
     @dp.message(F.text)
-    async def on_message(message: Message, session: Apples) -> SendMessage:
+    async def on_message(message: Message, session: Apples) -> SendMessage | None:
+        global handled
         apples = session["apple"]
         await asyncio.sleep(0)  # stands for the database or API call a real handler awaits
         session["apple"] = apples + 1
+        if message.text and message.text.isdigit():
+            session.setdefault("seen", []).append(int(message.text))
+        handled += 1
+        if not REPLY:
+            return None
         return message.answer(f"🍏 apples: {apples + 1}")
 
     return dp
@@ -60,14 +79,32 @@ def build_dispatcher(sessions: SessionManager[Apples]) -> Dispatcher:
 
 def build_app(redis_url: str, token: str) -> web.Application:
     config = SessionConfig.from_env()
-    sessions = SessionManager(RedisStorage.from_url(redis_url), initial=new_session, config=config)
-    dp = build_dispatcher(sessions)
+    storage = RedisStorage.from_url(redis_url)
     app = web.Application()
-    SimpleRequestHandler(dispatcher=dp, bot=Bot(token), handle_in_background=False).register(
-        app, WEBHOOK_PATH
-    )
+    if config.ownership == "partitioned":
+        # Several workers own partitions of the chats; updates move to their owner.
+        partitions = Partitions(
+            storage,
+            count=int(os.environ.get("HARNESS_PARTITIONS", "64")),
+            lease_time=config.lease_time,
+        )
+        sessions = SessionManager(
+            storage, initial=new_session, config=config, partitions=partitions
+        )
+        dp = build_dispatcher(sessions)
+        handler: SimpleRequestHandler = ForwardingRequestHandler(dp, Bot(token), partitions)
+    else:
+        sessions = SessionManager(storage, initial=new_session, config=config)
+        dp = build_dispatcher(sessions)
+        handler = SimpleRequestHandler(dispatcher=dp, bot=Bot(token), handle_in_background=False)
+    handler.register(app, path=WEBHOOK_PATH)
     setup_application(app, dp)
+    app.router.add_get("/handled", count_handled)
     return app
+
+
+async def count_handled(request: web.Request) -> web.Response:
+    return web.json_response({"handled": handled})
 
 
 async def serve(app: web.Application, host: str, port: int) -> None:
@@ -96,6 +133,25 @@ async def stored_apples(redis_url: str, chats: list[int]) -> dict[int, int]:
     async with SessionManager(storage, initial=new_session, config=shared) as reader:
         values = await reader.get_many(keys.values())
     return {chat: values[key]["apple"] for chat, key in keys.items()}
+
+
+def stored_sessions(
+    redis_url: str, chats: list[int], prefix: str = "actorsess:"
+) -> dict[int, Apples]:
+    """The stored session of each private chat, read straight from Redis (no manager:
+    workers may still run)."""
+    bot_id = OFFLINE_TOKEN.split(":", 1)[0]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        records: list[bytes | None] = client.mget(  # type: ignore[assignment]
+            [f"{prefix}session:{bot_id}:{chat}:{chat}" for chat in chats]
+        )
+    finally:
+        client.close()
+    return {
+        chat: json.loads(record.split(b":", 2)[2] or b"{}") if record else {}
+        for chat, record in zip(chats, records, strict=True)
+    }
 
 
 def main() -> None:

@@ -15,21 +15,28 @@ from harness.webhook_worker import WebhookWorker
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_worker(redis_url: str, log: Path, **settings: object) -> WebhookWorker:
-    """Start one worker; ``settings`` become ACTORSESS_* variables (lease_time=1 ...)."""
-    env = {"ACTORSESS_REDIS_URL": redis_url}
+def start_worker(
+    redis_url: str, log: Path, extra_env: dict[str, str] | None = None, **settings: object
+) -> WebhookWorker:
+    """Start one worker; ``settings`` become ACTORSESS_* variables (lease_time=1 ...),
+    ``extra_env`` is added as it is."""
+    env = {**(extra_env or {}), "ACTORSESS_REDIS_URL": redis_url}
     env.update({f"ACTORSESS_{k.upper()}": str(v) for k, v in settings.items()})
     return WebhookWorker("harness.webhook_bot", log, env=env, cwd=ROOT).start()
 
 
 @contextmanager
 def workers(
-    redis_url: str, tmp: Path, count: int, **settings: object
+    redis_url: str,
+    tmp: Path,
+    count: int,
+    extra_env: dict[str, str] | None = None,
+    **settings: object,
 ) -> Iterator[list[WebhookWorker]]:
     started: list[WebhookWorker] = []
     try:
         for i in range(count):
-            started.append(start_worker(redis_url, tmp / f"worker{i}.log", **settings))
+            started.append(start_worker(redis_url, tmp / f"worker{i}.log", extra_env, **settings))
         yield started
     finally:
         for worker in started:

@@ -1,5 +1,7 @@
-"""aiogram 3 integration: session middleware, FSM storage and events isolation."""
+"""aiogram 3 integration: session middleware, FSM storage, events isolation and the
+webhook handler of partitioned workers."""
 
+from actorsess.aiogram._forwarding import ForwardingRequestHandler
 from actorsess.aiogram._fsm import ActorEventIsolation, ActorFSMStorage
 from actorsess.aiogram._import import ImportReport, import_aiogram_fsm
 from actorsess.aiogram._keys import KeyFunction, session_key, strategy_key
@@ -8,6 +10,7 @@ from actorsess.aiogram._middleware import LazySession, SessionMiddleware, Sessio
 __all__ = [
     "ActorEventIsolation",
     "ActorFSMStorage",
+    "ForwardingRequestHandler",
     "ImportReport",
     "KeyFunction",
     "LazySession",

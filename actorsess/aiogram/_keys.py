@@ -30,7 +30,7 @@ def strategy_key(strategy: FSMStrategy) -> KeyFunction:
         context: EventContext | None = data.get(EVENT_CONTEXT_KEY)
         if context is None:
             return None
-        return _strategy_part(
+        return strategy_part(
             strategy,
             context.chat_id,
             context.user_id,
@@ -42,7 +42,7 @@ def strategy_key(strategy: FSMStrategy) -> KeyFunction:
     return key
 
 
-def _strategy_part(
+def strategy_part(
     strategy: FSMStrategy,
     chat_id: int | None,
     user_id: int | None,
@@ -83,7 +83,7 @@ def session_key(
     adds ``key_prefix``). ``session_key(bot_id=42, chat_id=-100, user_id=7)`` is
     ``"session:42:-100:7"``; a chat-wide session (``FSMStrategy.CHAT``) repeats the
     chat id: ``"session:42:-100:-100"``."""
-    key = _strategy_part(strategy, chat_id, user_id, thread_id, business_connection_id)
+    key = strategy_part(strategy, chat_id, user_id, thread_id, business_connection_id)
     if key is None:
         raise ValueError("session_key needs a chat_id or a user_id")
     return f"{name}:{bot_id}:{key}"

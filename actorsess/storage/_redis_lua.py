@@ -29,7 +29,7 @@ CONFLICT_REASONS = {
 # something that is not a record (older than any version: it is overwritten).
 # ``put`` writes a record, or a tombstone for "" (kept ``tomb`` ms), unless storage
 # holds a newer version (returns false; the same version again is a replay, done).
-_COMMON_LUA = """
+COMMON_LUA = """
 local function vcmp(a, b)
   if #a ~= #b then return #a < #b and -1 or 1 end
   if a == b then return 0 end
@@ -138,7 +138,7 @@ end
 """
 
 LOAD_LUA = (
-    _COMMON_LUA
+    COMMON_LUA
     + """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -152,7 +152,7 @@ return out
 # ("" deletes: a tombstone at the version). Every item is fenced (see put).
 # Returns {position, 2} pairs of the refused items.
 WRITE_LUA = (
-    _COMMON_LUA
+    COMMON_LUA
     + """
 local ttl, tomb = ARGV[1], ARGV[2]
 local out = {}
@@ -171,7 +171,7 @@ return out
 # (A script runs alone on its node, so no other write comes between the check and
 # the writes.)
 WRITE_ALL_LUA = (
-    _COMMON_LUA
+    COMMON_LUA
     + """
 local ttl, tomb = ARGV[1], ARGV[2]
 local out = {}
@@ -198,7 +198,7 @@ return out
 # the key over ("w <token> <key>"), a lapsed lease's claim is recorded, and
 # {0, owner token} returned. A lease key of the wrong type: {2, ""}.
 ACQUIRE_LUA = (
-    _COMMON_LUA
+    COMMON_LUA
     + _LEASE_LUA
     + """
 local ms, me, chan = ARGV[1], ARGV[2], ARGV[3]
@@ -247,7 +247,7 @@ return out
 # expected version. Extends each lease still held (see holds); returns 1
 # (renewed) or 0 (lost) per pair.
 RENEW_LUA = (
-    _COMMON_LUA
+    COMMON_LUA
     + _LEASE_LUA
     + """
 local ms = ARGV[1]
@@ -280,7 +280,7 @@ return out
 # is told "f <key>" and asks again. Returns {position, reason} pairs of refused
 # final writes, as WRITE_LEASED_LUA does.
 RELEASE_LUA = (
-    _COMMON_LUA
+    COMMON_LUA
     + _LEASE_LUA
     + """
 local chan, ms, ttl, tomb = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -336,7 +336,7 @@ return out
 # its lease is held (see holds) and the stored version is older (see put).
 # Returns {position, reason} pairs of the refused writes.
 WRITE_LEASED_LUA = (
-    _COMMON_LUA
+    COMMON_LUA
     + _LEASE_LUA
     + """
 local ttl, ms, tomb = ARGV[1], ARGV[2], ARGV[3]
@@ -361,7 +361,7 @@ return out
 # The same arguments and reply as WRITE_LEASED_LUA, all or nothing: every item's
 # lease and version fence is checked first; if any is refused, nothing is written.
 WRITE_LEASED_ALL_LUA = (
-    _COMMON_LUA
+    COMMON_LUA
     + _LEASE_LUA
     + """
 local ttl, ms, tomb = ARGV[1], ARGV[2], ARGV[3]
@@ -389,15 +389,17 @@ return out
 
 # KEYS[1]: the key space's owner marker. ARGV: claimant ("mode|host|pid|nonce"), ms.
 # Granted (and renewed) when the marker is absent, is the claimant's own, or both
-# are shared-mode claimants (processes in shared mode do share a key space): returns
+# claimants are of one sharing mode (processes in shared mode share a key space, and
+# so do those in partitioned mode; the two modes never mix): returns
 # false. Otherwise returns the holder's value ("?" for a non-string value).
 CLAIM_LUA = """
 local me, ms = ARGV[1], ARGV[2]
 local holder = redis.pcall('GET', KEYS[1])
 if type(holder) == 'table' then return '?' end
-local shared = 'shared|'
+-- Processes of one sharing mode ('shared', 'partitioned') claim a space together.
+local mode = string.match(me, '^([^|]*)|')
 if (not holder) or holder == me
-   or (string.sub(holder, 1, #shared) == shared and string.sub(me, 1, #shared) == shared) then
+   or (mode ~= 'local' and string.match(holder, '^([^|]*)|') == mode) then
   redis.call('SET', KEYS[1], me, 'PX', ms)
   return false
 end

@@ -497,7 +497,7 @@ def _decode_claimant(value: bytes) -> Claimant | str:
     mode, _, rest = value.decode(errors="replace").partition("|")
     host, _, rest = rest.partition("|")
     pid, _, nonce = rest.partition("|")
-    if mode in ("local", "shared") and pid.isdigit():
+    if mode in ("local", "shared", "partitioned") and pid.isdigit():
         return Claimant(mode, host, int(pid), nonce)
     return f"an unknown owner ({value[:40]!r})"
 

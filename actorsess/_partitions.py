@@ -1,0 +1,334 @@
+"""Partitions: which chats this process serves when several share one Redis.
+
+Chats hash to a fixed number of partitions. Each worker process keeps a
+heartbeat in Redis; every worker computes the same assignment from the live
+members (rendezvous hashing: partition ``p`` goes to the member whose hash of
+``(member, p)`` is highest), takes the leases of its partitions and renews them
+all in one script per heartbeat: the cost is O(partitions), not O(sessions).
+
+When a worker joins, leaves or dies, only the partitions whose highest-hashing
+member changed move. Giving one up gracefully runs in order: the forwarder
+stops feeding its updates and waits for those in flight, every partitioned
+manager writes the partition's dirty sessions and forgets them, and only then
+is the lease released, so the next owner loads what the last one wrote. A
+lease that lapsed (a stalled or cut-off process) is *lost*: its sessions are
+forgotten without writing, and storage would refuse those writes anyway
+(every write is fenced by the partition's lease); the updates they came from
+are still in the partition's stream, and its next owner reads them again.
+
+Listeners (``PartitionListener``) are the forwarder of ``actorsess.aiogram`` and
+the ownership of each manager with ``ownership="partitioned"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import secrets
+import zlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+from actorsess._clock import Clock, MonotonicClock
+from actorsess._log import DefaultLogger
+from actorsess.exceptions import InvalidKeyError
+from actorsess.storage._redis_partitions import RedisPartitionStore
+from actorsess.storage.redis import RedisStorage
+
+#: The stamp of a forwarded update: (stream entry time, entry sequence, index in
+#: the entry). Stamps grow along a partition's stream.
+Stamp = tuple[int, int, int]
+
+#: The stamp of the forwarded update the current task is handling; None outside one.
+DELIVERY: contextvars.ContextVar[Stamp | None] = contextvars.ContextVar(
+    "actorsess_delivery", default=None
+)
+
+# A lease counts as held for this share of lease_time after the call that took or
+# renewed it was sent: the rest is the margin for clock drift and a late reply.
+_LEASE_TRUST = 0.8
+# Heartbeats while a rebalance is under way (a partition to take is still held by
+# its previous owner, or one is being handed off) come this often.
+_BUSY_INTERVAL = 0.2
+
+
+def parse_stamp(text: str) -> Stamp:
+    """``"<ms>-<seq>-<index>"`` as a Stamp."""
+    ms, seq, index = text.split("-")
+    return int(ms), int(seq), int(index)
+
+
+def format_stamp(stamp: Stamp) -> str:
+    return f"{stamp[0]}-{stamp[1]}-{stamp[2]}"
+
+
+class PartitionListener(Protocol):
+    """What a partition's arrival and departure mean to one part of the process."""
+
+    def gained(self, partition: int) -> None:
+        """This process owns ``partition`` now."""
+
+    async def stop_feeding(self, partition: int) -> None:
+        """``partition`` is being given up: start no new update of it, and return once
+        those running have ended."""
+
+    async def let_go(self, partition: int) -> bool:
+        """Write ``partition``'s dirty sessions and forget them; False if they could
+        not be written (the partition is kept then, and given up later)."""
+
+    async def settled(self, partition: int) -> None:
+        """Every listener let go of ``partition`` (its sessions are in storage); its
+        lease is released next."""
+
+    def lost(self, partition: int) -> None:
+        """``partition``'s lease lapsed: drop everything of it without writing."""
+
+    async def persist(self) -> bool:
+        """Write every session dirty now; False if some could not be written."""
+
+
+class Partitions:
+    """The partitions this worker owns, kept by heartbeats in Redis (see the module
+    docstring). Give the same object to the forwarder and to every manager with
+    ``ownership="partitioned"``."""
+
+    def __init__(
+        self,
+        storage: RedisStorage,
+        *,
+        count: int = 64,
+        lease_time: float = 10.0,
+        namespace: str = "actorsess:partitions:",
+        clock: Clock | None = None,
+        logger: Any = None,
+    ) -> None:
+        """Partition leases and update streams in the Redis of ``storage``.
+
+        Args:
+            storage: The ``RedisStorage`` the sessions live in (one server: Redis
+                Cluster is refused, see ``actorsess.storage._redis_partitions``).
+            count: How many partitions chats hash to; the same in every worker, and
+                at least the number of workers you will run.
+            lease_time: Seconds a partition lease lives unless renewed (renewed every
+                third of it). A dead worker's partitions move after this long.
+            namespace: Prefix of the Redis keys of membership, leases and streams.
+            clock: Time source (tests).
+            logger: A structlog-style logger.
+        """
+        if not isinstance(storage, RedisStorage):
+            raise TypeError(f"Partitions needs a RedisStorage, got {type(storage).__name__}")
+        client = storage.client
+        if not isinstance(client, Redis):
+            raise ValueError(
+                "Partitions needs one Redis server: a write touches a session, its "
+                "partition's lease and stamps in one script, which Redis Cluster allows "
+                "only within one slot"
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"Partitions: count must be a whole number >= 1, got {count!r}")
+        if not lease_time > 0:
+            raise ValueError(f"Partitions: lease_time must be > 0 seconds, got {lease_time!r}")
+        if not namespace:
+            raise ValueError("Partitions: namespace must not be empty")
+        self.count = count
+        self.lease_time = lease_time
+        self.store = RedisPartitionStore(client, namespace)
+        self.clock: Clock = clock or MonotonicClock()
+        self.log = logger if logger is not None else DefaultLogger()
+        #: This worker's member token (random per start).
+        self.token = secrets.token_hex(8)
+        #: Owned partitions -> clock time until which the lease can be relied on.
+        self.until: dict[int, float] = {}
+        self.members: list[str] = []
+        self._listeners: list[PartitionListener] = []
+        self._task: asyncio.Task[None] | None = None
+        #: Giving partitions up, beside the heartbeat (which keeps renewing them).
+        self._giving_up: asyncio.Task[None] | None = None
+        self._busy = False
+
+    def __repr__(self) -> str:
+        return f"<Partitions {self.count} owned={sorted(self.until)} members={len(self.members)}>"
+
+    # -- where a chat or a session goes -------------------------------------------
+
+    def partition_of(self, chat: str) -> int:
+        """The partition of a chat, given as the chat part of its session keys."""
+        return zlib.crc32(chat.encode()) % self.count
+
+    def partition_of_key(self, key: str) -> int:
+        """The partition of a session key as ``SessionMiddleware`` and
+        ``ActorFSMStorage`` make them (``<name>:<bot id>[:b<connection>]:<chat>:...``)."""
+        parts = key.split(":", 4)
+        chat = parts[2] if len(parts) > 2 else ""
+        if chat.startswith("b") and len(parts) > 3:
+            chat = parts[3]  # a business connection's part comes before the chat
+        if not chat:
+            raise InvalidKeyError(
+                f"session key {key!r}: partitioned ownership places a session by its chat, "
+                "and this key has no chat part (keys look like '<name>:<bot id>:<chat>:...', "
+                "as SessionMiddleware, ActorFSMStorage and session_key() make them)"
+            )
+        return self.partition_of(chat)
+
+    def holds(self, partition: int) -> bool:
+        """Whether this worker owns ``partition`` and its lease can be relied on now."""
+        until = self.until.get(partition)
+        return until is not None and until > self.clock.now()
+
+    def owner_of(self, partition: int, members: Sequence[str]) -> str | None:
+        """The member ``partition`` belongs to among ``members`` (rendezvous hashing)."""
+        best: tuple[bytes, str] | None = None
+        for member in members:
+            digest = hashlib.blake2b(f"{member}/{partition}".encode(), digest_size=8).digest()
+            if best is None or digest > best[0]:
+                best = (digest, member)
+        return None if best is None else best[1]
+
+    # -- listeners ----------------------------------------------------------------
+
+    def subscribe(self, listener: PartitionListener) -> None:
+        """Tell ``listener`` of every partition gained and given up from now on (and of
+        those owned now, at once)."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+            for partition in self.until:
+                listener.gained(partition)
+
+    def unsubscribe(self, listener: PartitionListener) -> None:
+        """Stop telling ``listener``."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    async def persist(self) -> bool:
+        """Ask every listener to write what is dirty now; True once all of it is in
+        storage (what came before in the streams may then be dropped)."""
+        return all([await listener.persist() for listener in list(self._listeners)])
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the heartbeat runs (between ``start()`` and ``stop()``)."""
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Join: record this worker's heartbeat and take the partitions free for it.
+        Those still held by their previous owner follow within a few heartbeats."""
+        if self.running:
+            return
+        await self._beat()
+        self._task = asyncio.get_running_loop().create_task(self._beat_forever())
+
+    async def stop(self) -> None:
+        """Leave: stop the heartbeat, give every partition up gracefully (see the module
+        docstring) and drop out of the members, so the others take over at once."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._giving_up is not None:
+            await asyncio.gather(self._giving_up, return_exceptions=True)
+        try:
+            await self.store.leave(self.token)
+        except Exception as exc:
+            self.log.warning("partition.leave_failed", error=f"{type(exc).__name__}: {exc}")
+        await self._give_up(sorted(self.until))
+
+    # -- heartbeats ---------------------------------------------------------------
+
+    async def _beat_forever(self) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(_BUSY_INTERVAL if self._busy else self.lease_time / 3)
+            try:
+                await self._beat()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                self.log.warning("partition.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+                self._drop_lapsed()
+
+    async def _beat(self) -> None:
+        lease_ms = max(1, round(self.lease_time * 1000))
+        sent = self.clock.now()
+        held = sorted(self.until)
+        beat = await self.store.heartbeat(self.token, held, lease_ms, lease_ms)
+        trusted = sent + self.lease_time * _LEASE_TRUST
+        for partition, renewed in zip(held, beat.renewed, strict=True):
+            if renewed and partition in self.until:
+                self.until[partition] = trusted
+            elif partition in self.until:
+                self._lose(partition, "another worker holds its lease")
+        self._drop_lapsed()
+        self.members = beat.members
+        mine = {p for p in range(self.count) if self.owner_of(p, beat.members) == self.token}
+        leaving = sorted(p for p in self.until if p not in mine)
+        if leaving and self._giving_up is None:
+            # In a task of its own: the heartbeat must go on renewing every lease
+            # (these included) while their sessions are written.
+            self._giving_up = asyncio.get_running_loop().create_task(self._give_up(leaving))
+            self._giving_up.add_done_callback(self._given_up)
+        wanted = sorted(mine - self.until.keys())
+        sent = self.clock.now()
+        taken = await self.store.acquire(self.token, wanted, lease_ms)
+        trusted = sent + self.lease_time * _LEASE_TRUST
+        for partition, ok in zip(wanted, taken, strict=True):
+            if ok:
+                self.until[partition] = trusted
+                self.log.info("partition.gained", partition=partition)
+                for listener in list(self._listeners):
+                    listener.gained(partition)
+        self._busy = bool(leaving) or not all(taken)
+
+    def _given_up(self, task: asyncio.Task[None]) -> None:
+        self._giving_up = None
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            self.log.error("partition.give_up_failed", error=f"{type(error).__name__}: {error}")
+
+    def drop(self, partition: int, reason: str) -> None:
+        """Let go of ``partition`` at once, writing nothing (as when its lease lapses):
+        a part of the process found it cannot rely on the lease. A later heartbeat
+        takes it again if it is still this worker's, and its stream is read anew."""
+        if partition in self.until:
+            self._lose(partition, reason)
+
+    def _drop_lapsed(self) -> None:
+        now = self.clock.now()
+        for partition, until in list(self.until.items()):
+            if until <= now:
+                self._lose(partition, "its lease lapsed before it was renewed")
+
+    def _lose(self, partition: int, reason: str) -> None:
+        del self.until[partition]
+        self.log.warning("partition.lost", partition=partition, reason=reason)
+        for listener in list(self._listeners):
+            listener.lost(partition)
+
+    async def _give_up(self, partitions: Sequence[int]) -> None:
+        released = []
+        for partition in partitions:
+            for listener in list(self._listeners):
+                await listener.stop_feeding(partition)
+            written = [await listener.let_go(partition) for listener in list(self._listeners)]
+            if partition not in self.until:
+                continue  # lost meanwhile
+            if all(written):
+                for listener in list(self._listeners):
+                    await listener.settled(partition)
+                del self.until[partition]
+                released.append(partition)
+                self.log.info("partition.released", partition=partition)
+            else:
+                # Kept: its sessions are not all in storage. Fed again; given up later.
+                self.log.warning("partition.release_postponed", partition=partition)
+                for listener in list(self._listeners):
+                    listener.gained(partition)
+        try:
+            await self.store.release(self.token, released)
+        except Exception as exc:
+            # Each lapses on its own within lease_time; nothing unwritten is behind it.
+            self.log.warning("partition.release_failed", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,319 @@
+"""UpdateFeeder: feeds the updates of this worker's partitions to its dispatcher.
+
+One reader task reads the streams of the owned partitions (``XREAD``, many
+entries per call) and starts one task per update; a chat's updates run one
+after another in stream order, different chats at once. An update the worker
+received itself for a partition it owns (``run_here``) skips the stream: it
+waits for the next read that starts after it arrived, so every update a
+receiver had acknowledged before is started first, and then runs like the
+others. While the reader waits in a blocking read such an update goes through
+the stream instead (its ``XADD`` wakes the reader), so it never waits for the
+read's timeout.
+
+Every ``trim_interval`` the feeder asks the managers to write what is dirty
+and then drops the entries whose updates have all ended (``XTRIM MINID``, fenced
+by the partition lease); the next owner of a partition reads only what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from aiogram import Bot, Dispatcher
+from aiogram.methods import TelegramMethod
+from aiogram.types import Update
+
+from actorsess._partitions import DELIVERY, Partitions, Stamp
+from actorsess.exceptions import PartitionNotOwnedError
+from actorsess.storage._redis_partitions import Entry
+
+#: Chat part of an update (see ``_forwarding.chat_of``), or None for "no chat".
+ChatOf = Callable[[Update], str | None]
+
+# How long a read waits for entries when the last one found none.
+_BLOCK_MS = 250
+
+
+class _Read:
+    """An entry read from a stream: its id, and how many of its updates still run."""
+
+    __slots__ = ("id", "running")
+
+    def __init__(self, entry_id: str) -> None:
+        self.id = entry_id
+        self.running = 0
+
+
+class _Progress:
+    """A partition's entries read and not yet trimmed, with their running updates."""
+
+    __slots__ = ("done_upto", "entries", "tasks", "trimmed")
+
+    def __init__(self) -> None:
+        #: Entries not all of whose updates have ended, oldest first.
+        self.entries: collections.deque[_Read] = collections.deque()
+        #: The newest entry id all of whose updates (and those before) have ended.
+        self.done_upto: str | None = None
+        self.trimmed: str | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+
+class UpdateFeeder:
+    """Reads owned partitions' streams into the dispatcher (see the module docstring)."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        bot: Bot,
+        partitions: Partitions,
+        chat_of: ChatOf,
+        *,
+        read_count: int = 500,
+        trim_interval: float = 1.0,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._bot = bot
+        self._partitions = partitions
+        self._store = partitions.store
+        self._chat_of = chat_of
+        self._read_count = read_count
+        self._trim_interval = trim_interval
+        self._data = data or {}
+        self._log = partitions.log
+        #: Fed partitions -> the id of the last entry read.
+        self._after: dict[int, str] = {}
+        self._progress: dict[int, _Progress] = {}
+        #: Chat -> its latest update's task: the next one of the chat waits for it.
+        self._chains: dict[str, asyncio.Task[Any]] = {}
+        #: Updates received here, waiting for the next read to start (and end).
+        self._arrived: list[asyncio.Future[None]] = []
+        self._blocking = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Updates fed so far (forwarded and received here).
+        self.fed = 0
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._partitions.subscribe(self)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._read_forever()),
+            loop.create_task(self._trim_forever()),
+        ]
+
+    async def stop(self) -> None:
+        self._partitions.unsubscribe(self)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for waiter in self._arrived:
+            waiter.cancel()
+
+    # -- PartitionListener ----------------------------------------------------------
+
+    def gained(self, partition: int) -> None:
+        # From the start of what is left: entries the last owner did not trim.
+        self._after[partition] = "0-0"
+        self._progress[partition] = _Progress()
+        self._wake.set()
+
+    async def stop_feeding(self, partition: int) -> None:
+        self._after.pop(partition, None)
+        progress = self._progress.get(partition)
+        if progress is not None and progress.tasks:
+            await asyncio.wait(list(progress.tasks))
+
+    async def let_go(self, partition: int) -> bool:
+        return True
+
+    async def settled(self, partition: int) -> None:
+        # Its sessions are written: what its updates did is in storage.
+        progress = self._progress.get(partition)
+        if progress is not None and progress.done_upto is not None:
+            await self._trim({partition: (progress, progress.done_upto)})
+        self._progress.pop(partition, None)
+
+    def lost(self, partition: int) -> None:
+        self._after.pop(partition, None)
+        progress = self._progress.pop(partition, None)
+        if progress is not None:
+            for task in progress.tasks:
+                task.cancel()  # storage refuses what they would write
+
+    async def persist(self) -> bool:
+        return True
+
+    # -- updates received here ----------------------------------------------------
+
+    def can_run_here(self, partition: int) -> bool:
+        """Whether an update of ``partition`` received here may skip the stream now."""
+        return partition in self._after and not self._blocking and self._partitions.holds(partition)
+
+    async def run_here(self, partition: int, chat: str, update: Update) -> Any:
+        """Feed an update received here; returns the handler's result, or raises
+        ``PartitionNotOwnedError`` if the partition moved meanwhile (then the
+        caller forwards it)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._arrived.append(waiter)
+        self._wake.set()
+        await waiter
+        if partition not in self._after or not self._partitions.holds(partition):
+            raise PartitionNotOwnedError(chat, partition)
+        return await self._start(partition, chat, update, None)
+
+    # -- reading the streams -------------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        failures = 0
+        found = True
+        while True:
+            if not self._after:
+                self._release_arrived(self._arrived)
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            arrived, self._arrived = self._arrived, []
+            block = None if found or arrived else _BLOCK_MS
+            self._blocking = block is not None
+            try:
+                read = await self._store.read(dict(self._after), self._read_count, block)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                self._log.warning("forward.read_failed", error=f"{type(exc).__name__}: {exc}")
+                self._arrived[:0] = arrived
+                await asyncio.sleep(min(0.05 * 2**failures, 2.0))
+                continue
+            finally:
+                self._blocking = False
+            found = bool(read)
+            for partition, entries in read:
+                if partition in self._after:  # not given up while the read was out
+                    self._dispatch(partition, entries)
+            self._release_arrived(arrived)
+
+    @staticmethod
+    def _release_arrived(arrived: list[asyncio.Future[None]]) -> None:
+        for waiter in arrived:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _dispatch(self, partition: int, entries: list[Entry]) -> None:
+        progress = self._progress[partition]
+        for entry in entries:
+            self._after[partition] = entry.id
+            ms, seq = (int(part) for part in entry.id.split("-"))
+            record = _Read(entry.id)
+            progress.entries.append(record)
+            for index, raw in enumerate(entry.updates):
+                try:
+                    update = Update.model_validate_json(raw, context={"bot": self._bot})
+                except ValueError as exc:
+                    # Receivers forward only updates they parsed; log and skip.
+                    self._log.error("forward.bad_update", partition=partition, error=str(exc))
+                    continue
+                chat = self._chat_of(update) or f"#{update.update_id}"
+                record.running += 1
+                task = self._start(partition, chat, update, (ms, seq, index))
+                task.add_done_callback(functools.partial(self._ended, progress, record))
+            if record.running == 0:
+                self._ended(progress, record)
+
+    def _start(
+        self, partition: int, chat: str, update: Update, stamp: Stamp | None
+    ) -> asyncio.Task[Any]:
+        progress = self._progress[partition]
+        previous = self._chains.get(chat)
+        token = DELIVERY.set(stamp)
+        try:
+            task = asyncio.get_running_loop().create_task(
+                self._feed(previous, update, partition, forwarded=stamp is not None)
+            )
+        finally:
+            DELIVERY.reset(token)
+        self._chains[chat] = task
+        progress.tasks.add(task)
+        task.add_done_callback(progress.tasks.discard)
+        task.add_done_callback(
+            lambda t: self._chains.pop(chat, None) if self._chains.get(chat) is t else None
+        )
+        return task
+
+    async def _feed(
+        self, previous: asyncio.Task[Any] | None, update: Update, partition: int, *, forwarded: bool
+    ) -> Any:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        self.fed += 1
+        try:
+            result = await self._dispatcher.feed_update(self._bot, update, **self._data)
+            if forwarded and isinstance(result, TelegramMethod):
+                # Forwarded: its webhook was answered already, so the answer is a call.
+                await self._dispatcher.silent_call_request(self._bot, result)
+                return None
+            return result
+        except PartitionNotOwnedError:
+            if not forwarded:
+                raise  # received here: not acknowledged, the sender tries again
+            # Its lease could not be relied on when this update ran. It must not count
+            # as handled (it would be trimmed away): drop the partition, so that it
+            # is read again from its stream, by whoever owns it next.
+            self._partitions.drop(partition, "an update of it ran while its lease had lapsed")
+            return None
+        except Exception as exc:
+            if forwarded:
+                # As aiogram's polling does: logged, and counted as processed.
+                self._log.error(
+                    "forward.update_failed",
+                    update_id=update.update_id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                return None
+            raise
+
+    @staticmethod
+    def _ended(progress: _Progress, record: _Read, task: asyncio.Task[Any] | None = None) -> None:
+        if task is not None:
+            record.running -= 1
+        entries = progress.entries
+        while entries and entries[0].running == 0:
+            progress.done_upto = entries.popleft().id
+
+    # -- trimming -------------------------------------------------------------------------
+
+    async def _trim_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._trim_interval)
+            marks = {
+                p: (progress, progress.done_upto)
+                for p, progress in self._progress.items()
+                if progress.done_upto is not None and progress.done_upto != progress.trimmed
+            }
+            if not marks:
+                continue
+            try:
+                if await self._partitions.persist():
+                    await self._trim(marks)
+            except Exception as exc:
+                self._log.warning("forward.trim_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _trim(self, marks: dict[int, tuple[_Progress, str]]) -> None:
+        """Trim each partition up to its mark, unless it was lost since the mark was
+        taken: then an update counted as ended may have been cut short, and the
+        partition's next reading (here, if the lease comes back) needs it."""
+        before = {}
+        for partition, (progress, upto) in marks.items():
+            if self._progress.get(partition) is progress:
+                ms, seq = upto.split("-")
+                before[partition] = f"{ms}-{int(seq) + 1}"  # MINID keeps ids >= it
+        await self._store.trim(self._partitions.token, before)
+        for progress, upto in marks.values():
+            progress.trimmed = upto

@@ -1,0 +1,177 @@
+"""ForwardingRequestHandler: the webhook of a worker in partitioned mode.
+
+Several workers sit behind a load balancer that routes at random. A worker that
+receives an update of a partition it does not own appends the raw update to
+that partition's stream in Redis (one ``XADD`` carries every update for the
+partition that arrived in the same loop iteration) and answers the webhook at
+once: the update is acknowledged once it is stored. The partition's owner
+reads it and feeds it to its dispatcher (``UpdateFeeder``), so sessions stay
+where they are and only updates move. An update of a partition the worker owns
+runs here, in order with what was forwarded before it, and its handler's
+answer goes back in the webhook response as with aiogram's own handler.
+
+Updates without a chat or user (no session) run where they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiogram import Bot, Dispatcher
+from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
+from aiogram.fsm.strategy import FSMStrategy
+from aiogram.types import Update
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler
+from aiohttp import web
+from pydantic import ValidationError
+
+from actorsess._partitions import Partitions
+from actorsess.aiogram._feeder import UpdateFeeder
+from actorsess.aiogram._keys import strategy_part
+from actorsess.exceptions import PartitionNotOwnedError
+
+
+class ForwardingRequestHandler(SimpleRequestHandler):
+    """aiogram's ``SimpleRequestHandler`` for partitioned mode (see the module docstring).
+
+    ``register(app, path=...)`` also starts the worker's ``Partitions`` and the
+    feeder with the app, and on shutdown gives every partition up (their
+    sessions written first) before the dispatcher's own shutdown closes the
+    managers.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        bot: Bot,
+        partitions: Partitions,
+        *,
+        strategy: FSMStrategy = FSMStrategy.USER_IN_CHAT,
+        secret_token: str | None = None,
+        **data: Any,
+    ) -> None:
+        """Serve ``dispatcher`` for ``bot`` as one of several partitioned workers.
+
+        Args:
+            dispatcher: The bot's dispatcher, with its ``SessionMiddleware`` /
+                ``ActorFSMStorage`` on managers made with ``partitions``.
+            bot: The bot.
+            partitions: This worker's ``Partitions`` (the managers' too).
+            strategy: The key strategy of the sessions (as given to
+                ``SessionMiddleware`` and the FSM): it decides which chat an
+                update's sessions belong to.
+            secret_token: As for ``SimpleRequestHandler``.
+            data: Extra data for handlers, as for ``SimpleRequestHandler``.
+        """
+        super().__init__(
+            dispatcher, bot, handle_in_background=False, secret_token=secret_token, **data
+        )
+        self.partitions = partitions
+        self._strategy = strategy
+        self.feeder = UpdateFeeder(dispatcher, bot, partitions, self.chat_of, data=data)
+        #: Updates to forward in the next XADDs, by partition, and their shared outcome.
+        self._batch: dict[int, list[bytes]] = {}
+        self._sent: asyncio.Future[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        #: Updates forwarded / run here so far.
+        self.forwarded = 0
+        self.ran_here = 0
+
+    def register(self, app: web.Application, /, path: str, **kwargs: Any) -> None:
+        super().register(app, path=path, **kwargs)
+        app.on_startup.append(self._on_startup)
+        # First of all shutdown callbacks: the managers must still run while the
+        # partitions' sessions are written.
+        app.on_shutdown.insert(0, self._on_shutdown)
+
+    async def _on_startup(self, app: web.Application) -> None:
+        await self.start()
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Join the workers and start feeding the partitions this one gets."""
+        self.feeder.start()
+        await self.partitions.start()
+
+    async def stop(self) -> None:
+        """Give every partition up (sessions written, streams trimmed), then stop."""
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+        await self.partitions.stop()
+        await self.feeder.stop()
+
+    def chat_of(self, update: Update) -> str | None:
+        """The chat an update's sessions belong to (the chat part of their keys)."""
+        context = UserContextMiddleware.resolve_event_context(update)
+        part = strategy_part(
+            self._strategy,
+            context.chat_id,
+            context.user_id,
+            context.thread_id,
+            context.business_connection_id,
+        )
+        if part is None:
+            return None
+        first, _, rest = part.partition(":")
+        return rest.partition(":")[0] if first.startswith("b") else first
+
+    async def _handle_request(self, bot: Bot, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            update = Update.model_validate_json(raw, context={"bot": bot})
+        except ValidationError as exc:
+            return web.Response(
+                status=400, text=f"not a Telegram update: {exc.error_count()} errors"
+            )
+        chat = self.chat_of(update)
+        if chat is None:
+            result = await self.dispatcher.feed_update(bot, update, **self.data)
+            return web.Response(body=self._build_response_writer(bot=bot, result=result))
+        partition = self.partitions.partition_of(chat)
+        if self.feeder.can_run_here(partition):
+            try:
+                result = await self.feeder.run_here(partition, chat, update)
+            except PartitionNotOwnedError:
+                pass  # moved while it waited: forwarded below
+            else:
+                self.ran_here += 1
+                return web.Response(body=self._build_response_writer(bot=bot, result=result))
+        try:
+            await self._forward(partition, raw)
+        except Exception as exc:
+            self.partitions.log.warning(
+                "forward.failed", partition=partition, error=f"{type(exc).__name__}: {exc}"
+            )
+            # Not acknowledged: Telegram sends it again.
+            return web.Response(status=503, text="could not forward the update")
+        self.forwarded += 1
+        return web.json_response({}, dumps=bot.session.json_dumps)
+
+    async def _forward(self, partition: int, raw: bytes) -> None:
+        self._batch.setdefault(partition, []).append(raw)
+        sent = self._sent
+        if sent is None:
+            sent = self._sent = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        await asyncio.shield(sent)
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, {}
+        sent, self._sent = self._sent, None
+        assert sent is not None
+        task = asyncio.get_running_loop().create_task(self.partitions.store.forward(batch))
+        self._sending.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._sending.discard(task)
+            if task.cancelled():
+                sent.cancel()
+            elif task.exception() is not None:
+                sent.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                sent.set_result(None)
+
+        task.add_done_callback(done)

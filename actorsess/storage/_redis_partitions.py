@@ -1,0 +1,349 @@
+"""Where partitioned ownership keeps its state in Redis, and the scripts it runs.
+
+Under the namespace ``ns`` (``Partitions(namespace=...)``):
+
+- ``ns + "members"``: a sorted set of the live workers' tokens, scored by the
+  Redis time (ms) until which each one's heartbeat holds;
+- ``ns + "lease:<p>"``: the token of the worker that owns partition ``p``, with a
+  PX expiry (the partition lease);
+- ``ns + "updates:<p>"``: partition ``p``'s stream of forwarded updates, one entry
+  per receiver batch (fields ``"0"``, ``"1"``, ...: raw update JSON, in arrival
+  order), trimmed by the owner once their effects are written;
+- ``ns + "stamps:<p>"``: a hash from session storage key to the stamp
+  (``<entry id>-<index>``) of the last forwarded update whose change to that
+  session is written, so that an update read again after a takeover changes
+  no session twice.
+
+A single Redis server only: a write touches a session, its partition's lease
+and its stamps in one script, which Redis Cluster allows only within one slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from redis.asyncio import Redis
+
+from actorsess.storage import _redis_lua as lua
+from actorsess.storage._redis_script import BatchScript
+from actorsess.storage.base import BadValue, Conflict, LoadResult, WriteItem
+
+_WRONG_TYPE = b"\x00actorsess:wrongtype"
+
+# KEYS: members, then the lease keys this worker holds. ARGV: token, heartbeat ms,
+# lease ms. Records the heartbeat, drops members whose heartbeat lapsed, renews
+# every lease still holding the token. Returns {members, {1|0 per lease}}.
+_HEARTBEAT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local renewed = {}
+for i = 2, #KEYS do
+  local owner = redis.pcall('GET', KEYS[i])
+  if owner == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[3])
+    renewed[i - 1] = 1
+  else
+    renewed[i - 1] = 0
+  end
+end
+return {redis.call('ZRANGE', KEYS[1], 0, -1), renewed}
+"""
+
+# KEYS: lease keys. ARGV: token, lease ms. Takes each free lease (or keeps one it
+# holds). Returns 1 or 0 per key.
+_ACQUIRE_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.pcall('GET', key)
+  if owner == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    out[i] = 1
+  elseif redis.pcall('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+# KEYS: lease keys. ARGV: token. Frees each lease still holding the token.
+_RELEASE_LUA = """
+for _, key in ipairs(KEYS) do
+  if redis.pcall('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 0
+"""
+
+# KEYS: (record, stamps) pairs. Returns the record (or the wrong-type mark) and the
+# stamp of each.
+_LOAD_LUA = (
+    lua.COMMON_LUA
+    + """
+local out = {}
+for i = 1, #KEYS, 2 do
+  out[i] = read_record(KEYS[i]) or false
+  local stamp = redis.pcall('HGET', KEYS[i + 1], KEYS[i])
+  if type(stamp) ~= 'string' then stamp = false end
+  out[i + 1] = stamp
+end
+return out
+"""
+)
+
+# KEYS: the (lease, stamps) pairs of the batch's partitions, then its records.
+# ARGV: token, TTL ms, tombstone ms, all or nothing (1/0), the number of
+# partitions, then per record: its partition's place among them, version, record
+# ("" deletes), stamp ("" for none). A record whose partition lease does not hold
+# the token is refused (1); one older than what storage holds too (2). All or
+# nothing: any refusal writes nothing. Each partition's lease is read once and its
+# stamps are set in one HSET. Returns {position, code} pairs of refused records.
+_WRITE_LUA = (
+    lua.COMMON_LUA
+    + """
+local token, ttl, tomb, whole = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local parts = tonumber(ARGV[5])
+local held = {}
+for j = 1, parts do held[j] = redis.pcall('GET', KEYS[2 * j - 1]) == token end
+local out = {}
+local refused = {}
+local records = #KEYS - 2 * parts
+for i = 1, records do
+  local a = 5 + 4 * (i - 1)
+  if not held[tonumber(ARGV[a + 1])] then
+    refused[i] = true
+    out[#out + 1] = i
+    out[#out + 1] = 1
+  elseif whole then
+    local stored = stored_version(KEYS[2 * parts + i])
+    if stored and vcmp(stored, ARGV[a + 2]) > 0 then
+      refused[i] = true
+      out[#out + 1] = i
+      out[#out + 1] = 2
+    end
+  end
+end
+if whole and #out > 0 then return out end
+local stamps = {}
+for i = 1, records do
+  if not refused[i] then
+    local a = 5 + 4 * (i - 1)
+    local key, part, stamp = KEYS[2 * parts + i], tonumber(ARGV[a + 1]), ARGV[a + 4]
+    if put(key, ARGV[a + 2], ARGV[a + 3], ttl, tomb) then
+      if stamp ~= '' then
+        local pairs_of = stamps[part] or {}
+        pairs_of[#pairs_of + 1] = key
+        pairs_of[#pairs_of + 1] = stamp
+        stamps[part] = pairs_of
+      end
+    else
+      out[#out + 1] = i
+      out[#out + 1] = 2
+    end
+  end
+end
+for part, fields in pairs(stamps) do
+  redis.call('HSET', KEYS[2 * part], unpack(fields))
+end
+return out
+"""
+)
+
+# KEYS: (lease, stream) pairs. ARGV: token, then one min id per pair. Drops each
+# stream's entries older than its min id where the lease still holds the token.
+# Returns per pair how many were dropped, or -1 (not this worker's partition now).
+_TRIM_LUA = """
+local out = {}
+for j = 1, #KEYS / 2 do
+  if redis.pcall('GET', KEYS[2 * j - 1]) == ARGV[1] then
+    out[j] = redis.call('XTRIM', KEYS[2 * j], 'MINID', ARGV[j + 1])
+  else
+    out[j] = -1
+  end
+end
+return out
+"""
+
+
+class Heartbeat(NamedTuple):
+    """What a heartbeat learnt: the live workers, and which leases it renewed."""
+
+    members: list[str]
+    renewed: list[bool]
+
+
+class Entry(NamedTuple):
+    """One stream entry: its id and the raw updates it carries, in arrival order."""
+
+    id: str
+    updates: list[bytes]
+
+
+class RedisPartitionStore:
+    """The Redis side of ``actorsess.Partitions`` (see the module docstring)."""
+
+    __slots__ = (
+        "_acquire",
+        "_client",
+        "_heartbeat",
+        "_load",
+        "_release",
+        "_trim",
+        "_write",
+        "namespace",
+    )
+
+    def __init__(self, client: Redis, namespace: str) -> None:
+        self._client = client
+        self.namespace = namespace
+        self._heartbeat = BatchScript(client, _HEARTBEAT_LUA)
+        self._acquire = BatchScript(client, _ACQUIRE_LUA)
+        self._release = BatchScript(client, _RELEASE_LUA)
+        self._load = BatchScript(client, _LOAD_LUA)
+        self._write = BatchScript(client, _WRITE_LUA)
+        self._trim = BatchScript(client, _TRIM_LUA)
+
+    @property
+    def client(self) -> Redis:
+        return self._client
+
+    # -- names ----------------------------------------------------------------
+
+    @property
+    def members_key(self) -> str:
+        return self.namespace + "members"
+
+    def lease_key(self, partition: int) -> str:
+        return f"{self.namespace}lease:{partition}"
+
+    def stream_key(self, partition: int) -> str:
+        return f"{self.namespace}updates:{partition}"
+
+    def stamps_key(self, partition: int) -> str:
+        return f"{self.namespace}stamps:{partition}"
+
+    # -- membership and leases --------------------------------------------------
+
+    async def heartbeat(
+        self, token: str, held: Sequence[int], heartbeat_ms: int, lease_ms: int
+    ) -> Heartbeat:
+        keys = [self.members_key, *(self.lease_key(p) for p in held)]
+        members, renewed = await self._heartbeat(keys, [token, heartbeat_ms, lease_ms])
+        return Heartbeat(
+            sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members),
+            [flag == 1 for flag in renewed],
+        )
+
+    async def acquire(self, token: str, partitions: Sequence[int], lease_ms: int) -> list[bool]:
+        if not partitions:
+            return []
+        keys = [self.lease_key(p) for p in partitions]
+        return [flag == 1 for flag in await self._acquire(keys, [token, lease_ms])]
+
+    async def release(self, token: str, partitions: Sequence[int]) -> None:
+        if partitions:
+            await self._release([self.lease_key(p) for p in partitions], [token])
+
+    async def leave(self, token: str) -> None:
+        await self._client.zrem(self.members_key, token)
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def load(
+        self, keys: Sequence[str], partitions: Sequence[int]
+    ) -> list[tuple[LoadResult, str | None]]:
+        names: list[str] = []
+        for key, partition in zip(keys, partitions, strict=True):
+            names += (key, self.stamps_key(partition))
+        reply = await self._load(names, [])
+        out: list[tuple[LoadResult, str | None]] = []
+        for i in range(0, len(reply), 2):
+            value, stamp = reply[i] or None, reply[i + 1] or None
+            record: LoadResult = (
+                BadValue("the Redis key holds a non-string type") if value == _WRONG_TYPE else value
+            )
+            out.append((record, stamp.decode() if isinstance(stamp, bytes) else stamp))
+        return out
+
+    async def write(
+        self,
+        token: str,
+        items: Sequence[WriteItem],
+        partitions: Sequence[int],
+        stamps: Sequence[str],
+        ttl_ms: int | None,
+        tombstone_ms: int,
+        *,
+        whole: bool,
+    ) -> list[Conflict]:
+        if not items:
+            return []
+        places: dict[int, int] = {}
+        for partition in partitions:
+            places.setdefault(partition, len(places) + 1)
+        keys: list[str] = []
+        for partition in places:
+            keys += (self.lease_key(partition), self.stamps_key(partition))
+        args: list[Any] = [token, ttl_ms or 0, tombstone_ms, 1 if whole else 0, len(places)]
+        for item, partition, stamp in zip(items, partitions, stamps, strict=True):
+            keys.append(item.key)
+            args += (
+                places[partition],
+                item.version,
+                b"" if item.blob is None else item.blob,
+                stamp,
+            )
+        reply = await self._write(keys, args)
+        return [
+            Conflict(reply[j] - 1, lua.CONFLICT_REASONS.get(reply[j + 1], "refused"))
+            for j in range(0, len(reply), 2)
+        ]
+
+    # -- forwarded updates --------------------------------------------------------
+
+    async def forward(self, batches: Mapping[int, Sequence[bytes]]) -> None:
+        """Append each partition's updates to its stream, one entry per partition."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for partition, updates in batches.items():
+                fields = {str(i): raw for i, raw in enumerate(updates)}
+                pipe.xadd(self.stream_key(partition), fields)  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def read(
+        self, after: Mapping[int, str], count: int, block_ms: int | None
+    ) -> list[tuple[int, list[Entry]]]:
+        """Entries after ``after[p]`` of each partition's stream (waiting up to
+        ``block_ms`` for one when there is none; ``None``: not at all)."""
+        streams = {self.stream_key(p): last for p, last in after.items()}
+        reply: Any = await self._client.xread(streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        out: list[tuple[int, list[Entry]]] = []
+        for name, entries in reply or ():
+            partition = int(_text(name).rsplit(":", 1)[1])
+            out.append(
+                (
+                    partition,
+                    [
+                        Entry(_text(entry_id), [fields[k] for k in sorted(fields, key=int)])
+                        for entry_id, fields in entries
+                    ],
+                )
+            )
+        return out
+
+    async def trim(self, token: str, before: Mapping[int, str]) -> dict[int, int]:
+        """Drop each partition's entries older than id ``before[p]`` where this worker
+        still owns it: how many per partition (-1: not owned now)."""
+        if not before:
+            return {}
+        keys: list[str] = []
+        for partition in before:
+            keys += (self.lease_key(partition), self.stream_key(partition))
+        reply = await self._trim(keys, [token, *before.values()])
+        return {p: int(n) for p, n in zip(before, reply, strict=True)}
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

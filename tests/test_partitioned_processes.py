@@ -1,0 +1,194 @@
+"""Partitioned mode with real worker processes behind a random-routing balancer.
+
+Each chat sends numbered messages one after another (the next once the last
+was answered or failed), so "arrival order" is defined; the handler appends
+each number to the session's ``seen`` list. For every chat: each number is
+handled at most once, every acknowledged one is stored (acked <= stored <=
+sent), and the acknowledged ones are stored in the order they were sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis
+
+from actorsess.testing import RedisServer, message_update
+from harness.balancer import Balancer
+from harness.webhook_bot import stored_sessions
+from harness.webhook_worker import WebhookWorker
+from tests.workers import start_worker, workers
+
+# Starts real processes, or private servers that it faults: -m 'not process' skips it.
+pytestmark = pytest.mark.process
+
+CHATS = list(range(1, 31))
+SETTINGS = {"ownership": "partitioned", "flush_interval": 0, "lease_time": 1}
+#: No answers: a forwarded update's answer would be a Bot API call, and there is no
+#: Telegram here.
+ENV = {"HARNESS_REPLY": "0", "LOG_LEVEL": "INFO"}
+
+
+@dataclass
+class NumberedFeed:
+    """Per chat: the numbers sent and those acknowledged (HTTP 200)."""
+
+    sent: dict[int, list[int]] = field(default_factory=dict)
+    acked: dict[int, list[int]] = field(default_factory=dict)
+
+    async def chat(self, http: aiohttp.ClientSession, url: str, chat: int, count: int) -> None:
+        for number in range(1, count + 1):
+            self.sent.setdefault(chat, []).append(number)
+            try:
+                async with http.post(url, json=message_update(chat, str(number))) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except (TimeoutError, aiohttp.ClientError):
+                ok = False
+            if ok:
+                self.acked.setdefault(chat, []).append(number)
+            await asyncio.sleep(0.02)
+
+    def check(self, stored: dict[int, dict[str, object]]) -> None:
+        for chat in CHATS:
+            seen = stored[chat].get("seen", [])
+            assert isinstance(seen, list)
+            assert len(seen) == len(set(seen)), (chat, "handled twice", seen)
+            acked, sent = self.acked.get(chat, []), self.sent.get(chat, [])
+            assert set(acked) <= set(seen) <= set(sent), (chat, sorted(set(acked) - set(seen)))
+            in_order = [n for n in seen if n in set(acked)]
+            assert in_order == sorted(in_order), (chat, "out of order", seen)
+            assert stored[chat]["apple"] == len(seen), chat
+
+
+def partitioned_workers(
+    redis_url: str, tmp: Path, count: int
+) -> AbstractContextManager[list[WebhookWorker]]:
+    return workers(redis_url, tmp, count, ENV, **SETTINGS)
+
+
+async def run_load(
+    balancer: Balancer, per_chat: int, fault: Callable[[], Awaitable[None]]
+) -> NumberedFeed:
+    """Every chat sends ``per_chat`` numbered messages through the balancer while
+    ``fault`` runs beside them."""
+    feed = NumberedFeed()
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        load = asyncio.gather(*(feed.chat(http, balancer.url, chat, per_chat) for chat in CHATS))
+        await fault()
+        await load
+    return feed
+
+
+def streams_left(redis_url: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sum(
+            int(client.xlen(key)) for key in client.scan_iter("actorsess:partitions:updates:*")
+        )
+    finally:
+        client.close()
+
+
+async def test_workers_joining_and_leaving_mid_load_lose_nothing_and_keep_order(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Two workers, a third joins mid-load, then the first leaves (SIGTERM): its
+    partitions' sessions are written and its streams trimmed before it goes."""
+    redis.Redis.from_url(redis_url).flushdb()
+    with partitioned_workers(redis_url, tmp_path, 2) as started:
+        async with Balancer(timeout=5) as balancer:
+            balancer.backends = [w.url for w in started]
+
+            async def join_then_leave() -> None:
+                await asyncio.sleep(1.0)
+                joined = start_worker(redis_url, tmp_path / "joined.log", ENV, **SETTINGS)
+                started.append(joined)
+                balancer.backends.append(joined.url)
+                await asyncio.sleep(1.5)
+                leaving = started[0]
+                balancer.backends.remove(leaving.url)
+                await asyncio.sleep(0.3)  # what the balancer sent it is answered
+                assert await asyncio.to_thread(leaving.stop) == 0, leaving.output()
+
+            feed = await run_load(balancer, 100, join_then_leave)
+        for worker in started[1:]:
+            assert worker.stop() == 0, worker.output()
+    stored = stored_sessions(redis_url, CHATS)
+    feed.check(stored)
+    assert sum(map(len, feed.acked.values())) == len(CHATS) * 100, "a request failed"
+    assert streams_left(redis_url) == 0, "stream entries left untrimmed"
+
+
+async def test_a_killed_worker_loses_no_acknowledged_update(redis_url: str, tmp_path: Path) -> None:
+    """SIGKILL one of three mid-load: its partitions move once their leases lapse, and
+    the updates forwarded to it (acknowledged at XADD) are handled by the next owner."""
+    redis.Redis.from_url(redis_url).flushdb()
+    with partitioned_workers(redis_url, tmp_path, 3) as started:
+        async with Balancer(timeout=5) as balancer:
+            balancer.backends = [w.url for w in started]
+
+            async def kill_one() -> None:
+                await asyncio.sleep(1.0)
+                started[1].signal(signal.SIGKILL)
+                await asyncio.sleep(0.5)  # until the balancer's health check notices
+                balancer.backends.remove(started[1].url)
+
+            feed = await run_load(balancer, 100, kill_one)
+        for worker in (started[0], started[2]):
+            assert worker.stop() == 0, worker.output()
+    feed.check(stored_sessions(redis_url, CHATS))
+    assert sum(map(len, feed.acked.values())) > len(CHATS) * 90
+
+
+async def test_a_worker_stopped_past_its_lease_is_fenced_off(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGSTOP one of three for three lease times, then SIGCONT: the others take its
+    partitions over; what it does after waking is refused, and nothing is lost."""
+    redis.Redis.from_url(redis_url).flushdb()
+    with partitioned_workers(redis_url, tmp_path, 3) as started:
+        async with Balancer(timeout=2) as balancer:
+            balancer.backends = [w.url for w in started]
+
+            async def pause_one() -> None:
+                await asyncio.sleep(1.0)
+                started[1].signal(signal.SIGSTOP)
+                await asyncio.sleep(3.0)
+                started[1].signal(signal.SIGCONT)
+
+            feed = await run_load(balancer, 150, pause_one)
+        for worker in started:
+            assert worker.stop() == 0, worker.output()
+    feed.check(stored_sessions(redis_url, CHATS))
+    assert sum(map(len, feed.acked.values())) > len(CHATS) * 120
+    assert "partition.lost" in started[1].output()
+
+
+async def test_a_redis_restart_mid_load_loses_no_acknowledged_update(tmp_path: Path) -> None:
+    """Redis (append-only file) restarts mid-load: requests fail while it is down (not
+    acknowledged), partitions are taken again, and every acknowledged update is in."""
+    with RedisServer(appendonly=True) as server:
+        with partitioned_workers(server.url, tmp_path, 3) as started:
+            async with Balancer(timeout=5) as balancer:
+                balancer.backends = [w.url for w in started]
+
+                async def restart_redis() -> None:
+                    await asyncio.sleep(1.0)
+                    await asyncio.to_thread(server.stop)
+                    await asyncio.sleep(0.5)
+                    await asyncio.to_thread(server.start)
+
+                feed = await run_load(balancer, 100, restart_redis)
+            for worker in started:
+                assert worker.stop() == 0, worker.output()
+        feed.check(stored_sessions(server.url, CHATS))
+        assert sum(map(len, feed.acked.values())) > len(CHATS) * 60
