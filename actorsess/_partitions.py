@@ -210,6 +210,12 @@ class Partitions:
     # -- lifecycle ------------------------------------------------------------------
 
     @property
+    def settled(self) -> bool:
+        """Whether no rebalance is under way here: every partition this worker should
+        own (by the members it last saw) it owns, and it is giving none up."""
+        return self.running and not self._busy
+
+    @property
     def running(self) -> bool:
         """Whether the heartbeat runs (between ``start()`` and ``stop()``)."""
         return self._task is not None and not self._task.done()

@@ -21,6 +21,7 @@ chat in flight at once, the case isolation exists for) and "spread" (200
 chats x 20 messages: most updates meet no other of their chat).
 
     .venv/bin/python -m benchmarks.multi_process [--workers 3] [--in-flight 128] [--rounds 3]
+        [--only partitioned,shared]
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis
@@ -53,6 +56,8 @@ from harness.webhook_bot import OFFLINE_TOKEN, stored_apples
 from harness.webhook_worker import WebhookWorker
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Partitions of the partitioned row (the harness's default).
+PARTITIONS = 64
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
     try:
         for worker in workers:
             worker.start()
+        if row.ownership == "partitioned":
+            await partitions_settled(workers)  # measure the steady state, not the joins
         chats = list(range(1, args.chats + 1))
         plan = [chat for chat in chats for _ in range(args.messages)]
         rng = random.Random(1)
@@ -194,17 +201,35 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
 
 async def all_handled(workers: list[WebhookWorker], expected: int, timeout: float = 120) -> None:
     """Wait until the workers' handlers together ran ``expected`` updates."""
+    await until_workers(
+        workers, lambda counts: sum(c["handled"] for c in counts) >= expected, timeout
+    )
+
+
+async def partitions_settled(workers: list[WebhookWorker], timeout: float = 60) -> None:
+    """Wait until every partition is owned and no worker is rebalancing."""
+
+    def settled(counts: list[dict[str, Any]]) -> bool:
+        return sum(c["owned"] for c in counts) == PARTITIONS and all(c["settled"] for c in counts)
+
+    await until_workers(workers, settled, timeout)
+
+
+async def until_workers(
+    workers: list[WebhookWorker], done: Callable[[list[dict[str, Any]]], bool], timeout: float
+) -> None:
+    """Poll every worker's ``GET /handled`` until ``done`` holds for the answers."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as client:
         while True:
-            handled = 0
+            counts = []
             for worker in workers:
                 async with client.get(f"http://127.0.0.1:{worker.port}/handled") as response:
-                    handled += (await response.json())["handled"]
-            if handled >= expected:
+                    counts.append(await response.json())
+            if done(counts):
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{handled} of {expected} updates handled in {timeout:g}s")
+                raise RuntimeError(f"workers not there within {timeout:g}s: {counts}")
             await asyncio.sleep(0.005)
 
 
@@ -251,7 +276,19 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--in-flight", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="runs per row; the median is shown")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated words: run only the rows whose name has one (the ceiling "
+        "and RedisEventIsolation rows always run: the ratios need them)",
+    )
     args = parser.parse_args()
+    words = [w for w in args.only.split(",") if w]
+    rows = [
+        row
+        for row in ROWS
+        if not words or row.name in (CEILING, ISOLATION) or any(w in row.name for w in words)
+    ]
     quiet_logs()
     print(f"{args.workers} webhook workers, {args.in_flight} in flight; {machine()}")
     with RedisServer() as server, tempfile.TemporaryDirectory() as logs:
@@ -259,7 +296,7 @@ async def main() -> None:
             args.chats, args.messages = chats, messages
             results: dict[str, list[Result]] = {}
             for round_ in range(args.rounds):
-                for row in ROWS:  # interleaved, so drift hits every row alike
+                for row in rows:  # interleaved, so drift hits every row alike
                     where = Path(logs) / f"{workload}-{round_}-{row.module}"
                     results.setdefault(row.name, []).append(await run(row, server.url, args, where))
             print(

@@ -100,11 +100,19 @@ def build_app(redis_url: str, token: str) -> web.Application:
     handler.register(app, path=WEBHOOK_PATH)
     setup_application(app, dp)
     app.router.add_get("/handled", count_handled)
+    if config.ownership == "partitioned":
+        app["partitions"] = partitions
     return app
 
 
 async def count_handled(request: web.Request) -> web.Response:
-    return web.json_response({"handled": handled})
+    """Updates handled here; in partitioned mode also the partitions owned, and whether
+    this worker's share is settled (no rebalance under way)."""
+    answer: dict[str, object] = {"handled": handled}
+    partitions = request.app.get("partitions")
+    if partitions is not None:
+        answer.update(owned=len(partitions.until), settled=partitions.settled)
+    return web.json_response(answer)
 
 
 async def serve(app: web.Application, host: str, port: int) -> None:

@@ -1,0 +1,186 @@
+"""Partitioned ownership in one process, on a real Redis: placement, fencing, replays,
+hand-off between two workers' ``Partitions``, and the errors of a wrong setup."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as redis_asyncio
+
+from actorsess import (
+    ConfigError,
+    InvalidKeyError,
+    MemoryStorage,
+    PartitionNotOwnedError,
+    Partitions,
+    RedisStorage,
+    SessionConfig,
+    SessionConflictError,
+    SessionManager,
+)
+from actorsess._partitions import DELIVERY
+
+PARTITIONED = SessionConfig(ownership="partitioned", flush_interval=0.05, lease_time=2)
+
+
+def counter() -> dict[str, Any]:
+    return {"n": 0}
+
+
+@pytest.fixture
+async def storage(redis_client: redis_asyncio.Redis, redis_url: str) -> AsyncIterator[RedisStorage]:
+    storage = RedisStorage.from_url(redis_url)
+    yield storage
+    await storage.close()
+
+
+def worker(storage: RedisStorage, count: int = 8) -> tuple[Partitions, SessionManager[Any]]:
+    partitions = Partitions(storage, count=count, lease_time=2)
+    manager = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
+    return partitions, manager
+
+
+def key_in(partitions: Partitions, partition: int, start: int = 1) -> str:
+    """A session key (as SessionMiddleware makes them) of a chat in ``partition``."""
+    chat = start
+    while partitions.partition_of(str(chat)) != partition:
+        chat += 1
+    return f"session:42:{chat}:{chat}"
+
+
+async def test_a_lone_worker_owns_every_partition_and_serves_its_sessions(
+    storage: RedisStorage,
+) -> None:
+    partitions, manager = worker(storage)
+    await partitions.start()
+    async with manager:
+        assert sorted(partitions.until) == list(range(8))
+        await manager.update("session:42:7:7", lambda s: s.update(n=s["n"] + 1))
+        assert await manager.get("session:42:7:7") == {"n": 1}
+    await partitions.stop()
+    assert await storage.client.keys("actorsess:partitions:lease:*") == []
+
+
+async def test_a_session_of_a_partition_owned_elsewhere_is_refused_by_name(
+    storage: RedisStorage,
+) -> None:
+    _, manager = worker(storage)  # never started: owns nothing
+    async with manager:
+        with pytest.raises(PartitionNotOwnedError, match="session:42:5:5.*partition"):
+            await manager.update("session:42:5:5", lambda s: None)
+
+
+async def test_a_key_without_a_chat_part_is_refused_by_name(storage: RedisStorage) -> None:
+    partitions, manager = worker(storage)
+    await partitions.start()
+    try:
+        async with manager:
+            with pytest.raises(InvalidKeyError, match="'nochat'.*chat part"):
+                await manager.get("nochat")
+    finally:
+        await partitions.stop()
+
+
+async def test_a_replayed_update_changes_a_session_no_second_time(storage: RedisStorage) -> None:
+    """A worker handles forwarded updates 1 and 2 of a chat, writes, and dies before
+    trimming its stream; the next owner reads both again and then update 3: only 3
+    changes the session."""
+    partitions, manager = worker(storage)
+    await partitions.start()
+    key = "session:42:9:9"
+
+    async def handle(stamp: tuple[int, int, int], on: SessionManager[Any]) -> None:
+        token = DELIVERY.set(stamp)
+        try:
+            await on.update(key, lambda s: s.update(n=s["n"] + 1))
+        finally:
+            DELIVERY.reset(token)
+
+    async with manager:
+        await handle((100, 0, 0), manager)
+        await handle((100, 0, 1), manager)
+        await manager.flush()
+    await partitions.stop()  # writes, and releases the leases
+
+    partitions2, manager2 = worker(storage)
+    await partitions2.start()
+    try:
+        async with manager2:
+            await handle((100, 0, 0), manager2)  # read again
+            await handle((100, 0, 1), manager2)  # read again
+            assert await manager2.get(key) == {"n": 2}
+            await handle((101, 0, 0), manager2)
+            assert await manager2.get(key) == {"n": 3}
+    finally:
+        await partitions2.stop()
+    raw = await storage.client.get("actorsess:" + key)
+    assert isinstance(raw, bytes) and raw.endswith(b'{"n":3}')
+
+
+async def test_a_write_after_the_partition_moved_is_refused(storage: RedisStorage) -> None:
+    """A worker whose partition lease another worker took cannot write (the fence)."""
+    partitions, manager = worker(storage)
+    await partitions.start()
+    key = key_in(partitions, 3)
+    async with manager:
+        await manager.update(key, lambda s: s.update(n=1))
+        await manager.flush()
+        # Another worker takes partition 3 behind this one's back (its lease lapsed).
+        await storage.client.set("actorsess:partitions:lease:3", "someone-else", px=60_000)
+        await manager.update(key, lambda s: s.update(n=99))
+        with pytest.raises(SessionConflictError, match="lease is held by another process"):
+            await manager.flush()
+        assert manager.stats().conflicts == 1
+    raw = await storage.client.get("actorsess:" + key)
+    assert isinstance(raw, bytes) and raw.endswith(b'{"n":1}')
+    await partitions.stop()
+
+
+async def test_a_joining_worker_gets_a_share_with_the_sessions_written_before(
+    storage: RedisStorage,
+) -> None:
+    first, first_manager = worker(storage)
+    second, second_manager = worker(storage)
+    await first.start()
+    keys = [key_in(first, p) for p in range(8)]
+    async with first_manager, second_manager:
+        for key in keys:
+            await first_manager.update(key, lambda s: s.update(n=s["n"] + 5))
+        await second.start()
+        for _ in range(100):  # heartbeats move the second's share over
+            if len(first.until) + len(second.until) == 8 and second.until:
+                break
+            await first._beat()
+            await second._beat()
+        moved = [key for key in keys if second.partition_of_key(key) in second.until]
+        assert moved, "the second worker got no partition"
+        for key in moved:
+            assert await second_manager.get(key) == {"n": 5}
+            with pytest.raises(PartitionNotOwnedError):
+                await first_manager.get(key)
+    await first.stop()
+    await second.stop()
+
+
+def test_partitioned_ownership_without_partitions_is_a_config_error() -> None:
+    storage = RedisStorage.from_url("redis://127.0.0.1:1/0")
+    with pytest.raises(ConfigError, match="ownership.*Partitions"):
+        SessionManager(storage, initial=counter, config=SessionConfig(ownership="partitioned"))
+
+
+def test_partitions_with_another_ownership_are_a_config_error() -> None:
+    storage = RedisStorage.from_url("redis://127.0.0.1:1/0")
+    with pytest.raises(ConfigError, match="partitions= is for ownership='partitioned'"):
+        SessionManager(storage, initial=counter, partitions=Partitions(storage))
+
+
+def test_partitions_need_a_redis_storage_and_sane_numbers() -> None:
+    storage = RedisStorage.from_url("redis://127.0.0.1:1/0")
+    with pytest.raises(TypeError, match="RedisStorage"):
+        Partitions(MemoryStorage())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="count"):
+        Partitions(storage, count=0)
+    with pytest.raises(ValueError, match="lease_time"):
+        Partitions(storage, lease_time=0)
