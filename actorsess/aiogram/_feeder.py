@@ -262,7 +262,15 @@ class UpdateFeeder:
         self, previous: asyncio.Task[Any] | None, update: Update, partition: int, *, forwarded: bool
     ) -> Any:
         if previous is not None and not previous.done():
-            await asyncio.wait([previous])
+            # The chat's update before this one ends first (its outcome is its own;
+            # shielded: cancelling this one must not cancel it).
+            try:
+                await asyncio.shield(previous)
+            except asyncio.CancelledError:
+                if not previous.cancelled():
+                    raise  # this one was cancelled
+            except Exception:  # reported by the previous update itself
+                pass
         self.fed += 1
         try:
             result = await self._dispatcher.feed_update(self._bot, update, **self._data)

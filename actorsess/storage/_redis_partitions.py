@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 
 from actorsess.storage import _redis_lua as lua
-from actorsess.storage._redis_script import BatchScript
+from actorsess.storage._redis_script import Arg, BatchScript, send_commands
 from actorsess.storage.base import BadValue, Conflict, LoadResult, WriteItem
 
 _WRONG_TYPE = b"\x00actorsess:wrongtype"
@@ -306,30 +306,34 @@ class RedisPartitionStore:
 
     async def forward(self, batches: Mapping[int, Sequence[bytes]]) -> None:
         """Append each partition's updates to its stream, one entry per partition."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            for partition, updates in batches.items():
-                fields = {str(i): raw for i, raw in enumerate(updates)}
-                pipe.xadd(self.stream_key(partition), fields)  # type: ignore[arg-type]
-            await pipe.execute()
+        commands = []
+        for partition, updates in batches.items():
+            command: list[Arg] = ["XADD", self.stream_key(partition), "*"]
+            for i, raw in enumerate(updates):
+                command += (str(i), raw)
+            commands.append(command)
+        await send_commands(self._client, commands)
 
     async def read(
         self, after: Mapping[int, str], count: int, block_ms: int | None
     ) -> list[tuple[int, list[Entry]]]:
         """Entries after ``after[p]`` of each partition's stream (waiting up to
         ``block_ms`` for one when there is none; ``None``: not at all)."""
-        streams = {self.stream_key(p): last for p, last in after.items()}
-        reply: Any = await self._client.xread(streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        command: list[Arg] = ["XREAD", "COUNT", count]
+        if block_ms is not None:
+            command += ("BLOCK", block_ms)
+        command.append("STREAMS")
+        command += [self.stream_key(p) for p in after]
+        command += list(after.values())
+        [reply] = await send_commands(self._client, [command])
+        # A map under RESP3, a list of [stream, entries] pairs under RESP2.
+        streams = reply.items() if isinstance(reply, dict) else reply or ()
         out: list[tuple[int, list[Entry]]] = []
-        for name, entries in reply or ():
+        for name, entries in streams:
             partition = int(_text(name).rsplit(":", 1)[1])
+            # Fields come as [name, value, ...] in the order the receiver added them.
             out.append(
-                (
-                    partition,
-                    [
-                        Entry(_text(entry_id), [fields[k] for k in sorted(fields, key=int)])
-                        for entry_id, fields in entries
-                    ],
-                )
+                (partition, [Entry(_text(entry_id), fields[1::2]) for entry_id, fields in entries])
             )
         return out
 

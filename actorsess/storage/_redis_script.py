@@ -9,8 +9,9 @@ the client's own pool.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import hiredis
@@ -19,6 +20,32 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 Arg = str | bytes | int
+
+
+@contextlib.asynccontextmanager
+async def borrowed(client: Redis) -> AsyncIterator[Any]:
+    """A connection of ``client``'s pool, for commands packed by hiredis."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        yield connection
+    except BaseException:
+        # Failed, timed out or cancelled mid-reply: the connection's state is
+        # unknown, so it must not serve another command.
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
+
+
+async def send_commands(client: Redis, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    """Send ``commands`` in one write and read their replies (a pipeline without
+    redis-py's per-command Python packing and reply callbacks: replies as hiredis
+    parses them)."""
+    packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
+    async with borrowed(client) as connection:
+        await connection.send_packed_command(packed)
+        return [await connection.read_response() for _ in commands]
 
 
 class BatchScript:
@@ -41,20 +68,11 @@ class BatchScript:
             return await self._call_once(keys, args)
 
     async def _call_once(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        pool = self._client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
+        async with borrowed(self._client) as connection:
             try:
                 return await self._send(connection, "EVALSHA", self._sha, keys, args)
             except NoScriptError:
                 return await self._send(connection, "EVAL", self._source, keys, args)
-        except BaseException:
-            # Failed, timed out or cancelled mid-reply: the connection's state is
-            # unknown, so it must not serve another command.
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
 
     @staticmethod
     async def _send(
