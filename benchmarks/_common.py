@@ -58,6 +58,14 @@ def redis_commands(url: str) -> int:
     return sum(int(v["calls"]) for v in stats.values())
 
 
+def redis_cpu_seconds(url: str) -> float:
+    """User + system CPU the server has used so far (INFO cpu)."""
+    client = redis.Redis.from_url(url)
+    cpu: dict[str, Any] = client.info("cpu")
+    client.close()
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def flush_redis(url: str) -> None:
     client = redis.Redis.from_url(url)
     client.flushdb()

@@ -65,7 +65,14 @@ import redis
 import redis.asyncio as redis_asyncio
 
 from actorsess.testing import RedisServer
-from benchmarks._common import machine, median, percentile, table
+from benchmarks._common import (
+    machine,
+    median,
+    percentile,
+    redis_commands,
+    redis_cpu_seconds,
+    table,
+)
 from harness.rabbitmq import RabbitServer
 
 TRANSPORTS = ("redis-streams", "redis-pubsub", "rabbitmq", "rabbitmq-transient")
@@ -364,12 +371,7 @@ def plan(receivers: int, chats: int, updates: int, seed: int) -> list[list[tuple
 
 
 def redis_cpu_and_commands(url: str) -> tuple[float, int]:
-    client = redis.Redis.from_url(url)
-    cpu = client.info("cpu")
-    stats = client.info("commandstats")
-    client.close()
-    used = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-    return used, sum(int(v["calls"]) for v in stats.values())
+    return redis_cpu_seconds(url), redis_commands(url)
 
 
 async def declare_rabbit(url: str, partitions: int) -> None:

@@ -49,6 +49,7 @@ from benchmarks._common import (
     percentile,
     quiet_logs,
     redis_commands,
+    redis_cpu_seconds,
     table,
 )
 from benchmarks._http import Pool
@@ -119,6 +120,7 @@ class Result:
     lost: int
     commands_per_update: float
     cpu_ms_per_update: float
+    redis_cpu_us_per_update: float
     p50_ms: float
     p99_ms: float
 
@@ -164,6 +166,7 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
                 latencies.append(time.perf_counter() - started)
 
         before = redis_commands(url)
+        redis_cpu_before = redis_cpu_seconds(url)
         cpu_before = sum(cpu_seconds(w.pid) for w in workers)
         started = time.perf_counter()
         await asyncio.gather(*(send(pool, request) for pool, request in prepared))
@@ -177,6 +180,7 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
             if worker.stop() != 0:
                 raise RuntimeError(f"{row.name}: worker failed:\n{worker.output()}")
         after = redis_commands(url)
+        redis_cpu = redis_cpu_seconds(url) - redis_cpu_before
     finally:
         for worker in workers:
             worker.kill()
@@ -194,6 +198,7 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
         lost,
         (after - before - 1) / len(plan),
         cpu / len(plan) * 1000,
+        redis_cpu / len(plan) * 1e6,
         percentile(latencies, 0.5) * 1000,
         percentile(latencies, 0.99) * 1000,
     )
@@ -321,6 +326,7 @@ def summary(results: dict[str, list[Result]]) -> str:
                 max(r.lost for r in runs),
                 f"{median([r.commands_per_update for r in runs]):.2f}",
                 f"{median([r.cpu_ms_per_update for r in runs]):.2f}",
+                f"{median([r.redis_cpu_us_per_update for r in runs]):.1f}",
                 median([r.p50_ms for r in runs]),
                 median([r.p99_ms for r in runs]),
             ]
@@ -333,6 +339,7 @@ def summary(results: dict[str, list[Result]]) -> str:
         "lost (max)",
         "Redis cmds/update",
         "worker CPU ms/update",
+        "Redis CPU µs/update",
     ]
     return table([*headers, "p50 ms", "p99 ms"], out)
 
