@@ -36,6 +36,11 @@ ChatOf = Callable[[Update], str | None]
 
 # How long a read waits for entries when the last one found none.
 _BLOCK_MS = 250
+# Reads that find nothing, one after another, before the reader waits in a blocking
+# read (while it does, an update received here for an owned partition goes through
+# the stream, as its XADD is what wakes the reader): a short lull under load keeps
+# such updates on the direct path.
+_IDLE_READS = 3
 # Under load, the shortest time between the starts of two reads: each read then
 # takes what came meanwhile, instead of one read per entry (Redis calls per update),
 # for at most this much more latency.
@@ -177,11 +182,11 @@ class UpdateFeeder:
 
     async def _read_forever(self) -> None:
         failures = 0
-        found = True
+        empty = 0  # reads in a row that found nothing
         loop = asyncio.get_running_loop()
         last = 0.0
         while True:
-            if found:
+            if empty < _IDLE_READS:
                 gap = last + _READ_GAP - loop.time()
                 if gap > 0:
                     await asyncio.sleep(gap)
@@ -191,7 +196,7 @@ class UpdateFeeder:
                 await self._wake.wait()
                 continue
             arrived, self._arrived = self._arrived, []
-            block = None if found or arrived else _BLOCK_MS
+            block = None if empty < _IDLE_READS or arrived else _BLOCK_MS
             last = loop.time()
             self._blocking = block is not None
             try:
@@ -205,7 +210,7 @@ class UpdateFeeder:
                 continue
             finally:
                 self._blocking = False
-            found = bool(read)
+            empty = 0 if read else empty + 1
             for partition, entries in read:
                 if partition in self._after:  # not given up while the read was out
                     self._dispatch(partition, entries)
