@@ -3,11 +3,17 @@ hand-off between two workers' ``Partitions``, and the errors of a wrong setup.""
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
+from aiogram import Bot, Dispatcher
+from aiogram.types import Message, Poll
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from actorsess import (
     ConfigError,
@@ -21,6 +27,9 @@ from actorsess import (
     SessionManager,
 )
 from actorsess._partitions import DELIVERY
+from actorsess.aiogram import ForwardingRequestHandler, SessionMiddleware
+from actorsess.testing import message_update
+from harness.webhook_bot import OFFLINE_TOKEN
 
 PARTITIONED = SessionConfig(ownership="partitioned", flush_interval=0.05, lease_time=2)
 
@@ -184,3 +193,73 @@ def test_partitions_need_a_redis_storage_and_sane_numbers() -> None:
         Partitions(storage, count=0)
     with pytest.raises(ValueError, match="lease_time"):
         Partitions(storage, lease_time=0)
+
+
+async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_others(
+    storage: RedisStorage,
+) -> None:
+    """A real aiohttp app with ForwardingRequestHandler, owning partition 0 of 2 (no
+    heartbeat: the test holds the lease): an update of partition 0 is handled here,
+    one of partition 1 is acknowledged and waits in its stream for an owner, an
+    update with no chat or user runs where it arrives, and a body that is not an
+    update is refused with 400 naming that."""
+    partitions = Partitions(storage, count=2, lease_time=60)
+    assert await partitions.store.acquire(partitions.token, [0], 60_000) == [True]
+    partitions.until[0] = math.inf
+    sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+    polls: list[str] = []
+
+    @dp.message()
+    async def on_message(message: Message, session: dict[str, Any]) -> None:
+        session["n"] += 1
+
+    @dp.poll()
+    async def on_poll(poll: Poll) -> None:
+        polls.append(poll.id)
+
+    handler = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions)
+    app = web.Application()
+    app.router.add_post("/webhook", handler.handle)
+    handler.feeder.start()
+    mine = next(c for c in range(1, 100) if partitions.partition_of(str(c)) == 0)
+    other = next(c for c in range(1, 100) if partitions.partition_of(str(c)) == 1)
+    async with TestClient(TestServer(app)) as client, sessions:
+        try:
+            response = await client.post("/webhook", json=message_update(mine, "hi"))
+            assert response.status == 200
+            key = f"session:{OFFLINE_TOKEN.split(':')[0]}:{mine}:{mine}"
+            for _ in range(100):  # handled here, directly or through its own stream
+                if (await sessions.get(key))["n"] == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert await sessions.get(key) == {"n": 1}
+
+            response = await client.post("/webhook", json=message_update(other, "hi"))
+            assert response.status == 200 and await response.json() == {}
+            assert await storage.client.xlen("actorsess:partitions:updates:1") == 1
+
+            response = await client.post("/webhook", json={"update_id": 99, "poll": _POLL})
+            assert response.status == 200 and polls == ["p1"]
+
+            response = await client.post("/webhook", data=b'{"update_id": "x"}')
+            assert response.status == 400
+            assert "not a Telegram update" in await response.text()
+            assert "update_id" in await response.text()  # what was wrong
+        finally:
+            await handler.feeder.stop()  # before the manager closes Redis
+
+
+_POLL = {
+    "id": "p1",
+    "question": "?",
+    "options": [{"text": "a", "voter_count": 0, "persistent_id": "o1"}],
+    "total_voter_count": 0,
+    "is_closed": False,
+    "is_anonymous": True,
+    "type": "regular",
+    "allows_multiple_answers": False,
+    "allows_revoting": False,
+    "members_only": False,
+}

@@ -8,7 +8,10 @@ once: the update is acknowledged once it is stored. The partition's owner
 reads it and feeds it to its dispatcher (``UpdateFeeder``), so sessions stay
 where they are and only updates move. An update of a partition the worker owns
 runs here, in order with what was forwarded before it, and its handler's
-answer goes back in the webhook response as with aiogram's own handler.
+answer goes back in the webhook response as with aiogram's own handler (unless
+the feeder is idle in a blocking read: then it goes through the stream too, see
+``UpdateFeeder``, and like every forwarded update's, its answer is a Bot API call).
+Bodies that are not updates are answered 400, naming the first thing wrong.
 
 Updates without a chat or user (no session) run where they arrive.
 """
@@ -123,8 +126,11 @@ class ForwardingRequestHandler(SimpleRequestHandler):
         try:
             update = Update.model_validate_json(raw, context={"bot": bot})
         except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
             return web.Response(
-                status=400, text=f"not a Telegram update: {exc.error_count()} errors"
+                status=400,
+                text=f"not a Telegram update: {where}: {first['msg']} ({exc.error_count()} errors)",
             )
         chat = self.chat_of(update)
         if chat is None:
