@@ -15,7 +15,9 @@ Logs show INFO and above, as a bot's would; ``--debug`` shows every event.
 
 Then part two (``examples.shared_demo``): three webhook worker processes on
 a private Redis with ``ownership="shared"``, each update sent to a random one
-of them, and the same check (skip it with ``--processes 0``).
+of them, and the same check; and part three, the same with
+``ownership="partitioned"`` (updates forwarded to their partition's owner).
+Skip both with ``--processes 0``.
 
     python -m examples.demo [--users 200] [--messages 25] [--db data/demo.sqlite3]
         [--processes 3] [--metrics-port 0] [--debug]
@@ -242,7 +244,10 @@ def main() -> None:
         help="seconds to wait for every reply before the demo gives up",
     )
     parser.add_argument(
-        "--processes", type=int, default=3, help="worker processes in part two; 0 skips it"
+        "--processes",
+        type=int,
+        default=3,
+        help="worker processes in parts two and three; 0 skips them",
     )
     parser.add_argument(
         "--metrics-port",
@@ -260,6 +265,10 @@ def main() -> None:
     status = asyncio.run(run_demo(args))
     if args.processes and status == 0:
         status = asyncio.run(run_shared_demo(args.processes, users=100, messages=10))
+    if args.processes and status == 0:
+        status = asyncio.run(
+            run_shared_demo(args.processes, users=100, messages=10, ownership="partitioned")
+        )
     sys.exit(status)
 
 

@@ -1,13 +1,18 @@
-"""The demo, part two: several bot processes on one Redis, updates routed at random.
+"""The demo, parts two and three: several bot processes on one Redis, updates routed
+at random.
 
 Starts a private redis-server and ``--processes`` webhook workers
-(``harness.webhook_bot``, ``ownership="shared"``), then posts every
-simulated user's messages, as real Bot API update JSON, to a worker picked at
-random, as a load balancer without sticky sessions would. One chat's updates
-reach several processes at once; the counts read back from Redis must still
-match what was sent.
+(``harness.webhook_bot``), then posts every simulated user's messages, as real
+Bot API update JSON, to a worker picked at random, as a load balancer without
+sticky sessions would. One chat's updates reach several processes at once; the
+counts read back from Redis must still match what was sent. With
+``ownership="shared"`` the sessions move between the workers; with
+``"partitioned"`` each worker owns partitions of the chats and the updates
+move to their owner (a 200 then means "stored in the partition's stream", so
+the demo waits until the workers report every update handled).
 
     python -m examples.shared_demo [--processes 3] [--users 100] [--messages 10]
+        [--ownership shared|partitioned]
 """
 
 from __future__ import annotations
@@ -30,18 +35,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def run_shared_demo(
-    processes: int, users: int, messages: int, in_flight: int = 64, logs: Path | None = None
+    processes: int,
+    users: int,
+    messages: int,
+    in_flight: int = 64,
+    logs: Path | None = None,
+    ownership: str = "shared",
 ) -> int:
     total = users * messages
+    part = "three" if ownership == "partitioned" else "two"
     print(
-        f"\nactorsess demo, part two: {processes} webhook worker processes on one Redis, "
-        f"ownership='shared'; {users} users x {messages} messages = {total} updates, "
+        f"\nactorsess demo, part {part}: {processes} webhook worker processes on one Redis, "
+        f"ownership={ownership!r}; {users} users x {messages} messages = {total} updates, "
         f"each sent to a random process\n",
         flush=True,
     )
     with RedisServer() as redis_server, tempfile.TemporaryDirectory() as scratch:
         log_dir = logs or Path(scratch)
-        env = {"ACTORSESS_REDIS_URL": redis_server.url, "ACTORSESS_FLUSH_INTERVAL": "0.5"}
+        env = {
+            "ACTORSESS_REDIS_URL": redis_server.url,
+            "ACTORSESS_FLUSH_INTERVAL": "0.5",
+            "ACTORSESS_OWNERSHIP": ownership,
+            # No Telegram here: a forwarded update's answer would be a Bot API call.
+            "HARNESS_REPLY": "0" if ownership == "partitioned" else "1",
+        }
         workers = [
             WebhookWorker("harness.webhook_bot", log_dir / f"{i}.log", env=env, cwd=ROOT)
             for i in range(processes)
@@ -67,6 +84,8 @@ async def run_shared_demo(
                             failed += reply.status != 200
 
                 await asyncio.gather(*(send(chat) for chat in schedule))
+                if ownership == "partitioned":
+                    await all_handled(http, workers, total - failed)
             elapsed = time.monotonic() - started
             for worker in workers:
                 worker.stop()  # SIGTERM: each writes what it owns and lets go of its leases
@@ -87,6 +106,21 @@ async def run_shared_demo(
     return 0 if ok else 1
 
 
+async def all_handled(
+    http: aiohttp.ClientSession, workers: list[WebhookWorker], expected: int, timeout: float = 60
+) -> None:
+    """Wait until the workers' handlers together ran ``expected`` updates."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        handled = 0
+        for worker in workers:
+            async with http.get(f"http://127.0.0.1:{worker.port}/handled") as reply:
+                handled += (await reply.json())["handled"]
+        if handled >= expected:
+            return
+        await asyncio.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=3)
@@ -95,9 +129,18 @@ def main() -> None:
     parser.add_argument(
         "--logs", type=Path, default=None, help="keep each worker's log in this folder"
     )
+    parser.add_argument("--ownership", choices=["shared", "partitioned"], default="shared")
     args = parser.parse_args()
     sys.exit(
-        asyncio.run(run_shared_demo(args.processes, args.users, args.messages, logs=args.logs))
+        asyncio.run(
+            run_shared_demo(
+                args.processes,
+                args.users,
+                args.messages,
+                logs=args.logs,
+                ownership=args.ownership,
+            )
+        )
     )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiogram import Bot
 from aiohttp import web
 
@@ -96,7 +97,9 @@ async def test_webhook_bot_serves_updates_over_http() -> None:
         assert sessions.stats().dirty == 0
 
 
-async def test_shared_demo_runs_and_nothing_is_lost(capsys: Any) -> None:
-    """Part two of the demo: 2 worker processes, updates at random, every apple counted."""
-    assert await shared_demo.run_shared_demo(2, users=20, messages=5) == 0
+@pytest.mark.parametrize("ownership", ["shared", "partitioned"])
+async def test_shared_demo_runs_and_nothing_is_lost(ownership: str, capsys: Any) -> None:
+    """Parts two and three of the demo: 2 worker processes, updates at random, every
+    apple counted."""
+    assert await shared_demo.run_shared_demo(2, users=20, messages=5, ownership=ownership) == 0
     assert "RESULT: nothing lost" in capsys.readouterr().out
