@@ -248,14 +248,11 @@ class Partitions:
     # -- heartbeats ---------------------------------------------------------------
 
     async def _beat_forever(self) -> None:
-        failures = 0
         while True:
             await asyncio.sleep(_BUSY_INTERVAL if self._busy else self.lease_time / 3)
             try:
                 await self._beat()
-                failures = 0
             except Exception as exc:
-                failures += 1
                 self.log.warning("partition.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
                 self._drop_lapsed()
 
@@ -322,15 +319,19 @@ class Partitions:
             listener.lost(partition)
 
     async def _give_up(self, partitions: Sequence[int]) -> None:
+        """Give ``partitions`` up together, phase by phase (one flush round covers all
+        of their sessions), then release the leases of those written."""
+        listeners = list(self._listeners)
+        for partition in partitions:
+            for listener in listeners:
+                await listener.stop_feeding(partition)
         released = []
         for partition in partitions:
-            for listener in list(self._listeners):
-                await listener.stop_feeding(partition)
-            written = [await listener.let_go(partition) for listener in list(self._listeners)]
+            written = [await listener.let_go(partition) for listener in listeners]
             if partition not in self.until:
                 continue  # lost meanwhile
             if all(written):
-                for listener in list(self._listeners):
+                for listener in listeners:
                     await listener.settled(partition)
                 del self.until[partition]
                 released.append(partition)
@@ -338,7 +339,7 @@ class Partitions:
             else:
                 # Kept: its sessions are not all in storage. Fed again; given up later.
                 self.log.warning("partition.release_postponed", partition=partition)
-                for listener in list(self._listeners):
+                for listener in listeners:
                     listener.gained(partition)
         try:
             await self.store.release(self.token, released)

@@ -123,8 +123,11 @@ class UpdateFeeder:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        for waiter in self._arrived:
-            waiter.cancel()
+        # Updates received here that wait for a read: they find their partition no
+        # longer fed, and their handler forwards them instead.
+        self._after.clear()
+        arrived, self._arrived = self._arrived, []
+        self._release_arrived(arrived)
 
     # -- PartitionListener ----------------------------------------------------------
 
