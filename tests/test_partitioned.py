@@ -30,6 +30,7 @@ from actorsess._partitions import DELIVERY
 from actorsess.aiogram import ForwardingRequestHandler, SessionMiddleware
 from actorsess.testing import message_update
 from harness.webhook_bot import OFFLINE_TOKEN
+from tests.aiogram_helpers import poll_update
 
 PARTITIONED = SessionConfig(ownership="partitioned", flush_interval=0.05, lease_time=2)
 
@@ -240,7 +241,8 @@ async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_oth
             assert response.status == 200 and await response.json() == {}
             assert await storage.client.xlen("actorsess:partitions:updates:1") == 1
 
-            response = await client.post("/webhook", json={"update_id": 99, "poll": _POLL})
+            poll = poll_update().model_dump(mode="json", exclude_none=True)
+            response = await client.post("/webhook", json=poll)
             assert response.status == 200 and polls == ["p1"]
 
             response = await client.post("/webhook", data=b'{"update_id": "x"}')
@@ -249,17 +251,3 @@ async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_oth
             assert "update_id" in await response.text()  # what was wrong
         finally:
             await handler.feeder.stop()  # before the manager closes Redis
-
-
-_POLL = {
-    "id": "p1",
-    "question": "?",
-    "options": [{"text": "a", "voter_count": 0, "persistent_id": "o1"}],
-    "total_voter_count": 0,
-    "is_closed": False,
-    "is_anonymous": True,
-    "type": "regular",
-    "allows_multiple_answers": False,
-    "allows_revoting": False,
-    "members_only": False,
-}

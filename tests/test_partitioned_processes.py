@@ -88,6 +88,27 @@ async def run_load(
     return feed
 
 
+Fault = Callable[[list[WebhookWorker], Balancer], Awaitable[None]]
+
+
+async def three_workers_with(
+    redis_url: str, tmp: Path, fault: Fault, *, per_chat: int, timeout: float
+) -> tuple[NumberedFeed, list[WebhookWorker]]:
+    """Three workers behind a balancer (``timeout``: how long it waits for one), the
+    load, and ``fault`` beside it; every worker still running is stopped (SIGTERM) and
+    the stored sessions are checked against what was sent and acknowledged."""
+    redis.Redis.from_url(redis_url).flushdb()
+    with partitioned_workers(redis_url, tmp, 3) as started:
+        async with Balancer(timeout=timeout) as balancer:
+            balancer.backends = [w.url for w in started]
+            feed = await run_load(balancer, per_chat, lambda: fault(started, balancer))
+        for worker in started:
+            if worker.process is not None and worker.process.poll() is None:
+                assert worker.stop() == 0, worker.output()
+    feed.check(stored_sessions(redis_url, CHATS))
+    return feed, started
+
+
 def streams_left(redis_url: str) -> int:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -131,21 +152,14 @@ async def test_workers_joining_and_leaving_mid_load_lose_nothing_and_keep_order(
 async def test_a_killed_worker_loses_no_acknowledged_update(redis_url: str, tmp_path: Path) -> None:
     """SIGKILL one of three mid-load: its partitions move once their leases lapse, and
     the updates forwarded to it (acknowledged at XADD) are handled by the next owner."""
-    redis.Redis.from_url(redis_url).flushdb()
-    with partitioned_workers(redis_url, tmp_path, 3) as started:
-        async with Balancer(timeout=5) as balancer:
-            balancer.backends = [w.url for w in started]
 
-            async def kill_one() -> None:
-                await asyncio.sleep(1.0)
-                started[1].signal(signal.SIGKILL)
-                await asyncio.sleep(0.5)  # until the balancer's health check notices
-                balancer.backends.remove(started[1].url)
+    async def kill_one(started: list[WebhookWorker], balancer: Balancer) -> None:
+        await asyncio.sleep(1.0)
+        started[1].signal(signal.SIGKILL)
+        await asyncio.sleep(0.5)  # until the balancer's health check notices
+        balancer.backends.remove(started[1].url)
 
-            feed = await run_load(balancer, 100, kill_one)
-        for worker in (started[0], started[2]):
-            assert worker.stop() == 0, worker.output()
-    feed.check(stored_sessions(redis_url, CHATS))
+    feed, _ = await three_workers_with(redis_url, tmp_path, kill_one, per_chat=100, timeout=5)
     assert sum(map(len, feed.acked.values())) > len(CHATS) * 90
 
 
@@ -154,21 +168,16 @@ async def test_a_worker_stopped_past_its_lease_is_fenced_off(
 ) -> None:
     """SIGSTOP one of three for three lease times, then SIGCONT: the others take its
     partitions over; what it does after waking is refused, and nothing is lost."""
-    redis.Redis.from_url(redis_url).flushdb()
-    with partitioned_workers(redis_url, tmp_path, 3) as started:
-        async with Balancer(timeout=2) as balancer:
-            balancer.backends = [w.url for w in started]
 
-            async def pause_one() -> None:
-                await asyncio.sleep(1.0)
-                started[1].signal(signal.SIGSTOP)
-                await asyncio.sleep(3.0)
-                started[1].signal(signal.SIGCONT)
+    async def pause_one(started: list[WebhookWorker], balancer: Balancer) -> None:
+        await asyncio.sleep(1.0)
+        started[1].signal(signal.SIGSTOP)
+        await asyncio.sleep(3.0)
+        started[1].signal(signal.SIGCONT)
 
-            feed = await run_load(balancer, 150, pause_one)
-        for worker in started:
-            assert worker.stop() == 0, worker.output()
-    feed.check(stored_sessions(redis_url, CHATS))
+    feed, started = await three_workers_with(
+        redis_url, tmp_path, pause_one, per_chat=150, timeout=2
+    )
     assert sum(map(len, feed.acked.values())) > len(CHATS) * 120
     assert "partition.lost" in started[1].output()
 
@@ -177,18 +186,14 @@ async def test_a_redis_restart_mid_load_loses_no_acknowledged_update(tmp_path: P
     """Redis (append-only file) restarts mid-load: requests fail while it is down (not
     acknowledged), partitions are taken again, and every acknowledged update is in."""
     with RedisServer(appendonly=True) as server:
-        with partitioned_workers(server.url, tmp_path, 3) as started:
-            async with Balancer(timeout=5) as balancer:
-                balancer.backends = [w.url for w in started]
 
-                async def restart_redis() -> None:
-                    await asyncio.sleep(1.0)
-                    await asyncio.to_thread(server.stop)
-                    await asyncio.sleep(0.5)
-                    await asyncio.to_thread(server.start)
+        async def restart_redis(started: list[WebhookWorker], balancer: Balancer) -> None:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(server.start)
 
-                feed = await run_load(balancer, 100, restart_redis)
-            for worker in started:
-                assert worker.stop() == 0, worker.output()
-        feed.check(stored_sessions(server.url, CHATS))
-        assert sum(map(len, feed.acked.values())) > len(CHATS) * 60
+        feed, _ = await three_workers_with(
+            server.url, tmp_path, restart_redis, per_chat=100, timeout=5
+        )
+    assert sum(map(len, feed.acked.values())) > len(CHATS) * 60
