@@ -227,7 +227,12 @@ class Partitions:
         Those still held by their previous owner follow within a few heartbeats."""
         if self.running:
             return
-        await self._beat()
+        try:
+            await self._beat()
+        except Exception as exc:
+            # Redis unreachable: serve anyway (updates of unowned partitions are
+            # answered 503 until it is back); the heartbeat keeps trying.
+            self.log.warning("partition.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
         self._task = asyncio.get_running_loop().create_task(self._beat_forever())
 
     async def stop(self) -> None:

@@ -28,7 +28,7 @@ from actorsess import (
 )
 from actorsess._partitions import DELIVERY
 from actorsess.aiogram import ForwardingRequestHandler, SessionMiddleware
-from actorsess.testing import message_update
+from actorsess.testing import RedisServer, message_update
 from harness.webhook_bot import OFFLINE_TOKEN
 from tests.aiogram_helpers import poll_update
 
@@ -251,3 +251,23 @@ async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_oth
             assert "update_id" in await response.text()  # what was wrong
         finally:
             await handler.feeder.stop()  # before the manager closes Redis
+
+
+@pytest.mark.process  # faults a private server
+async def test_a_worker_started_while_redis_is_down_joins_once_it_is_back() -> None:
+    """Partitions.start() against a stopped Redis logs and returns; the heartbeat takes
+    the partitions once Redis answers."""
+    with RedisServer() as server:
+        storage = RedisStorage.from_url(server.url, socket_connect_timeout=0.5)
+        partitions = Partitions(storage, count=4, lease_time=0.6)
+        server.stop()
+        await partitions.start()
+        assert partitions.until == {}
+        server.start()
+        for _ in range(100):
+            if len(partitions.until) == 4:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(partitions.until) == [0, 1, 2, 3]
+        await partitions.stop()
+        await storage.close()
