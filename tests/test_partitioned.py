@@ -8,6 +8,7 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 from aiogram import Bot, Dispatcher
@@ -28,6 +29,7 @@ from actorsess import (
 )
 from actorsess._partitions import DELIVERY
 from actorsess.aiogram import ForwardingRequestHandler, SessionMiddleware
+from actorsess.aiogram._feeder import UpdateFeeder
 from actorsess.testing import RedisServer, message_update
 from harness.webhook_bot import OFFLINE_TOKEN
 from tests.aiogram_helpers import poll_update
@@ -271,3 +273,75 @@ async def test_a_worker_started_while_redis_is_down_joins_once_it_is_back() -> N
         assert sorted(partitions.until) == [0, 1, 2, 3]
         await partitions.stop()
         await storage.close()
+
+
+async def test_an_update_that_finds_its_lease_lapsed_is_read_again_not_trimmed(
+    storage: RedisStorage,
+) -> None:
+    """A forwarded update whose turn finds the partition's lease lapsed (here: the local
+    trust ran out while the lease in Redis is still this worker's) does not count as
+    handled: the partition is dropped, nothing of its stream is trimmed, and once the
+    lease is taken again the update is read again and changes the session once."""
+    partitions = Partitions(storage, count=1, lease_time=60)
+    assert await partitions.store.acquire(partitions.token, [0], 60_000) == [True]
+    partitions.until[0] = math.inf
+    sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+
+    @dp.message()
+    async def on_message(message: Message, session: dict[str, Any]) -> None:
+        session["n"] += 1
+
+    handler = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions)
+    feeder = UpdateFeeder(dp, Bot(OFFLINE_TOKEN), partitions, handler.chat_of, trim_interval=0.02)
+    key = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
+    async with sessions:
+        feeder.start()
+        try:
+            partitions.until[0] = 0.0  # lapsed here; still ours in Redis
+            await partitions.store.forward({0: [orjson.dumps(message_update(5, "hi"))]})
+            for _ in range(100):
+                if 0 not in partitions.until and feeder.fed:
+                    break
+                await asyncio.sleep(0.01)
+            assert feeder.fed == 1 and 0 not in partitions.until  # dropped, not handled
+            await asyncio.sleep(0.1)  # trims would have run meanwhile
+            assert await storage.client.xlen("actorsess:partitions:updates:0") == 1
+
+            partitions.until[0] = math.inf  # taken again (as a heartbeat would)
+            feeder.gained(0)
+            for _ in range(100):
+                if (await sessions.get(key))["n"] == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert await sessions.get(key) == {"n": 1}
+            for _ in range(100):  # handled and written: now it is trimmed
+                if await storage.client.xlen("actorsess:partitions:updates:0") == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert await storage.client.xlen("actorsess:partitions:updates:0") == 0
+        finally:
+            await feeder.stop()
+
+
+async def test_a_trim_planned_before_a_partition_was_lost_is_not_carried_out(
+    storage: RedisStorage,
+) -> None:
+    """The trim loop takes its marks, then waits for the sessions to be written; if the
+    partition was lost and taken again meanwhile (same worker, same lease token), the
+    old marks may cover updates cut short by the loss: nothing is trimmed."""
+    partitions = Partitions(storage, count=1, lease_time=60)
+    assert await partitions.store.acquire(partitions.token, [0], 60_000) == [True]
+    partitions.until[0] = math.inf
+    feeder = UpdateFeeder(Dispatcher(), Bot(OFFLINE_TOKEN), partitions, lambda _: None)
+    await partitions.store.forward({0: [b"{}"]})
+    [(_, [entry])] = await partitions.store.read({0: "0-0"}, 10, None)
+    feeder.gained(0)
+    before_loss = feeder._progress[0]
+    feeder.lost(0)
+    feeder.gained(0)
+    await feeder._trim({0: (before_loss, entry.id)})
+    assert await storage.client.xlen("actorsess:partitions:updates:0") == 1
+    await feeder._trim({0: (feeder._progress[0], entry.id)})
+    assert await storage.client.xlen("actorsess:partitions:updates:0") == 0
