@@ -345,3 +345,11 @@ async def test_a_trim_planned_before_a_partition_was_lost_is_not_carried_out(
     assert await storage.client.xlen("actorsess:partitions:updates:0") == 1
     await feeder._trim({0: (feeder._progress[0], entry.id)})
     assert await storage.client.xlen("actorsess:partitions:updates:0") == 0
+
+
+def test_a_forwarding_handler_with_a_bad_trim_interval_is_refused_by_name() -> None:
+    storage = RedisStorage.from_url("redis://127.0.0.1:1/0")
+    with pytest.raises(ValueError, match="trim_interval must be > 0 seconds, got 0"):
+        ForwardingRequestHandler(
+            Dispatcher(), Bot(OFFLINE_TOKEN), Partitions(storage), trim_interval=0
+        )

@@ -51,6 +51,7 @@ class ForwardingRequestHandler(SimpleRequestHandler):
         partitions: Partitions,
         *,
         strategy: FSMStrategy = FSMStrategy.USER_IN_CHAT,
+        trim_interval: float = 5.0,
         secret_token: str | None = None,
         **data: Any,
     ) -> None:
@@ -64,6 +65,9 @@ class ForwardingRequestHandler(SimpleRequestHandler):
             strategy: The key strategy of the sessions (as given to
                 ``SessionMiddleware`` and the FSM): it decides which chat an
                 update's sessions belong to.
+            trim_interval: Seconds between the trims of the streams of this worker's
+                partitions (each first writes the dirty sessions): what the streams
+                keep in Redis is about this long a stretch of forwarded updates.
             secret_token: As for ``SimpleRequestHandler``.
             data: Extra data for handlers, as for ``SimpleRequestHandler``.
         """
@@ -72,7 +76,11 @@ class ForwardingRequestHandler(SimpleRequestHandler):
         )
         self.partitions = partitions
         self._strategy = strategy
-        self.feeder = UpdateFeeder(dispatcher, bot, partitions, self.chat_of, data=data)
+        if not trim_interval > 0:
+            raise ValueError(f"trim_interval must be > 0 seconds, got {trim_interval!r}")
+        self.feeder = UpdateFeeder(
+            dispatcher, bot, partitions, self.chat_of, trim_interval=trim_interval, data=data
+        )
         #: Updates to forward in the next XADDs, by partition, and their shared outcome.
         self._batch: dict[int, list[bytes]] = {}
         self._sent: asyncio.Future[None] | None = None
