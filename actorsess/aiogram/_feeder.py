@@ -44,7 +44,7 @@ _IDLE_READS = 3
 # Under load, the shortest time between the starts of two reads: each read then
 # takes what came meanwhile, instead of one read per entry (Redis calls per update),
 # for at most this much more latency.
-_READ_GAP = 0.002
+_READ_GAP = 0.005
 
 
 class _Read:
