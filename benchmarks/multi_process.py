@@ -33,12 +33,10 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import redis
 
 from actorsess.testing import RedisServer, message_update
@@ -53,8 +51,8 @@ from benchmarks._common import (
     table,
 )
 from benchmarks._http import Pool
-from harness.webhook_bot import OFFLINE_TOKEN, stored_apples
-from harness.webhook_worker import WebhookWorker
+from harness.webhook_bot import stored_apples, stored_sessions
+from harness.webhook_worker import WebhookWorker, all_handled, poll_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Partitions of the partitioned row (the harness's default).
@@ -204,38 +202,13 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
     )
 
 
-async def all_handled(workers: list[WebhookWorker], expected: int, timeout: float = 120) -> None:
-    """Wait until the workers' handlers together ran ``expected`` updates."""
-    await until_workers(
-        workers, lambda counts: sum(c["handled"] for c in counts) >= expected, timeout
-    )
-
-
 async def partitions_settled(workers: list[WebhookWorker], timeout: float = 60) -> None:
     """Wait until every partition is owned and no worker is rebalancing."""
 
-    def settled(counts: list[dict[str, Any]]) -> bool:
-        return sum(c["owned"] for c in counts) == PARTITIONS and all(c["settled"] for c in counts)
+    def settled(answers: list[dict[str, Any]]) -> bool:
+        return sum(a["owned"] for a in answers) == PARTITIONS and all(a["settled"] for a in answers)
 
-    await until_workers(workers, settled, timeout)
-
-
-async def until_workers(
-    workers: list[WebhookWorker], done: Callable[[list[dict[str, Any]]], bool], timeout: float
-) -> None:
-    """Poll every worker's ``GET /handled`` until ``done`` holds for the answers."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as client:
-        while True:
-            counts = []
-            for worker in workers:
-                async with client.get(f"http://127.0.0.1:{worker.port}/handled") as response:
-                    counts.append(await response.json())
-            if done(counts):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers not there within {timeout:g}s: {counts}")
-            await asyncio.sleep(0.005)
+    await poll_workers(workers, settled, timeout)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -252,17 +225,8 @@ async def stored_actorsess(url: str, chats: list[int]) -> list[int]:
 
 def stored_per_prefix(url: str, chats: list[int], prefixes: list[str]) -> list[int]:
     """Apples per chat summed over the key prefixes of local-mode processes."""
-    bot_id = OFFLINE_TOKEN.split(":", 1)[0]
-    client = redis.Redis.from_url(url)
-    totals = []
-    for chat in chats:
-        names = [f"{prefix}session:{bot_id}:{chat}:{chat}" for prefix in prefixes]
-        records: list[bytes | None] = client.mget(names)  # type: ignore[assignment]
-        totals.append(
-            sum(json.loads(r.split(b":", 2)[2] or b"{}").get("apple", 0) for r in records if r)
-        )
-    client.close()
-    return totals
+    shares = [stored_sessions(url, chats, prefix) for prefix in prefixes]
+    return [sum(share[chat].get("apple", 0) for share in shares) for chat in chats]
 
 
 async def stored_aiogram(url: str, chats: list[int]) -> list[int]:

@@ -29,7 +29,7 @@ import aiohttp
 
 from actorsess.testing import RedisServer, message_update
 from harness.webhook_bot import stored_apples
-from harness.webhook_worker import WebhookWorker
+from harness.webhook_worker import WebhookWorker, all_handled
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ async def run_shared_demo(
 
                 await asyncio.gather(*(send(chat) for chat in schedule))
                 if ownership == "partitioned":
-                    await all_handled(http, workers, total - failed)
+                    await all_handled(workers, total - failed, timeout=60)
             elapsed = time.monotonic() - started
             for worker in workers:
                 worker.stop()  # SIGTERM: each writes what it owns and lets go of its leases
@@ -104,21 +104,6 @@ async def run_shared_demo(
     ok = counted == total and not wrong and not failed
     print("\nRESULT: " + ("nothing lost" if ok else f"MISMATCH in {wrong[:5]}"), flush=True)
     return 0 if ok else 1
-
-
-async def all_handled(
-    http: aiohttp.ClientSession, workers: list[WebhookWorker], expected: int, timeout: float = 60
-) -> None:
-    """Wait until the workers' handlers together ran ``expected`` updates."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        handled = 0
-        for worker in workers:
-            async with http.get(f"http://127.0.0.1:{worker.port}/handled") as reply:
-                handled += (await reply.json())["handled"]
-        if handled >= expected:
-            return
-        await asyncio.sleep(0.05)
 
 
 def main() -> None:

@@ -8,12 +8,17 @@ Its output goes to a log file, so a chatty worker can never block on a full pipe
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 
 class WebhookWorker:
@@ -101,3 +106,30 @@ class WebhookWorker:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+async def poll_workers(
+    workers: list[WebhookWorker], done: Callable[[list[dict[str, Any]]], bool], timeout: float
+) -> None:
+    """Ask every worker ``GET /handled`` (see ``harness.webhook_bot``) until ``done``
+    holds for their answers; raise after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as client:
+        while True:
+            answers = []
+            for worker in workers:
+                async with client.get(f"http://127.0.0.1:{worker.port}/handled") as response:
+                    answers.append(await response.json())
+            if done(answers):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers not there within {timeout:g}s: {answers}")
+            await asyncio.sleep(0.005)
+
+
+async def all_handled(workers: list[WebhookWorker], expected: int, timeout: float = 120) -> None:
+    """Wait until the workers' handlers together ran ``expected`` updates (in
+    partitioned mode a 200 means "stored in the stream", not "handled")."""
+    await poll_workers(
+        workers, lambda answers: sum(a["handled"] for a in answers) >= expected, timeout
+    )

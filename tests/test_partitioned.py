@@ -198,6 +198,32 @@ def test_partitions_need_a_redis_storage_and_sane_numbers() -> None:
         Partitions(storage, lease_time=0)
 
 
+async def owning_partition_0(storage: RedisStorage, count: int) -> Partitions:
+    """A worker's Partitions holding partition 0's lease, with no heartbeat (the test
+    decides when the lease is trusted)."""
+    partitions = Partitions(storage, count=count, lease_time=60)
+    assert await partitions.store.acquire(partitions.token, [0], 60_000) == [True]
+    partitions.until[0] = math.inf
+    return partitions
+
+
+async def counting_bot(
+    storage: RedisStorage, count: int
+) -> tuple[Partitions, SessionManager[Any], Dispatcher]:
+    """``owning_partition_0``, a partitioned manager and a dispatcher whose message
+    handler counts in the session."""
+    partitions = await owning_partition_0(storage, count)
+    sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+
+    @dp.message()
+    async def on_message(message: Message, session: dict[str, Any]) -> None:
+        session["n"] += 1
+
+    return partitions, sessions, dp
+
+
 async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_others(
     storage: RedisStorage,
 ) -> None:
@@ -206,17 +232,8 @@ async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_oth
     one of partition 1 is acknowledged and waits in its stream for an owner, an
     update with no chat or user runs where it arrives, and a body that is not an
     update is refused with 400 naming that."""
-    partitions = Partitions(storage, count=2, lease_time=60)
-    assert await partitions.store.acquire(partitions.token, [0], 60_000) == [True]
-    partitions.until[0] = math.inf
-    sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
-    dp = Dispatcher()
-    SessionMiddleware(sessions).setup(dp)
+    partitions, sessions, dp = await counting_bot(storage, count=2)
     polls: list[str] = []
-
-    @dp.message()
-    async def on_message(message: Message, session: dict[str, Any]) -> None:
-        session["n"] += 1
 
     @dp.poll()
     async def on_poll(poll: Poll) -> None:
@@ -282,17 +299,7 @@ async def test_an_update_that_finds_its_lease_lapsed_is_read_again_not_trimmed(
     trust ran out while the lease in Redis is still this worker's) does not count as
     handled: the partition is dropped, nothing of its stream is trimmed, and once the
     lease is taken again the update is read again and changes the session once."""
-    partitions = Partitions(storage, count=1, lease_time=60)
-    assert await partitions.store.acquire(partitions.token, [0], 60_000) == [True]
-    partitions.until[0] = math.inf
-    sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
-    dp = Dispatcher()
-    SessionMiddleware(sessions).setup(dp)
-
-    @dp.message()
-    async def on_message(message: Message, session: dict[str, Any]) -> None:
-        session["n"] += 1
-
+    partitions, sessions, dp = await counting_bot(storage, count=1)
     handler = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions)
     feeder = UpdateFeeder(dp, Bot(OFFLINE_TOKEN), partitions, handler.chat_of, trim_interval=0.02)
     key = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
@@ -331,9 +338,7 @@ async def test_a_trim_planned_before_a_partition_was_lost_is_not_carried_out(
     """The trim loop takes its marks, then waits for the sessions to be written; if the
     partition was lost and taken again meanwhile (same worker, same lease token), the
     old marks may cover updates cut short by the loss: nothing is trimmed."""
-    partitions = Partitions(storage, count=1, lease_time=60)
-    assert await partitions.store.acquire(partitions.token, [0], 60_000) == [True]
-    partitions.until[0] = math.inf
+    partitions = await owning_partition_0(storage, count=1)
     feeder = UpdateFeeder(Dispatcher(), Bot(OFFLINE_TOKEN), partitions, lambda _: None)
     await partitions.store.forward({0: [b"{}"]})
     [(_, [entry])] = await partitions.store.read({0: "0-0"}, 10, None)

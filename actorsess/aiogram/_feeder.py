@@ -179,7 +179,7 @@ class UpdateFeeder:
         await waiter
         if partition not in self._after or not self._partitions.holds(partition):
             raise PartitionNotOwnedError(chat, partition)
-        return await self._start(partition, chat, update, None)
+        return await self._start(partition, chat, update)
 
     # -- reading the streams -------------------------------------------------------------
 
@@ -203,7 +203,7 @@ class UpdateFeeder:
             last = loop.time()
             self._blocking = block is not None
             try:
-                read = await self._store.read(dict(self._after), self._read_count, block)
+                read = await self._store.read(self._after, self._read_count, block)
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -241,14 +241,21 @@ class UpdateFeeder:
                     continue
                 chat = self._chat_of(update) or f"#{update.update_id}"
                 record.running += 1
-                task = self._start(partition, chat, update, (ms, seq, index))
-                task.add_done_callback(functools.partial(self._ended, progress, record))
+                self._start(partition, chat, update, (ms, seq, index), record)
             if record.running == 0:
-                self._ended(progress, record)
+                self._advance(progress)
 
     def _start(
-        self, partition: int, chat: str, update: Update, stamp: Stamp | None
+        self,
+        partition: int,
+        chat: str,
+        update: Update,
+        stamp: Stamp | None = None,
+        record: _Read | None = None,
     ) -> asyncio.Task[Any]:
+        """Start one update as a task after the chat's previous one; ``stamp`` and
+        ``record`` (its stream entry) for a forwarded update, None for one received
+        here."""
         progress = self._progress[partition]
         previous = self._chains.get(chat)
         token = DELIVERY.set(stamp)
@@ -260,10 +267,7 @@ class UpdateFeeder:
             DELIVERY.reset(token)
         self._chains[chat] = task
         progress.tasks.add(task)
-        task.add_done_callback(progress.tasks.discard)
-        task.add_done_callback(
-            lambda t: self._chains.pop(chat, None) if self._chains.get(chat) is t else None
-        )
+        task.add_done_callback(functools.partial(self._ended, progress, chat, record))
         return task
 
     async def _feed(
@@ -306,10 +310,19 @@ class UpdateFeeder:
                 return None
             raise
 
-    @staticmethod
-    def _ended(progress: _Progress, record: _Read, task: asyncio.Task[Any] | None = None) -> None:
-        if task is not None:
+    def _ended(
+        self, progress: _Progress, chat: str, record: _Read | None, task: asyncio.Task[Any]
+    ) -> None:
+        progress.tasks.discard(task)
+        if self._chains.get(chat) is task:
+            del self._chains[chat]
+        if record is not None:
             record.running -= 1
+            self._advance(progress)
+
+    @staticmethod
+    def _advance(progress: _Progress) -> None:
+        """Move ``done_upto`` past the oldest entries all of whose updates have ended."""
         entries = progress.entries
         while entries and entries[0].running == 0:
             progress.done_upto = entries.popleft().id

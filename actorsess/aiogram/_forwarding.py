@@ -85,9 +85,6 @@ class ForwardingRequestHandler(SimpleRequestHandler):
         self._batch: dict[int, list[bytes]] = {}
         self._sent: asyncio.Future[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
-        #: Updates forwarded / run here so far.
-        self.forwarded = 0
-        self.ran_here = 0
 
     def register(self, app: web.Application, /, path: str, **kwargs: Any) -> None:
         super().register(app, path=path, **kwargs)
@@ -151,7 +148,6 @@ class ForwardingRequestHandler(SimpleRequestHandler):
             except PartitionNotOwnedError:
                 pass  # moved while it waited: forwarded below
             else:
-                self.ran_here += 1
                 return web.Response(body=self._build_response_writer(bot=bot, result=result))
         try:
             await self._forward(partition, raw)
@@ -161,7 +157,6 @@ class ForwardingRequestHandler(SimpleRequestHandler):
             )
             # Not acknowledged: Telegram sends it again.
             return web.Response(status=503, text="could not forward the update")
-        self.forwarded += 1
         return web.json_response({}, dumps=bot.session.json_dumps)
 
     async def _forward(self, partition: int, raw: bytes) -> None:
