@@ -46,7 +46,7 @@ from benchmarks._common import (
     median,
     percentile,
     quiet_logs,
-    redis_commands,
+    redis_command_calls,
     redis_cpu_seconds,
     table,
 )
@@ -121,6 +121,8 @@ class Result:
     redis_cpu_us_per_update: float
     p50_ms: float
     p99_ms: float
+    #: Calls per update of each Redis command (``--breakdown``).
+    calls: dict[str, float]
 
 
 async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Result:
@@ -163,7 +165,7 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
                 failed += await pool.post(request) != 200
                 latencies.append(time.perf_counter() - started)
 
-        before = redis_commands(url)
+        before = redis_command_calls(url)
         redis_cpu_before = redis_cpu_seconds(url)
         cpu_before = sum(cpu_seconds(w.pid) for w in workers)
         started = time.perf_counter()
@@ -177,7 +179,7 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
         for worker in workers:
             if worker.stop() != 0:
                 raise RuntimeError(f"{row.name}: worker failed:\n{worker.output()}")
-        after = redis_commands(url)
+        after = redis_command_calls(url)
         redis_cpu = redis_cpu_seconds(url) - redis_cpu_before
     finally:
         for worker in workers:
@@ -191,14 +193,20 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
     # Failed requests included: their updates are missing. Nothing is stored without
     # persistence, so there "lost" is only the failed requests.
     lost = len(plan) - sum(stored) if row.persists else failed
+    calls = {  # INFO left out: the driver's own
+        name: (n - before.get(name, 0)) / len(plan)
+        for name, n in after.items()
+        if name != "info" and n > before.get(name, 0)
+    }
     return Result(
         len(plan) / elapsed,
         lost,
-        (after - before - 1) / len(plan),
+        sum(calls.values()),
         cpu / len(plan) * 1000,
         redis_cpu / len(plan) * 1e6,
         percentile(latencies, 0.5) * 1000,
         percentile(latencies, 0.99) * 1000,
+        calls,
     )
 
 
@@ -246,6 +254,11 @@ async def main() -> None:
     parser.add_argument("--in-flight", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="runs per row; the median is shown")
     parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also print the Redis commands per update of each row, command by command",
+    )
+    parser.add_argument(
         "--only",
         default="",
         help="comma-separated words: run only the rows whose name has one (the ceiling "
@@ -273,6 +286,21 @@ async def main() -> None:
                 f"median of {args.rounds} runs\n"
             )
             print(summary(results))
+            if args.breakdown:
+                print(breakdown(results))
+
+
+def breakdown(results: dict[str, list[Result]]) -> str:
+    """Each persisting row's Redis commands per update, command by command (median of
+    the rounds; commands under 0.005 per update left out)."""
+    out = []
+    for name, runs in results.items():
+        names = sorted({command for r in runs for command in r.calls})
+        per = {c: median([r.calls.get(c, 0.0) for r in runs]) for c in names}
+        shown = sorted(((n, c) for c, n in per.items() if n >= 0.005), reverse=True)
+        if shown:
+            out.append([name, ", ".join(f"{c} {n:.2f}" for n, c in shown)])
+    return "\n" + table(["row", "Redis commands per update"], out)
 
 
 def summary(results: dict[str, list[Result]]) -> str:

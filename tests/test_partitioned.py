@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -33,6 +33,9 @@ from actorsess.aiogram._feeder import UpdateFeeder
 from actorsess.testing import RedisServer, message_update
 from harness.webhook_bot import OFFLINE_TOKEN
 from tests.aiogram_helpers import poll_update
+
+#: A stream's entries as redis-py's XRANGE gives them.
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 PARTITIONED = SessionConfig(ownership="partitioned", flush_interval=0.05, lease_time=2)
 
@@ -270,6 +273,58 @@ async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_oth
             assert "update_id" in await response.text()  # what was wrong
         finally:
             await handler.feeder.stop()  # before the manager closes Redis
+
+
+async def test_forwards_arriving_while_one_is_being_stored_go_in_one_entry(
+    storage: RedisStorage,
+) -> None:
+    """Group commit: while a forward's XADD is out (held here by pausing writes on the
+    server), the updates to forward that arrive go in the next XADD, sent once it
+    is back, instead of one XADD each; every one is acknowledged once stored."""
+    partitions, sessions, dp = await counting_bot(storage, count=2)
+    handler = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions)
+    app = web.Application()
+    app.router.add_post("/webhook", handler.handle)
+    others = [c for c in range(1, 200) if partitions.partition_of(str(c)) == 1][:6]
+    stream = "actorsess:partitions:updates:1"
+    async with TestClient(TestServer(app)) as client, sessions:
+        await storage.client.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+
+        async def post(chat: int, after: float) -> int:
+            await asyncio.sleep(after)  # each in its own turn of the loop
+            return (await client.post("/webhook", json=message_update(chat, "hi"))).status
+
+        statuses = await asyncio.gather(*(post(c, 0.03 * i) for i, c in enumerate(others)))
+        assert statuses == [200] * len(others)
+        entries = cast(Entries, await storage.client.xrange(stream))
+        assert [len(fields) for _, fields in entries] == [1, len(others) - 1]
+        raws = [raw for _, fields in entries for raw in fields.values()]
+        assert [orjson.loads(raw)["message"]["chat"]["id"] for raw in raws] == others  # in order
+
+
+async def test_a_forward_that_fails_is_not_acknowledged_and_the_next_batch_still_goes(
+    storage: RedisStorage,
+) -> None:
+    """A batch whose XADD fails (partition 1's stream key holds a string) is answered
+    503, so Telegram sends its update again; an update that waited behind it (for
+    partition 2) goes in the next batch and is acknowledged once stored."""
+    partitions, sessions, dp = await counting_bot(storage, count=3)
+    handler = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions)
+    app = web.Application()
+    app.router.add_post("/webhook", handler.handle)
+    first, second = (
+        next(c for c in range(1, 200) if partitions.partition_of(str(c)) == p) for p in (1, 2)
+    )
+    await storage.client.set("actorsess:partitions:updates:1", "not a stream")
+    async with TestClient(TestServer(app)) as client, sessions:
+        await storage.client.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+
+        async def post(chat: int, after: float) -> int:
+            await asyncio.sleep(after)
+            return (await client.post("/webhook", json=message_update(chat, "hi"))).status
+
+        assert await asyncio.gather(post(first, 0), post(second, 0.1)) == [503, 200]
+        assert await storage.client.xlen("actorsess:partitions:updates:2") == 1
 
 
 @pytest.mark.process  # faults a private server

@@ -2,15 +2,18 @@
 
 Several workers sit behind a load balancer that routes at random. A worker that
 receives an update of a partition it does not own appends the raw update to
-that partition's stream in Redis (one ``XADD`` carries every update for the
-partition that arrived in the same loop iteration) and answers the webhook at
-once: the update is acknowledged once it is stored. The partition's owner
-reads it and feeds it to its dispatcher (``UpdateFeeder``), so sessions stay
-where they are and only updates move. An update of a partition the worker owns
-runs here, in order with what was forwarded before it, and its handler's
-answer goes back in the webhook response as with aiogram's own handler (unless
-the feeder is idle in a blocking read: then it goes through the stream too, see
-``UpdateFeeder``, and like every forwarded update's, its answer is a Bot API call).
+that partition's stream in Redis and answers the webhook at once: the update is
+acknowledged once it is stored. The partition's owner reads it and feeds it to
+its dispatcher (``UpdateFeeder``), so sessions stay where they are and only
+updates move. An update of a partition the worker owns runs here, in order with
+what was forwarded before it, and its handler's answer goes back in the webhook
+response as with aiogram's own handler (unless the feeder is idle in a blocking
+read: then it goes through the stream too, see ``UpdateFeeder``, and like every
+forwarded update's, its answer is a Bot API call).
+
+Forwards go out one batch at a time (group commit): the updates that arrive
+while a batch's commands are out wait for them, then go together, one ``XADD``
+per partition; the busier the worker, the more updates each command carries.
 Bodies that are not updates are answered 400, naming the first thing wrong.
 
 Updates without a chat or user (no session) run where they arrive.
@@ -84,7 +87,8 @@ class ForwardingRequestHandler(SimpleRequestHandler):
         #: Updates to forward in the next XADDs, by partition, and their shared outcome.
         self._batch: dict[int, list[bytes]] = {}
         self._sent: asyncio.Future[None] | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        #: The batch whose XADDs are out (one at a time).
+        self._sending: asyncio.Task[None] | None = None
 
     def register(self, app: web.Application, /, path: str, **kwargs: Any) -> None:
         super().register(app, path=path, **kwargs)
@@ -106,8 +110,8 @@ class ForwardingRequestHandler(SimpleRequestHandler):
 
     async def stop(self) -> None:
         """Give every partition up (sessions written, streams trimmed), then stop."""
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+        while (out := self._sent or self._sending) is not None:
+            await asyncio.wait([out])  # every update taken is stored (or refused) first
         await self.partitions.stop()
         await self.feeder.stop()
 
@@ -164,23 +168,27 @@ class ForwardingRequestHandler(SimpleRequestHandler):
         sent = self._sent
         if sent is None:
             sent = self._sent = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._send_batch)
+            if self._sending is None:
+                asyncio.get_running_loop().call_soon(self._send_batch)
+            # else: sent once the batch that is out is back
         await asyncio.shield(sent)
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, {}
         sent, self._sent = self._sent, None
-        assert sent is not None
+        assert sent is not None and self._sending is None
         task = asyncio.get_running_loop().create_task(self.partitions.store.forward(batch))
-        self._sending.add(task)
+        self._sending = task
 
         def done(task: asyncio.Task[None]) -> None:
-            self._sending.discard(task)
+            self._sending = None
             if task.cancelled():
                 sent.cancel()
             elif task.exception() is not None:
                 sent.set_exception(task.exception())  # type: ignore[arg-type]
             else:
                 sent.set_result(None)
+            if self._sent is not None:
+                self._send_batch()  # what arrived while this batch was out
 
         task.add_done_callback(done)
