@@ -5,8 +5,8 @@ A session belongs to its chat's partition. A turn starts only while this worker
 holds that partition's lease (else ``PartitionNotOwnedError``); every write is
 fenced in storage by the lease, so a worker that stalled past it is refused.
 
-Each write also records, per session, the stamp of the last forwarded update
-that changed it (``DELIVERY``); a load reads it back. An update that the next
+Each write also records, in the session's record header, the stamp of the last
+forwarded update that changed it (``DELIVERY``); a load reads it back. An update that the next
 owner reads again from the stream after a takeover, and whose change to a
 session is already written, changes that session no second time: its commit
 is dropped. So a session gets every forwarded update once, even across a crash.
@@ -21,7 +21,7 @@ from actorsess._actor import SessionActor, Status
 from actorsess._context import Context
 from actorsess._ownership import FlusherPort, LeaveTurn, LoaderPort, TakeTurn
 from actorsess._partitions import DELIVERY, Partitions, Stamp, format_stamp, parse_stamp
-from actorsess._record import TOMBSTONE_TTL_MS
+from actorsess._record import TOMBSTONE_TTL_MS, record_stamp
 from actorsess.exceptions import (
     ConfigError,
     PartitionNotOwnedError,
@@ -47,7 +47,8 @@ class PartitionActor(SessionActor[Any]):
         self.decode = decode
         #: The stamp written with the record this actor loaded: updates up to it are in.
         self.loaded_stamp = _NO_STAMP
-        #: The stamp of the last forwarded update committed here (written with the record).
+        #: The stamp of the last forwarded update committed here, or loaded (written
+        #: with the record).
         self.stamp: Stamp | None = None
 
     def commit(self, blob: bytes, deleted: bool, expires_at: float | None) -> bool:
@@ -128,14 +129,14 @@ class PartitionOwnership:
             raise PartitionNotOwnedError(key, partition)
 
     async def fetch(self, actors: Sequence[SessionActor[Any]]) -> Sequence[LoadResult | Owned]:
-        loaded = await self._store.load(
-            [a.storage_key for a in actors], [_partitioned(a).partition for a in actors]
-        )
-        results: list[LoadResult | Owned] = []
-        for actor, (record, stamp) in zip(actors, loaded, strict=True):
-            _partitioned(actor).loaded_stamp = _NO_STAMP if stamp is None else parse_stamp(stamp)
-            results.append(record)
-        return results
+        loaded = await self._store.load([a.storage_key for a in actors])
+        for actor, record in zip(actors, loaded, strict=True):
+            stamp = record_stamp(record) if isinstance(record, bytes) else None
+            if stamp is not None:
+                partitioned = _partitioned(actor)
+                # Its next write keeps the stamp, even if no forwarded update changes it.
+                partitioned.stamp = partitioned.loaded_stamp = parse_stamp(stamp)
+        return loaded
 
     async def write(
         self, actors: Sequence[SessionActor[Any]], items: Sequence[WriteItem], ttl_ms: int | None

@@ -123,9 +123,9 @@ class Partitions:
         client = storage.client
         if not isinstance(client, Redis):
             raise ValueError(
-                "Partitions needs one Redis server: a write touches a session, its "
-                "partition's lease and stamps in one script, which Redis Cluster allows "
-                "only within one slot"
+                "Partitions needs one Redis server: a write touches sessions and their "
+                "partitions' leases in one script, which Redis Cluster allows only "
+                "within one slot"
             )
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"Partitions: count must be a whole number >= 1, got {count!r}")

@@ -12,6 +12,13 @@ gets a higher one and a late write from before the delete is refused: a
 version never repeats for a key (design rule 11). Tombstones live for
 ``TOMBSTONE_TTL_S``, far longer than any write stays in flight or any lease.
 
+In partitioned mode (``actorsess._partitioned``) the header also carries the
+stamp of the last forwarded update whose change the record holds:
+``as1:<version>/<stamp>:<payload>``, e.g. ``as1:42/1764590000000-0-3:{"apple":3}``
+(a tombstone too: ``as1:43/1764590000000-1-0:``). It travels with the data, so
+it is written and read in the same command as the record. Every reader takes
+the version and skips the stamp; a header without ``/`` has none.
+
 A manager that declares migrations writes its schema version at the head of
 the payload: ``as1:42:~3:{"apple":3}`` is schema 3 (no head: schema 0). JSON
 never starts with ``~``, and the version fence (here and in Lua) reads only
@@ -29,6 +36,9 @@ from actorsess.exceptions import CorruptSessionError
 FORMAT_TAG = b"as1"
 _HEADER_PREFIX = FORMAT_TAG + b":"
 _MAX_VERSION_DIGITS = 20
+# Where a header's closing ':' may be at the latest: ``as1:`` + version + "/" + stamp.
+_MAX_HEADER = len(_HEADER_PREFIX) + _MAX_VERSION_DIGITS + 1 + 64
+_STAMP_MARK = b"/"
 #: How long storages keep a tombstone (seconds).
 TOMBSTONE_TTL_S = 600
 TOMBSTONE_TTL_MS = TOMBSTONE_TTL_S * 1000
@@ -52,18 +62,45 @@ def split_schema(key: str, payload: bytes) -> tuple[int, bytes]:
     return int(digits), payload[end + 1 :]
 
 
-def tombstone(version: int) -> bytes:
-    """The record a delete leaves: no session, at ``version``."""
+def tombstone(version: int, stamp: str = "") -> bytes:
+    """The record a delete leaves: no session, at ``version`` (with ``stamp``, if any)."""
+    if stamp:
+        return b"%b%d/%s:" % (_HEADER_PREFIX, version, stamp.encode())
     return b"%b%d:" % (_HEADER_PREFIX, version)
+
+
+def with_stamp(blob: bytes, stamp: str) -> bytes:
+    """``blob`` (a record without a stamp) with ``stamp`` in its header."""
+    end = blob.index(b":", len(_HEADER_PREFIX))
+    return b"%b/%s%b" % (blob[:end], stamp.encode(), blob[end:])
+
+
+def record_stamp(blob: bytes) -> str | None:
+    """The stamp in a record's header, or None when it has none (or is no record)."""
+    header = _header(blob)
+    if header is None:
+        return None
+    _, mark, stamp = header.partition(_STAMP_MARK)
+    return stamp.decode() if mark and stamp else None
+
+
+def _header(blob: bytes) -> bytes | None:
+    """What is between ``as1:`` and the header's closing ``:``; None if no header."""
+    if not blob.startswith(_HEADER_PREFIX):
+        return None
+    end = blob.find(b":", len(_HEADER_PREFIX), _MAX_HEADER)
+    return blob[len(_HEADER_PREFIX) : end] if end > 0 else None
 
 
 def _split_header(blob: bytes) -> tuple[int, bytes] | None:
     """``(version, payload)`` of a record, or None when ``blob`` has no valid header."""
-    if not blob.startswith(_HEADER_PREFIX):
+    header = _header(blob)
+    if header is None:
         return None
-    end = blob.find(b":", len(_HEADER_PREFIX), len(_HEADER_PREFIX) + _MAX_VERSION_DIGITS + 1)
-    digits = blob[len(_HEADER_PREFIX) : end] if end > 0 else b""
-    return (int(digits), blob[end + 1 :]) if digits.isdigit() else None
+    digits = header.partition(_STAMP_MARK)[0]
+    if not digits.isdigit() or len(digits) > _MAX_VERSION_DIGITS:
+        return None
+    return int(digits), blob[len(_HEADER_PREFIX) + len(header) + 1 :]
 
 
 def decode_record(key: str, blob: bytes) -> tuple[int, bytes]:

@@ -1,9 +1,10 @@
 """Every Lua script RedisStorage runs, and the pieces they share.
 
-The record header (``as1:<version>:``, see ``actorsess._record``) is read in
-one place, ``stored_version``; versions are compared as digit strings, never
-as Lua numbers, which are doubles (``tonumber`` rounds above 2^53, and a write
-would then be taken for a replay). Each script handles its keys one by one and
+The record header (``as1:<version>:``, or ``as1:<version>/<stamp>:`` in
+partitioned mode; see ``actorsess._record``) is read in one place,
+``stored_version``; versions are compared as digit strings, never as Lua
+numbers, which are doubles (``tonumber`` rounds above 2^53, and a write would
+then be taken for a replay). Each script handles its keys one by one and
 reports a failing key alone, so one poisoned key (a lease key of the wrong
 type, say) never aborts the others in its batch.
 
@@ -27,8 +28,9 @@ CONFLICT_REASONS = {
 # ``stored_version(key)``: the version of the stored record as such a string ("" when
 # absent, a tombstone's version for a tombstone), or false when the key holds
 # something that is not a record (older than any version: it is overwritten).
-# ``put`` writes a record, or a tombstone for "" (kept ``tomb`` ms), unless storage
-# holds a newer version (returns false; the same version again is a replay, done).
+# ``put`` writes a record, or a tombstone for "" (kept ``tomb`` ms; ``dead``: the
+# record given is a tombstone, kept as long), unless storage holds a newer version
+# (returns false; the same version again is a replay, done).
 COMMON_LUA = """
 local function vcmp(a, b)
   if #a ~= #b then return #a < #b and -1 or 1 end
@@ -36,7 +38,7 @@ local function vcmp(a, b)
   return a < b and -1 or 1
 end
 local function parse_version(record)
-  local digits = string.match(record, '^as1:(%d+):')
+  local digits = string.match(record, '^as1:(%d+)[:/]')
   if digits and #digits > 1 and string.byte(digits) == 48 then
     digits = string.gsub(digits, '^0+(%d)', '%1')
   end
@@ -61,9 +63,10 @@ local function stored_version(key)
   if head == '' then return '' end
   return parse_version(head) or false
 end
-local function put(key, version, value, ttl, tomb)
+local function put(key, version, value, ttl, tomb, dead)
   local record, px = value, ttl
-  if value == '' then record, px = 'as1:' .. version .. ':', tomb end
+  if value == '' then record, px = 'as1:' .. version .. ':', tomb
+  elseif dead then px = tomb end
   -- One command in the common case: write, and get back what was there.
   local old = set_record(key, record, px)
   if type(old) == 'table' then  -- not a string (a list, say): SET GET refuses it
@@ -78,7 +81,7 @@ local function put(key, version, value, ttl, tomb)
     -- another writer). Its remaining lifetime is not known here, so it gets a full
     -- one: a tombstone's, or the configured TTL.
     local restore = ttl
-    if string.sub(old, #old) == ':' and old == 'as1:' .. stored .. ':' then restore = tomb end
+    if string.find(old, ':', 5, true) == #old then restore = tomb end  -- all header
     set_record(key, old, restore)
     return false
   end

@@ -9,13 +9,12 @@ Under the namespace ``ns`` (``Partitions(namespace=...)``):
 - ``ns + "updates:<p>"``: partition ``p``'s stream of forwarded updates, one entry
   per receiver batch (fields ``"0"``, ``"1"``, ...: raw update JSON, in arrival
   order), trimmed by the owner once their effects are written;
-- ``ns + "stamps:<p>"``: a hash from session storage key to the stamp
-  (``<entry id>-<index>``) of the last forwarded update whose change to that
-  session is written, so that an update read again after a takeover changes
-  no session twice.
+The stamp (``<entry id>-<index>``) of the last forwarded update whose change a
+session's record holds is in the record's header (``actorsess._record``), so
+that an update read again after a takeover changes no session twice.
 
-A single Redis server only: a write touches a session, its partition's lease
-and its stamps in one script, which Redis Cluster allows only within one slot.
+A single Redis server only: a write touches sessions and their partitions'
+leases in one script, which Redis Cluster allows only within one slot.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
+from actorsess._record import tombstone, with_stamp
 from actorsess.storage import _redis_lua as lua
 from actorsess.storage._redis_script import Arg, BatchScript, send_commands
 from actorsess.storage.base import BadValue, Conflict, LoadResult, WriteItem
@@ -78,39 +78,33 @@ end
 return 0
 """
 
-# KEYS: (record, stamps) pairs. Returns the record (or the wrong-type mark) and the
-# stamp of each.
+# KEYS: records. Returns each (or the wrong-type mark); a record's header holds its stamp.
 _LOAD_LUA = (
     lua.COMMON_LUA
     + """
 local out = {}
-for i = 1, #KEYS, 2 do
-  out[i] = read_record(KEYS[i]) or false
-  local stamp = redis.pcall('HGET', KEYS[i + 1], KEYS[i])
-  if type(stamp) ~= 'string' then stamp = false end
-  out[i + 1] = stamp
-end
+for i, key in ipairs(KEYS) do out[i] = read_record(key) or false end
 return out
 """
 )
 
-# KEYS: the (lease, stamps) pairs of the batch's partitions, then its records.
-# ARGV: token, TTL ms, tombstone ms, all or nothing (1/0), the number of
-# partitions, then per record: its partition's place among them, version, record
-# ("" deletes), stamp ("" for none). A record whose partition lease does not hold
+# KEYS: the lease keys of the batch's partitions, then its records. ARGV: token,
+# TTL ms, tombstone ms, all or nothing (1/0), the number of partitions, then per
+# record: its partition's place among them, version, record (stamp included),
+# whether it is a tombstone (1/0). A record whose partition lease does not hold
 # the token is refused (1); one older than what storage holds too (2). All or
-# nothing: any refusal writes nothing. Each partition's lease is read once and its
-# stamps are set in one HSET. Returns {position, code} pairs of refused records.
+# nothing: any refusal writes nothing. Each partition's lease is read once.
+# Returns {position, code} pairs of refused records.
 _WRITE_LUA = (
     lua.COMMON_LUA
     + """
 local token, ttl, tomb, whole = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
 local parts = tonumber(ARGV[5])
 local held = {}
-for j = 1, parts do held[j] = redis.pcall('GET', KEYS[2 * j - 1]) == token end
+for j = 1, parts do held[j] = redis.pcall('GET', KEYS[j]) == token end
 local out = {}
 local refused = {}
-local records = #KEYS - 2 * parts
+local records = #KEYS - parts
 for i = 1, records do
   local a = 5 + 4 * (i - 1)
   if not held[tonumber(ARGV[a + 1])] then
@@ -118,7 +112,7 @@ for i = 1, records do
     out[#out + 1] = i
     out[#out + 1] = 1
   elseif whole then
-    local stored = stored_version(KEYS[2 * parts + i])
+    local stored = stored_version(KEYS[parts + i])
     if stored and vcmp(stored, ARGV[a + 2]) > 0 then
       refused[i] = true
       out[#out + 1] = i
@@ -127,26 +121,14 @@ for i = 1, records do
   end
 end
 if whole and #out > 0 then return out end
-local stamps = {}
 for i = 1, records do
   if not refused[i] then
     local a = 5 + 4 * (i - 1)
-    local key, part, stamp = KEYS[2 * parts + i], tonumber(ARGV[a + 1]), ARGV[a + 4]
-    if put(key, ARGV[a + 2], ARGV[a + 3], ttl, tomb) then
-      if stamp ~= '' then
-        local pairs_of = stamps[part] or {}
-        pairs_of[#pairs_of + 1] = key
-        pairs_of[#pairs_of + 1] = stamp
-        stamps[part] = pairs_of
-      end
-    else
+    if not put(KEYS[parts + i], ARGV[a + 2], ARGV[a + 3], ttl, tomb, ARGV[a + 4] == '1') then
       out[#out + 1] = i
       out[#out + 1] = 2
     end
   end
-end
-for part, fields in pairs(stamps) do
-  redis.call('HSET', KEYS[2 * part], unpack(fields))
 end
 return out
 """
@@ -222,9 +204,6 @@ class RedisPartitionStore:
     def stream_key(self, partition: int) -> str:
         return f"{self.namespace}updates:{partition}"
 
-    def stamps_key(self, partition: int) -> str:
-        return f"{self.namespace}stamps:{partition}"
-
     # -- membership and leases --------------------------------------------------
 
     async def heartbeat(
@@ -252,21 +231,10 @@ class RedisPartitionStore:
 
     # -- sessions -------------------------------------------------------------------
 
-    async def load(
-        self, keys: Sequence[str], partitions: Sequence[int]
-    ) -> list[tuple[LoadResult, str | None]]:
-        names: list[str] = []
-        for key, partition in zip(keys, partitions, strict=True):
-            names += (key, self.stamps_key(partition))
-        reply = await self._load(names, [])
-        out: list[tuple[LoadResult, str | None]] = []
-        for i in range(0, len(reply), 2):
-            value, stamp = reply[i] or None, reply[i + 1] or None
-            record: LoadResult = (
-                BadValue("the Redis key holds a non-string type") if value == _WRONG_TYPE else value
-            )
-            out.append((record, stamp.decode() if isinstance(stamp, bytes) else stamp))
-        return out
+    async def load(self, keys: Sequence[str]) -> list[LoadResult]:
+        wrong = BadValue("the Redis key holds a non-string type")
+        values = await self._load(keys, [])
+        return [wrong if value == _WRONG_TYPE else value or None for value in values]
 
     async def write(
         self,
@@ -279,23 +247,22 @@ class RedisPartitionStore:
         *,
         whole: bool,
     ) -> list[Conflict]:
+        """Write ``items`` fenced by their partitions' leases, each record (or a
+        delete's tombstone) with its stamp in its header ("": none)."""
         if not items:
             return []
         places: dict[int, int] = {}
         for partition in partitions:
             places.setdefault(partition, len(places) + 1)
-        keys: list[str] = []
-        for partition in places:
-            keys += (self.lease_key(partition), self.stamps_key(partition))
+        keys = [self.lease_key(partition) for partition in places]
         args: list[Any] = [token, ttl_ms or 0, tombstone_ms, 1 if whole else 0, len(places)]
         for item, partition, stamp in zip(items, partitions, stamps, strict=True):
             keys.append(item.key)
-            args += (
-                places[partition],
-                item.version,
-                b"" if item.blob is None else item.blob,
-                stamp,
-            )
+            if item.blob is None:
+                args += (places[partition], item.version, tombstone(item.version, stamp), 1)
+            else:
+                record = with_stamp(item.blob, stamp) if stamp else item.blob
+                args += (places[partition], item.version, record, 0)
         reply = await self._write(keys, args)
         return [
             Conflict(reply[j] - 1, lua.CONFLICT_REASONS.get(reply[j + 1], "refused"))
