@@ -6,10 +6,10 @@ holds that partition's lease (else ``PartitionNotOwnedError``); every write is
 fenced in storage by the lease, so a worker that stalled past it is refused.
 
 Each write also records, in the session's record header, the stamp of the last
-forwarded update that changed it (``DELIVERY``); a load reads it back. An update that the next
-owner reads again from the stream after a takeover, and whose change to a
-session is already written, changes that session no second time: its commit
-is dropped. So a session gets every forwarded update once, even across a crash.
+forwarded update that changed it (``DELIVERY``); a load reads it back. An update
+that the next owner reads again from the stream after a takeover, and whose
+change to a session is already written, changes that session no second time:
+its commit is dropped. So a session gets every forwarded update once, even across a crash.
 """
 
 from __future__ import annotations

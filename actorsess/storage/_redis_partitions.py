@@ -8,7 +8,8 @@ Under the namespace ``ns`` (``Partitions(namespace=...)``):
   PX expiry (the partition lease);
 - ``ns + "updates:<p>"``: partition ``p``'s stream of forwarded updates, one entry
   per receiver batch (fields ``"0"``, ``"1"``, ...: raw update JSON, in arrival
-  order), trimmed by the owner once their effects are written;
+  order), trimmed by the owner once their effects are written.
+
 The stamp (``<entry id>-<index>``) of the last forwarded update whose change a
 session's record holds is in the record's header (``actorsess._record``), so
 that an update read again after a takeover changes no session twice.
