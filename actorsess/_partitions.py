@@ -180,6 +180,12 @@ class Partitions:
         until = self.until.get(partition)
         return until is not None and until > self.clock.now()
 
+    def holds_key(self, key: str) -> bool:
+        """Whether this worker holds the partition of session ``key`` now: a job that
+        runs outside updates in every worker opens only such sessions (the others'
+        owners do theirs; see "Sessions outside an update" in the docs)."""
+        return self.holds(self.partition_of_key(key))
+
     def owner_of(self, partition: int, members: Sequence[str]) -> str | None:
         """The member ``partition`` belongs to among ``members`` (rendezvous hashing)."""
         best: tuple[bytes, str] | None = None

@@ -198,6 +198,42 @@ async def test_a_session_carries_the_stamp_of_its_last_forwarded_update_in_its_r
         await partitions2.stop()
 
 
+async def test_a_job_run_in_every_worker_touches_each_session_once(storage: RedisStorage) -> None:
+    """Outside updates, a job runs in every worker and opens only the sessions whose
+    partition its worker holds (``holds_key``): together the two workers touch
+    every session, none twice, and neither meets ``PartitionNotOwnedError``."""
+    first, first_sessions = worker(storage)
+    second, second_sessions = worker(storage)
+    await first.start()
+    await second.start()
+    keys = [f"session:42:{chat}:{chat}" for chat in range(1, 41)]
+    try:
+        for _ in range(100):  # until the two have split the partitions
+            if len(first.until) + len(second.until) == 8 and first.settled and second.settled:
+                break
+            await asyncio.sleep(0.05)
+        assert first.until and second.until
+
+        async def job(partitions: Partitions, sessions: SessionManager[Any]) -> int:
+            touched = 0
+            for key in keys:
+                if partitions.holds_key(key):
+                    await sessions.update(key, add_one)
+                    touched += 1
+            return touched
+
+        async with first_sessions, second_sessions:
+            counts = await asyncio.gather(job(first, first_sessions), job(second, second_sessions))
+            assert 0 < counts[0] < len(keys) and sum(counts) == len(keys)
+            await first_sessions.flush()
+            await second_sessions.flush()
+        stored = await storage.client.mget(["actorsess:" + key for key in keys])
+        assert all(isinstance(raw, bytes) and raw.endswith(b'{"n":1}') for raw in stored)
+    finally:
+        await first.stop()
+        await second.stop()
+
+
 async def test_a_write_after_the_partition_moved_is_refused(storage: RedisStorage) -> None:
     """A worker whose partition lease another worker took cannot write (the fence)."""
     partitions, manager = worker(storage)
