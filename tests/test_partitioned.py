@@ -71,11 +71,20 @@ def worker(storage: RedisStorage, count: int = 8) -> tuple[Partitions, SessionMa
     return partitions, manager
 
 
+def chats_in(partitions: Partitions, partition: int, count: int = 1, start: int = 1) -> list[int]:
+    """The first ``count`` chats from ``start`` on whose sessions are in ``partition``."""
+    chats: list[int] = []
+    chat = start
+    while len(chats) < count:
+        if partitions.partition_of(str(chat)) == partition:
+            chats.append(chat)
+        chat += 1
+    return chats
+
+
 def key_in(partitions: Partitions, partition: int, start: int = 1) -> str:
     """A session key (as SessionMiddleware makes them) of a chat in ``partition``."""
-    chat = start
-    while partitions.partition_of(str(chat)) != partition:
-        chat += 1
+    [chat] = chats_in(partitions, partition, start=start)
     return f"session:42:{chat}:{chat}"
 
 
@@ -327,6 +336,23 @@ async def counting_bot(
     return partitions, sessions, dp
 
 
+def forwarding_app(
+    partitions: Partitions, dp: Dispatcher
+) -> tuple[ForwardingRequestHandler, web.Application]:
+    """A ForwardingRequestHandler for ``dp`` on ``POST /webhook`` of a new app."""
+    handler = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions)
+    app = web.Application()
+    app.router.add_post("/webhook", handler.handle)
+    return handler, app
+
+
+async def post_after(client: TestClient[Any, Any], delay: float, chat: int) -> int:
+    """After ``delay`` seconds (so each post starts in its own turn of the loop), post a
+    message of ``chat`` to the webhook; its status."""
+    await asyncio.sleep(delay)
+    return (await client.post("/webhook", json=message_update(chat, "hi"))).status
+
+
 async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_others(
     storage: RedisStorage,
 ) -> None:
@@ -342,12 +368,9 @@ async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_oth
     async def on_poll(poll: Poll) -> None:
         polls.append(poll.id)
 
-    handler = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions)
-    app = web.Application()
-    app.router.add_post("/webhook", handler.handle)
+    handler, app = forwarding_app(partitions, dp)
     handler.feeder.start()
-    mine = next(c for c in range(1, 100) if partitions.partition_of(str(c)) == 0)
-    other = next(c for c in range(1, 100) if partitions.partition_of(str(c)) == 1)
+    [mine], [other] = chats_in(partitions, 0), chats_in(partitions, 1)
     async with TestClient(TestServer(app)) as client, sessions:
         try:
             response = await client.post("/webhook", json=message_update(mine, "hi"))
@@ -382,19 +405,13 @@ async def test_forwards_arriving_while_one_is_being_stored_go_in_one_entry(
     server), the updates to forward that arrive go in the next XADD, sent once it
     is back, instead of one XADD each; every one is acknowledged once stored."""
     partitions, sessions, dp = await counting_bot(storage, count=2)
-    handler = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions)
-    app = web.Application()
-    app.router.add_post("/webhook", handler.handle)
-    others = [c for c in range(1, 200) if partitions.partition_of(str(c)) == 1][:6]
+    _, app = forwarding_app(partitions, dp)
+    others = chats_in(partitions, 1, count=6)
     stream = "actorsess:partitions:updates:1"
     async with TestClient(TestServer(app)) as client, sessions:
         await storage.client.execute_command("CLIENT", "PAUSE", 400, "WRITE")
-
-        async def post(chat: int, after: float) -> int:
-            await asyncio.sleep(after)  # each in its own turn of the loop
-            return (await client.post("/webhook", json=message_update(chat, "hi"))).status
-
-        statuses = await asyncio.gather(*(post(c, 0.03 * i) for i, c in enumerate(others)))
+        posts = (post_after(client, 0.03 * i, chat) for i, chat in enumerate(others))
+        statuses = await asyncio.gather(*posts)
         assert statuses == [200] * len(others)
         entries = cast(Entries, await storage.client.xrange(stream))
         assert [len(fields) for _, fields in entries] == [1, len(others) - 1]
@@ -409,21 +426,13 @@ async def test_a_forward_that_fails_is_not_acknowledged_and_the_next_batch_still
     503, so Telegram sends its update again; an update that waited behind it (for
     partition 2) goes in the next batch and is acknowledged once stored."""
     partitions, sessions, dp = await counting_bot(storage, count=3)
-    handler = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions)
-    app = web.Application()
-    app.router.add_post("/webhook", handler.handle)
-    first, second = (
-        next(c for c in range(1, 200) if partitions.partition_of(str(c)) == p) for p in (1, 2)
-    )
+    _, app = forwarding_app(partitions, dp)
+    [first], [second] = chats_in(partitions, 1), chats_in(partitions, 2)
     await storage.client.set("actorsess:partitions:updates:1", "not a stream")
     async with TestClient(TestServer(app)) as client, sessions:
         await storage.client.execute_command("CLIENT", "PAUSE", 300, "WRITE")
-
-        async def post(chat: int, after: float) -> int:
-            await asyncio.sleep(after)
-            return (await client.post("/webhook", json=message_update(chat, "hi"))).status
-
-        assert list(await asyncio.gather(post(first, 0), post(second, 0.1))) == [503, 200]
+        posts = await asyncio.gather(post_after(client, 0, first), post_after(client, 0.1, second))
+        assert list(posts) == [503, 200]
         assert await storage.client.xlen("actorsess:partitions:updates:2") == 1
 
 
