@@ -94,13 +94,17 @@ def _header(blob: bytes) -> bytes | None:
 
 def _split_header(blob: bytes) -> tuple[int, bytes] | None:
     """``(version, payload)`` of a record, or None when ``blob`` has no valid header."""
-    header = _header(blob)
-    if header is None:
+    if not blob.startswith(_HEADER_PREFIX):
         return None
-    digits = header.partition(_STAMP_MARK)[0]
-    if not digits.isdigit() or len(digits) > _MAX_VERSION_DIGITS:
+    end = blob.find(b":", len(_HEADER_PREFIX), _MAX_HEADER)
+    digits = blob[len(_HEADER_PREFIX) : end] if end > 0 else b""
+    if not digits.isdigit():  # a stamp after the version, or no valid header
+        digits = digits.partition(_STAMP_MARK)[0]
+        if not digits.isdigit():
+            return None
+    if len(digits) > _MAX_VERSION_DIGITS:
         return None
-    return int(digits), blob[len(_HEADER_PREFIX) + len(header) + 1 :]
+    return int(digits), blob[end + 1 :]
 
 
 def decode_record(key: str, blob: bytes) -> tuple[int, bytes]:
