@@ -57,7 +57,8 @@ class SessionConfig:
             to hand its session over before ``LeaseTimeoutError``. A process
             that died is taken over after its lease lapses plus a grace period of one
             ``lease_time`` (a live one answers within it), so keep this above twice
-            ``lease_time``.
+            ``lease_time``. Partitioned ownership: seconds a borrowed block waits for
+            the partition's owner to lend the session, and at most holds it.
         max_session_bytes: Largest encoded session accepted at commit (and read from storage).
         write_timeout: Seconds one storage write may take before its outcome counts as unknown
             (it is retried; writes are idempotent).

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from actorsess._actor import SessionActor, Status
 from actorsess._backoff import Backoff
+from actorsess._borrowed import Borrower
 from actorsess._claim import KeySpaceClaim
 from actorsess._clock import Clock, MonotonicClock
 from actorsess._codec import Codec, SessionCodec
@@ -152,6 +153,14 @@ class SessionManager(Generic[T]):
         #: What ``session()`` calls to make a turn (``observed_turn`` once
         #: ``observe_turns()`` was called).
         self._make_turn: Callable[[Turns[T], str], SessionTurn[T]] = SessionTurn
+        #: Partitioned mode: borrows the sessions of partitions this process does not hold.
+        self._borrower = (
+            None
+            if partitions is None
+            else Borrower(partitions, config, self._codec, self._migrations, self._clock, self._log)
+        )
+        if self._borrower is not None:
+            self._make_turn = self._borrower.wrap(SessionTurn)
         self._backoff = Backoff(config.retry_base_delay, config.retry_max_delay, rng)
         self._turns: Turns[T] = Turns(self._codec, self.start, wait_for_turn)
         self._build()
@@ -249,6 +258,8 @@ class SessionManager(Generic[T]):
             await self._claim.acquire(min(self._config.load_timeout, _PREPARE_TIMEOUT))
         self._flusher.start()
         self._ownership.start()
+        if self._partitions is not None:
+            self._partitions.lend_from(self._prefix, self._lend)
         self._set_state(_State.RUNNING)
 
     async def _prepare_storage(self) -> None:
@@ -287,6 +298,8 @@ class SessionManager(Generic[T]):
     async def _shutdown(self, budget: float) -> None:
         was_running = self._state is _State.RUNNING
         self._set_state(_State.CLOSING)
+        if self._partitions is not None:
+            self._partitions.stop_lending(self._prefix, self._lend)
         deadline = self._clock.now() + budget
         await self._wait_for_holders(deadline)
         unwritten: list[str] = []
@@ -382,7 +395,9 @@ class SessionManager(Generic[T]):
 
         Off until called (``register_prometheus`` calls it), so that a cached turn
         costs nothing for metrics nobody reads; on, it costs a few percent of one."""
-        self._make_turn = observed_turn
+        self._make_turn = (
+            observed_turn if self._borrower is None else self._borrower.wrap(observed_turn)
+        )
 
     def histograms(self) -> dict[str, HistogramSnapshot]:
         """How long turns waited and held, loads and flushes took, and how large
@@ -490,6 +505,9 @@ class SessionManager(Generic[T]):
         actor = self._cached_committed(key)
         if actor is not None:
             return self._codec.decode(actor.blob)
+        if self._borrower is not None and self._borrower.partitions.lends_key(key):
+            async with self.session(key) as value:  # a value of its own: not cached here
+                return value
         actor = await self._turns.enter(key)
         try:
             return self._codec.decode(actor.blob)
@@ -591,6 +609,11 @@ class SessionManager(Generic[T]):
         Returns once the record is gone from storage.
         """
         turns = self._turns
+        if self._borrower is not None and self._borrower.partitions.lends_key(key):
+            turn = self.session(key)
+            async with turn:
+                turn.delete()
+            return
         try:
             actor = await turns.enter(key)
         except CorruptSessionError:
@@ -716,6 +739,20 @@ class SessionManager(Generic[T]):
                 self._registry.discard(actor)
                 self._counters.evictions += 1
                 self._log.debug("session.evict", key=key, was_dirty=False)
+        finally:
+            self._turns.leave(actor)
+
+    async def _lend(self, key: str, exchange: Callable[[], Awaitable[bool]]) -> bool:
+        """Partitioned mode, in the owner of ``key``'s partition: hold ``key``'s turn with
+        its change written while ``exchange`` lends the session to another process
+        (``actorsess._loans``), and load it again if ``exchange`` wrote a new record."""
+        actor = await self._turns.enter(key)
+        try:
+            await self._write_out(actor)
+            changed = await exchange()
+            if changed:
+                await self._reload(actor)
+            return changed
         finally:
             self._turns.leave(actor)
 

@@ -27,7 +27,7 @@ import contextvars
 import hashlib
 import secrets
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -46,6 +46,18 @@ Stamp = tuple[int, int, int]
 DELIVERY: contextvars.ContextVar[Stamp | None] = contextvars.ContextVar(
     "actorsess_delivery", default=None
 )
+
+#: The partition of the update the current task is handling (forwarded or received
+#: here); None outside one. A session of another partition opened there is borrowed
+#: from its owner; one of this partition is not (see ``Partitions.lends_key``).
+FEEDING: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "actorsess_feeding", default=None
+)
+
+#: A manager lending one of its sessions: ``lend(key, exchange)`` holds ``key``'s turn
+#: with its change written, runs ``exchange`` (True: it wrote a new record) and loads
+#: the session again if so; returns what ``exchange`` returned.
+Lend = Callable[[str, Callable[[], Awaitable[bool]]], Awaitable[bool]]
 
 # A lease counts as held for this share of lease_time after the call that took or
 # renewed it was sent: the rest is the margin for clock drift and a late reply.
@@ -146,6 +158,8 @@ class Partitions:
         #: The partitions that are this worker's among ``members``.
         self._mine: set[int] | None = None
         self._listeners: list[PartitionListener] = []
+        #: The partitioned managers of this process that lend sessions, by key prefix.
+        self._lenders: dict[str, list[Lend]] = {}
         self._task: asyncio.Task[None] | None = None
         #: Giving partitions up, beside the heartbeat (which keeps renewing them).
         self._giving_up: asyncio.Task[None] | None = None
@@ -163,6 +177,11 @@ class Partitions:
     def partition_of_key(self, key: str) -> int:
         """The partition of a session key as ``SessionMiddleware`` and
         ``ActorFSMStorage`` make them (``<name>:<bot id>[:b<connection>]:<chat>:...``)."""
+        return self.partition_of(self.chat_of_key(key))
+
+    @staticmethod
+    def chat_of_key(key: str) -> str:
+        """The chat part of a session key (see ``partition_of_key``)."""
         parts = key.split(":", 4)
         chat = parts[2] if len(parts) > 2 else ""
         if chat.startswith("b") and len(parts) > 3:
@@ -173,7 +192,7 @@ class Partitions:
                 "and this key has no chat part (keys look like '<name>:<bot id>:<chat>:...', "
                 "as SessionMiddleware, ActorFSMStorage and session_key() make them)"
             )
-        return self.partition_of(chat)
+        return chat
 
     def holds(self, partition: int) -> bool:
         """Whether this worker owns ``partition`` and its lease can be relied on now."""
@@ -185,6 +204,17 @@ class Partitions:
         runs outside updates in every worker opens only such sessions (the others'
         owners do theirs; see "Sessions outside an update" in the docs)."""
         return self.holds(self.partition_of_key(key))
+
+    def lends_key(self, key: str) -> bool:
+        """Whether a session block on ``key`` opened now borrows the session from its
+        partition's owner: its partition is not held here, and it is not the partition
+        of the update being handled (that one's own sessions are opened where it is
+        owned; if it moved meanwhile, the update is read again by the next owner)."""
+        try:
+            partition = self.partition_of_key(key)
+        except InvalidKeyError:
+            return False  # the block refuses it by name when it is entered
+        return not self.holds(partition) and partition != FEEDING.get()
 
     def owner_of(self, partition: int, members: Sequence[str]) -> str | None:
         """The member ``partition`` belongs to among ``members`` (rendezvous hashing)."""
@@ -209,6 +239,21 @@ class Partitions:
         """Stop telling ``listener``."""
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    def lend_from(self, prefix: str, lend: Lend) -> None:
+        """A manager with ``key_prefix`` ``prefix`` lends its sessions (until ``stop_lending``)."""
+        self._lenders.setdefault(prefix, []).append(lend)
+
+    def stop_lending(self, prefix: str, lend: Lend) -> None:
+        """The manager given to ``lend_from`` lends no more (it is closing)."""
+        lenders = self._lenders.get(prefix, [])
+        if lend in lenders:
+            lenders.remove(lend)
+
+    def lenders(self, prefix: str) -> list[Lend]:
+        """The managers here that serve keys under ``prefix`` (a session manager and an
+        FSM storage often share one), in the order they started."""
+        return list(self._lenders.get(prefix, ()))
 
     async def persist(self) -> bool:
         """Ask every listener to write what is dirty now; True once all of it is in

@@ -326,12 +326,16 @@ class Turns(Generic[T]):
         """Take ``key``'s turn: the general path (load, wait in line, shared ownership)."""
         check_key(key)
         if not self.running:
-            self.check_open()
             # Before any lookup: start() may wait (storage connections), and what a
             # lookup saw before that wait is stale after it.
-            await self._start()
+            await self.start()
         actor: SessionActor[T] = await self._ownership.take(key, self._take, self.leave)
         return actor
+
+    async def start(self) -> None:
+        """Start the manager for a turn taken before ``start()`` (raise while closing)."""
+        self.check_open()
+        await self._start()
 
     async def _take(self, key: str) -> SessionActor[T]:
         if not self.running:

@@ -145,7 +145,8 @@ class SessionConflictError(ActorSessError):
 
 
 class LeaseTimeoutError(ActorSessError, TimeoutError):
-    """Shared ownership: the process owning a session did not let go of it in time."""
+    """The process owning a session did not let go of it in time (shared ownership), or
+    did not lend it in time (partitioned ownership: ``owner`` names the partition)."""
 
     def __init__(self, key: str, waited: float, owner: str | None) -> None:
         """Make the error.
@@ -165,10 +166,10 @@ class LeaseTimeoutError(ActorSessError, TimeoutError):
 
 
 class PartitionNotOwnedError(ActorSessError, RuntimeError):
-    """Partitioned ownership: a session was opened in a worker that does not own its
-    partition (now). Sessions are opened by the updates of their chat, which the
-    forwarder brings to the owner; work on a session from elsewhere goes through
-    a manager with ``ownership="shared"``."""
+    """Partitioned ownership: a session's partition moved away from this worker while
+    its block waited for the turn, or it is the partition of the update being
+    handled, which is never borrowed (the partition's next owner reads the update
+    again). Anywhere else, opening the session again borrows it from its owner."""
 
     def __init__(self, key: str, partition: int) -> None:
         """Make the error.
@@ -181,8 +182,7 @@ class PartitionNotOwnedError(ActorSessError, RuntimeError):
         self.partition = partition
         super().__init__(
             f"session {key!r} belongs to partition {partition}, which this worker does not "
-            "own now; open it while handling an update of its chat (the forwarder brings "
-            "those to the owner)"
+            "own now (it moved away while the block waited for its turn)"
         )
 
 

@@ -4,6 +4,7 @@ hand-off between two workers' ``Partitions``, and the errors of a wrong setup.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, cast
@@ -19,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from actorsess import (
     ConfigError,
     InvalidKeyError,
+    LeaseTimeoutError,
     MemoryStorage,
     PartitionNotOwnedError,
     Partitions,
@@ -26,13 +28,15 @@ from actorsess import (
     SessionConfig,
     SessionConflictError,
     SessionManager,
+    StorageError,
 )
-from actorsess._partitions import DELIVERY, Stamp
+from actorsess._partitions import DELIVERY, FEEDING, Stamp
 from actorsess.aiogram import ForwardingRequestHandler, SessionMiddleware
 from actorsess.aiogram._feeder import UpdateFeeder
 from actorsess.testing import RedisServer, message_update
 from harness.webhook_bot import OFFLINE_TOKEN
 from tests.aiogram_helpers import poll_update
+from tests.conftest import Events
 
 #: A stream's entries as redis-py's XRANGE gives them.
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -101,13 +105,33 @@ async def test_a_lone_worker_owns_every_partition_and_serves_its_sessions(
     assert await storage.client.keys("actorsess:partitions:lease:*") == []
 
 
-async def test_a_session_of_a_partition_owned_elsewhere_is_refused_by_name(
+async def test_a_session_nobody_lends_times_out_naming_it_and_is_not_lent_later(
     storage: RedisStorage,
 ) -> None:
-    _, manager = worker(storage)  # never started: owns nothing
-    async with manager:
-        with pytest.raises(PartitionNotOwnedError, match="session:42:5:5.*partition"):
-            await manager.update("session:42:5:5", lambda s: None)
+    """A process that holds no partition borrows; while no owner reads the partition's
+    stream, the block gives up after ``lease_wait_timeout`` naming the key. An owner
+    that reads the request later skips it (the borrower gave it up): it neither
+    waits for a change nobody sends nor holds the chat up."""
+    key = "session:42:5:5"
+    async with admin(storage, count=1, lease_wait_timeout=0.3) as other:
+        with pytest.raises(LeaseTimeoutError, match="session:42:5:5.*partition 0"):
+            await other.update(key, add_one)
+    partitions, sessions, dp = await counting_bot(storage, count=1)
+    handler, _ = forwarding_app(partitions, dp)
+    async with sessions:
+        handler.feeder.start()
+        try:
+            for _ in range(100):
+                if handler.feeder._progress[0].done_upto is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert handler.feeder._progress[0].done_upto is not None  # the request: ended
+            [claim] = await storage.client.keys("actorsess:partitions:loan:*:claim")
+            assert await storage.client.get(claim) == b"given up"
+            assert await storage.client.keys("actorsess:partitions:loan:*:ready") == []
+            assert await sessions.get(key) == {"n": 0}
+        finally:
+            await handler.feeder.stop()
 
 
 async def test_a_key_without_a_chat_part_is_refused_by_name(storage: RedisStorage) -> None:
@@ -282,8 +306,8 @@ async def test_a_joining_worker_gets_a_share_with_the_sessions_written_before(
         assert moved, "the second worker got no partition"
         for key in moved:
             assert await second_manager.get(key) == {"n": 5}
-            with pytest.raises(PartitionNotOwnedError):
-                await first_manager.get(key)
+            assert not first.holds_key(key)  # (its sessions there would be borrowed)
+            assert first_manager._registry.peek(key) is None  # written and forgotten
     await first.stop()
     await second.stop()
 
@@ -522,3 +546,171 @@ def test_a_forwarding_handler_with_a_bad_trim_interval_is_refused_by_name() -> N
         ForwardingRequestHandler(
             Dispatcher(), Bot(OFFLINE_TOKEN), Partitions(storage), trim_interval=0
         )
+
+
+def admin(
+    storage: RedisStorage, count: int, logger: Any = None, **config: Any
+) -> SessionManager[Any]:
+    """A partitioned manager of a process that is no worker: its ``Partitions`` is never
+    started, so it holds no partition and borrows every session from its owner."""
+    settings = {"ownership": "partitioned", "flush_interval": 0.05, "lease_time": 2, **config}
+    return SessionManager(
+        storage,
+        initial=counter,
+        config=SessionConfig(**settings),
+        partitions=Partitions(storage, count=count, lease_time=2),
+        logger=logger,
+    )
+
+
+@contextlib.asynccontextmanager
+async def lending_owner(
+    storage: RedisStorage, count: int = 1
+) -> AsyncIterator[tuple[Partitions, SessionManager[Any]]]:
+    """``counting_bot`` (owning partition 0 of ``count``) with its feeder running: it
+    serves the loans asked of partition 0."""
+    partitions, sessions, dp = await counting_bot(storage, count)
+    handler, _ = forwarding_app(partitions, dp)
+    async with sessions:
+        handler.feeder.start()
+        try:
+            yield partitions, sessions
+        finally:
+            await handler.feeder.stop()
+
+
+async def test_a_process_that_owns_no_partition_borrows_a_session_from_its_owner(
+    storage: RedisStorage, events: Events
+) -> None:
+    """The admin's ``update`` goes through the partition's owner: the owner writes its
+    unwritten change first (so the admin sees it), lends the session in its turn,
+    writes the admin's change under its lease and loads it back; ``get`` and
+    ``delete`` go the same way. Every manager of the owner with the key prefix lends
+    (here two), and none is left with a stale copy."""
+    key = "session:42:7:7"
+    stored = "actorsess:" + key
+    async with (
+        lending_owner(storage) as (partitions, sessions),
+        admin(storage, count=1, logger=events.logger) as other,
+    ):
+        slow = SessionManager(
+            storage,
+            initial=counter,
+            config=SessionConfig(ownership="partitioned", flush_interval=60, lease_time=2),
+            partitions=partitions,
+        )
+        async with slow:
+            await slow.update(key, add_one)  # dirty here, not written for a minute
+            assert await storage.client.get(stored) is None
+            assert await other.update(key, lambda s: s.update(n=s["n"] + 10) or s["n"]) == 11
+            assert await slow.get(key) == {"n": 11}  # loaded back by the owner
+            assert await sessions.get(key) == {"n": 11}  # (the other lender too)
+            await slow.update(key, add_one)
+            assert await other.get(key) == {"n": 12}
+            await other.delete(key)
+            assert await slow.get(key) == {"n": 0}
+            record = await storage.client.get(stored)
+            assert isinstance(record, bytes) and record.endswith(b":")  # a tombstone
+    borrowed = events.named("session.borrowed")
+    assert len(borrowed) == 3 and borrowed[0]["key"] == key and borrowed[0]["partition"] == 0
+
+
+async def test_a_borrowed_block_that_raises_changes_nothing_and_frees_the_owner_at_once(
+    storage: RedisStorage,
+) -> None:
+    key = "session:42:7:7"
+    async with (
+        lending_owner(storage) as (_, sessions),
+        admin(storage, count=1, lease_wait_timeout=30) as other,
+    ):
+        with pytest.raises(RuntimeError, match="boom"):
+            async with other.session(key) as session:
+                session["n"] = 99
+                raise RuntimeError("boom")
+        async with asyncio.timeout(5):  # not the 30 s the owner would wait for a change
+            await sessions.update(key, add_one)
+            assert await other.get(key) == {"n": 1}
+
+
+async def test_a_borrowed_change_is_refused_if_the_owner_lost_its_lease_meanwhile(
+    storage: RedisStorage,
+) -> None:
+    """The owner writes a borrowed change fenced by its partition lease, as its own:
+    if the lease is gone by then, the block's exit raises SessionConflictError and
+    nothing is written."""
+    key = "session:42:7:7"
+    async with lending_owner(storage), admin(storage, count=1) as other:
+        with pytest.raises(SessionConflictError, match="session:42:7:7"):
+            async with other.session(key) as session:
+                session["n"] = 5
+                await storage.client.delete("actorsess:partitions:lease:0")
+        assert await storage.client.get("actorsess:" + key) is None
+
+
+async def test_a_borrowed_block_held_past_the_owners_patience_is_dropped(
+    storage: RedisStorage,
+) -> None:
+    key = "session:42:7:7"
+    async with (
+        lending_owner(storage) as (_, sessions),
+        admin(storage, count=1, lease_wait_timeout=0.3) as other,
+    ):
+        with pytest.raises(SessionConflictError, match="longer than its owner lends it"):
+            async with other.session(key) as session:
+                session["n"] = 5
+                await asyncio.sleep(0.4)
+        assert await sessions.get(key) == {"n": 0}
+        assert await storage.client.get("actorsess:" + key) is None
+
+
+async def test_a_loan_read_again_by_the_next_owner_is_not_served_twice(
+    storage: RedisStorage,
+) -> None:
+    """An owner crashes after a loan, before trimming; the next owner reads the request
+    again and skips it (its claim is there): the borrowed change counts once."""
+    key = "session:42:7:7"
+    async with admin(storage, count=1) as other:
+        async with lending_owner(storage):
+            await other.update(key, add_one)
+        assert await storage.client.xlen("actorsess:partitions:updates:0") == 1  # untrimmed
+        await storage.client.delete("actorsess:partitions:lease:0")  # as it lapses
+        async with lending_owner(storage) as (_, sessions):
+            await other.update(key, add_one)
+            assert await sessions.get(key) == {"n": 2}
+
+
+async def test_an_owner_with_no_manager_of_the_key_prefix_says_so(storage: RedisStorage) -> None:
+    async with lending_owner(storage), admin(storage, count=1, key_prefix="elsewhere:") as other:
+        with pytest.raises(
+            StorageError, match="no partitioned manager with key_prefix 'elsewhere:'"
+        ):
+            await other.get("session:42:7:7")
+
+
+async def test_a_handler_borrows_another_chats_session_but_not_one_of_its_own_partition(
+    storage: RedisStorage,
+) -> None:
+    """Inside an update, a session of another partition (owned by another worker) is
+    borrowed from its owner; a session of the update's own partition is not, even
+    if the partition moved meanwhile: that raises PartitionNotOwnedError as before,
+    and the update is read again by the partition's next owner."""
+    async with lending_owner(storage, count=2) as (partitions, sessions):
+        [here] = chats_in(partitions, 1)
+        [there] = chats_in(partitions, 0)
+        other_key = f"session:42:{there}:{there}"
+        own_key = f"session:42:{here}:{here}"
+        guest_partitions = Partitions(storage, count=2)  # holds partition 1 only
+        guest_partitions.until[1] = math.inf
+        guest = SessionManager(
+            storage, initial=counter, config=PARTITIONED, partitions=guest_partitions
+        )
+        async with guest:
+            token = FEEDING.set(1)  # as the feeder runs an update of partition 1
+            try:
+                await guest.update(other_key, add_one)  # borrowed from partition 0's owner
+                assert await sessions.get(other_key) == {"n": 1}
+                guest_partitions.until[1] = 0.0  # partition 1 lapsed under the update
+                with pytest.raises(PartitionNotOwnedError, match=own_key):
+                    await guest.update(own_key, add_one)
+            finally:
+                FEEDING.reset(token)

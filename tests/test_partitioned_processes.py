@@ -15,14 +15,16 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 import redis
 
+from actorsess import ActorSessError, Partitions, RedisStorage, SessionConfig, SessionManager
 from actorsess.testing import RedisServer, message_update
 from harness.balancer import Balancer
-from harness.webhook_bot import stored_sessions
+from harness.webhook_bot import OFFLINE_TOKEN, new_session, stored_sessions
 from harness.webhook_worker import WebhookWorker
 from tests.workers import start_worker, workers
 
@@ -197,3 +199,83 @@ async def test_a_redis_restart_mid_load_loses_no_acknowledged_update(tmp_path: P
             server.url, tmp_path, restart_redis, per_chat=100, timeout=5
         )
     assert sum(map(len, feed.acked.values())) > len(CHATS) * 60
+
+
+@dataclass
+class AdminBonus:
+    """An admin process's changes per chat: attempted, and confirmed (returned)."""
+
+    attempted: dict[int, int] = field(default_factory=dict)
+    confirmed: dict[int, int] = field(default_factory=dict)
+
+    async def run(self, redis_url: str, rounds: int) -> None:
+        """A process that is no worker (its ``Partitions`` never started) adds 1 to every
+        chat's ``bonus``, ``rounds`` times over, while the workers serve the chats."""
+        storage = RedisStorage.from_url(redis_url)
+        admin = SessionManager(
+            storage,
+            initial=new_session,
+            config=SessionConfig(ownership="partitioned", lease_wait_timeout=3),
+            partitions=Partitions(storage, count=64, lease_time=1),
+        )
+        bot_id = OFFLINE_TOKEN.split(":", 1)[0]
+
+        def add_bonus(session: dict[str, Any]) -> None:
+            session["bonus"] = session.get("bonus", 0) + 1
+
+        async with admin:
+            for _ in range(rounds):
+                for chat in CHATS:
+                    self.attempted[chat] = self.attempted.get(chat, 0) + 1
+                    try:
+                        await admin.update(f"session:{bot_id}:{chat}:{chat}", add_bonus)
+                    except ActorSessError:
+                        continue  # not confirmed: the count below allows for it
+                    self.confirmed[chat] = self.confirmed.get(chat, 0) + 1
+
+    def check(self, stored: dict[int, dict[str, object]]) -> None:
+        for chat in CHATS:
+            bonus = stored[chat].get("bonus", 0)
+            assert isinstance(bonus, int)
+            assert self.confirmed.get(chat, 0) <= bonus <= self.attempted.get(chat, 0), chat
+
+
+async def test_an_admin_process_changes_sessions_through_their_owners_under_load(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A process that owns no partition opens the workers' sessions while updates flow:
+    each change goes through the session's owner in its turn, so neither the
+    updates' counts nor the admin's are lost, and updates keep their order."""
+    admin = AdminBonus()
+
+    async def admin_rounds(started: list[WebhookWorker], balancer: Balancer) -> None:
+        await asyncio.sleep(0.5)
+        await admin.run(redis_url, rounds=3)
+
+    feed, _ = await three_workers_with(redis_url, tmp_path, admin_rounds, per_chat=60, timeout=5)
+    admin.check(stored_sessions(redis_url, CHATS))
+    assert admin.confirmed == admin.attempted, "a change was not confirmed"
+    assert sum(map(len, feed.acked.values())) == len(CHATS) * 60, "a request failed"
+
+
+async def test_an_admin_change_confirmed_before_its_owner_is_killed_is_kept(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL a worker while the admin process works through the chats: a change the
+    admin saw confirmed is stored, and none is stored twice; the loans asked of the
+    dead worker wait in its partitions' streams and are served by their next owner
+    (one in flight at the kill may fail unconfirmed, or be stored)."""
+    admin = AdminBonus()
+
+    async def admin_and_kill(started: list[WebhookWorker], balancer: Balancer) -> None:
+        async def kill() -> None:
+            await asyncio.sleep(1.0)
+            started[1].signal(signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            balancer.backends.remove(started[1].url)
+
+        await asyncio.gather(admin.run(redis_url, rounds=6), kill())
+
+    await three_workers_with(redis_url, tmp_path, admin_and_kill, per_chat=100, timeout=5)
+    admin.check(stored_sessions(redis_url, CHATS))
+    assert sum(admin.confirmed.values()) > len(CHATS) * 4

@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.methods import TelegramMethod
 from aiogram.types import Update
 
-from actorsess._partitions import DELIVERY, Partitions, Stamp
+from actorsess._loans import LoanRequest, serve_loan
+from actorsess._partitions import DELIVERY, FEEDING, Partitions, Stamp
 from actorsess.exceptions import PartitionNotOwnedError
 from actorsess.storage._redis_partitions import Entry
 
@@ -232,6 +233,8 @@ class UpdateFeeder:
             ms, seq = (int(part) for part in entry.id.split("-"))
             record = _Read(entry.id)
             progress.entries.append(record)
+            if entry.loan is not None:
+                self._lend(partition, (ms, seq, 0), entry.loan, record)
             for index, raw in enumerate(entry.updates):
                 try:
                     update = Update.model_validate_json(raw, context={"bot": self._bot})
@@ -245,6 +248,22 @@ class UpdateFeeder:
             if record.running == 0:
                 self._advance(progress)
 
+    def _lend(self, partition: int, stamp: Stamp, raw: bytes, record: _Read) -> None:
+        """Serve a loan request in its chat's line, as an update of the chat would run."""
+        try:
+            request = LoanRequest.decode(raw)
+            chat = self._partitions.chat_of_key(request.key)
+        except ValueError as exc:  # (InvalidKeyError too) written by no actorsess: skip
+            self._log.error("loan.bad_request", partition=partition, error=str(exc))
+            return
+        record.running += 1
+        self._chain(
+            partition,
+            chat,
+            functools.partial(serve_loan, self._partitions, partition, stamp, request),
+            record,
+        )
+
     def _start(
         self,
         partition: int,
@@ -256,22 +275,34 @@ class UpdateFeeder:
         """Start one update as a task after the chat's previous one; ``stamp`` and
         ``record`` (its stream entry) for a forwarded update, None for one received
         here."""
-        progress = self._progress[partition]
-        previous = self._chains.get(chat)
-        token = DELIVERY.set(stamp)
+        delivery, feeding = DELIVERY.set(stamp), FEEDING.set(partition)
         try:
-            task = asyncio.get_running_loop().create_task(
-                self._feed(previous, update, partition, forwarded=stamp is not None)
-            )
+            work = functools.partial(self._feed, update, partition, forwarded=stamp is not None)
+            return self._chain(partition, chat, work, record)
         finally:
-            DELIVERY.reset(token)
+            FEEDING.reset(feeding)
+            DELIVERY.reset(delivery)
+
+    def _chain(
+        self,
+        partition: int,
+        chat: str,
+        work: Callable[[], Awaitable[Any]],
+        record: _Read | None,
+    ) -> asyncio.Task[Any]:
+        """Run ``work`` as a task after the chat's previous one (in the current context)."""
+        progress = self._progress[partition]
+        task = asyncio.get_running_loop().create_task(
+            self._after_previous(self._chains.get(chat), work)
+        )
         self._chains[chat] = task
         progress.tasks.add(task)
         task.add_done_callback(functools.partial(self._ended, progress, chat, record))
         return task
 
-    async def _feed(
-        self, previous: asyncio.Task[Any] | None, update: Update, partition: int, *, forwarded: bool
+    @staticmethod
+    async def _after_previous(
+        previous: asyncio.Task[Any] | None, work: Callable[[], Awaitable[Any]]
     ) -> Any:
         if previous is not None and not previous.done():
             # The chat's update before this one ends first (its outcome is its own;
@@ -283,6 +314,9 @@ class UpdateFeeder:
                     raise  # this one was cancelled
             except Exception:  # reported by the previous update itself
                 pass
+        return await work()
+
+    async def _feed(self, update: Update, partition: int, *, forwarded: bool) -> Any:
         self.fed += 1
         try:
             result = await self._dispatcher.feed_update(self._bot, update, **self._data)

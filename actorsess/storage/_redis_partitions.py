@@ -8,7 +8,10 @@ Under the namespace ``ns`` (``Partitions(namespace=...)``):
   PX expiry (the partition lease);
 - ``ns + "updates:<p>"``: partition ``p``'s stream of forwarded updates, one entry
   per receiver batch (fields ``"0"``, ``"1"``, ...: raw update JSON, in arrival
-  order), trimmed by the owner once their effects are written.
+  order), trimmed by the owner once their effects are written; an entry with the
+  one field ``"loan"`` asks the owner to lend a session (``actorsess._loans``);
+- ``ns + "loan:<id>:<step>"``: the short-lived lists and marker of one loan
+  (``claim``, ``ready``, ``change``, ``done``).
 
 The stamp (``<entry id>-<index>``) of the last forwarded update whose change a
 session's record holds is in the record's header (``actorsess._record``), so
@@ -51,6 +54,21 @@ for i = 2, #KEYS do
   end
 end
 return {redis.call('ZRANGE', KEYS[1], 0, -1), renewed}
+"""
+
+# KEYS: a loan's claim marker, then the list its answer goes to. ARGV: marker, ms the
+# keys live, answer. The first claim of a loan wins (its owner answering it, or its
+# borrower giving up): a second one, from an owner that reads the loan's entry again
+# after a takeover, finds the marker and does nothing. Returns 1 if claimed here.
+_CLAIM_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if ARGV[3] ~= '' then
+    redis.call('LPUSH', KEYS[2], ARGV[3])
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
+  return 1
+end
+return 0
 """
 
 # KEYS: lease keys. ARGV: token, lease ms. Takes each free lease (or keeps one it
@@ -159,10 +177,18 @@ class Heartbeat(NamedTuple):
 
 
 class Entry(NamedTuple):
-    """One stream entry: its id and the raw updates it carries, in arrival order."""
+    """One stream entry: its id and the raw updates it carries, in arrival order, or
+    the request of a loan (``actorsess._loans``)."""
 
     id: str
     updates: list[bytes]
+    loan: bytes | None = None
+
+
+_LOAN_FIELD = b"loan"
+#: How long the keys of a loan live: far longer than a loan waits, and than a
+#: partition takes to move after a crash (a replayed loan must find its claim).
+LOAN_KEYS_MS = 600_000
 
 
 class RedisPartitionStore:
@@ -170,6 +196,7 @@ class RedisPartitionStore:
 
     __slots__ = (
         "_acquire",
+        "_claim",
         "_client",
         "_heartbeat",
         "_load",
@@ -188,6 +215,7 @@ class RedisPartitionStore:
         self._load = BatchScript(client, _LOAD_LUA)
         self._write = BatchScript(client, _WRITE_LUA)
         self._trim = BatchScript(client, _TRIM_LUA)
+        self._claim = BatchScript(client, _CLAIM_LUA)
 
     @property
     def client(self) -> Redis:
@@ -299,11 +327,41 @@ class RedisPartitionStore:
         out: list[tuple[int, list[Entry]]] = []
         for name, entries in streams:
             partition = int(_text(name).rsplit(":", 1)[1])
-            # Fields come as [name, value, ...] in the order the receiver added them.
             out.append(
-                (partition, [Entry(_text(entry_id), fields[1::2]) for entry_id, fields in entries])
+                (partition, [_entry(_text(entry_id), fields) for entry_id, fields in entries])
             )
         return out
+
+    # -- loans ---------------------------------------------------------------------
+
+    def loan_key(self, loan: str, step: str) -> str:
+        return f"{self.namespace}loan:{loan}:{step}"
+
+    async def request_loan(self, partition: int, request: bytes) -> None:
+        """Append a loan request to ``partition``'s stream, in line with its updates."""
+        await self._client.xadd(self.stream_key(partition), {_LOAN_FIELD: request})
+
+    async def claim_loan(self, loan: str, marker: str, answer: bytes) -> bool:
+        """Claim ``loan`` (first claim only) and put ``answer`` (if any) in its ``ready``
+        list; False if it was claimed before."""
+        keys = [self.loan_key(loan, "claim"), self.loan_key(loan, "ready")]
+        return bool(await self._claim(keys, [marker, LOAN_KEYS_MS, answer]) == 1)
+
+    async def send_loan(self, loan: str, step: str, message: bytes) -> None:
+        """Put ``message`` in ``loan``'s ``step`` list, for the other side to take."""
+        key = self.loan_key(loan, step)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, message)
+            pipe.pexpire(key, LOAN_KEYS_MS)
+            await pipe.execute()
+
+    async def take_loan(self, loan: str, step: str, timeout: float) -> bytes | None:
+        """Wait up to ``timeout`` seconds for the message in ``loan``'s ``step`` list."""
+        reply = await self._client.blpop([self.loan_key(loan, step)], max(timeout, 0.001))
+        if reply is None:
+            return None
+        value = reply[1]
+        return value.encode() if isinstance(value, str) else bytes(value)
 
     async def trim(self, token: str, before: Mapping[int, str]) -> dict[int, int]:
         """Drop each partition's entries older than id ``before[p]`` where this worker
@@ -315,6 +373,13 @@ class RedisPartitionStore:
             keys += (self.lease_key(partition), self.stream_key(partition))
         reply = await self._trim(keys, [token, *before.values()])
         return {p: int(n) for p, n in zip(before, reply, strict=True)}
+
+
+def _entry(entry_id: str, fields: list[bytes]) -> Entry:
+    # Fields come as [name, value, ...] in the order the receiver added them.
+    if fields and fields[0] == _LOAN_FIELD:
+        return Entry(entry_id, [], fields[1])
+    return Entry(entry_id, fields[1::2])
 
 
 def _text(value: object) -> str:
