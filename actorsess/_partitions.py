@@ -59,6 +59,8 @@ FEEDING: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 #: the session again if so; returns what ``exchange`` returned.
 Lend = Callable[[str, Callable[[], Awaitable[bool]]], Awaitable[bool]]
 
+# How many keys' partitions ``lends_key`` keeps before it starts afresh.
+_KEY_PARTITIONS_KEPT = 100_000
 # A lease counts as held for this share of lease_time after the call that took or
 # renewed it was sent: the rest is the margin for clock drift and a late reply.
 _LEASE_TRUST = 0.8
@@ -158,6 +160,8 @@ class Partitions:
         #: The partitions that are this worker's among ``members``.
         self._mine: set[int] | None = None
         self._listeners: list[PartitionListener] = []
+        #: Session keys -> their partitions, as ``lends_key`` met them (bounded).
+        self._key_partitions: dict[str, int] = {}
         #: The partitioned managers of this process that lend sessions, by key prefix.
         self._lenders: dict[str, list[Lend]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -210,11 +214,20 @@ class Partitions:
         partition's owner: its partition is not held here, and it is not the partition
         of the update being handled (that one's own sessions are opened where it is
         owned; if it moved meanwhile, the update is read again by the next owner)."""
+        # Every session() of partitioned mode asks: the partition of a key is kept,
+        # since hashing it costs several times a cached turn's own work.
         try:
-            partition = self.partition_of_key(key)
-        except InvalidKeyError:
-            return False  # the block refuses it by name when it is entered
-        return not self.holds(partition) and partition != FEEDING.get()
+            partition = self._key_partitions.get(key)
+            if partition is None:
+                partition = self._key_partitions[key] = self.partition_of_key(key)
+                if len(self._key_partitions) > _KEY_PARTITIONS_KEPT:
+                    self._key_partitions.clear()
+        except (InvalidKeyError, AttributeError, TypeError):
+            return False  # not a session key: the block refuses it by name on entry
+        until = self.until.get(partition)
+        if until is not None and until > self.clock.now():
+            return False  # held here
+        return partition != FEEDING.get()
 
     def owner_of(self, partition: int, members: Sequence[str]) -> str | None:
         """The member ``partition`` belongs to among ``members`` (rendezvous hashing)."""
