@@ -66,7 +66,8 @@ class Borrower:
         self.prefix = config.key_prefix
         #: How long a loan waits for the owner, and the owner for the block's change.
         self.hold = config.lease_wait_timeout
-        self.write_timeout = config.write_timeout
+        #: How long, past its hold time, the owner may take to write and load a change.
+        self.confirm_timeout = config.write_timeout + config.load_timeout
         self.ttl_ms = config.ttl_ms or 0
         self.max_bytes = config.max_session_bytes
         self.codec = codec
@@ -179,7 +180,7 @@ class Loan:
         try:
             await borrower.store.send_loan(self.request.id, "change", change)
             answer = await borrower.store.take_loan(
-                self.request.id, "done", left + borrower.write_timeout
+                self.request.id, "done", left + borrower.confirm_timeout
             )
         except Exception as exc:
             _raise_as_storage_error(key, "was not confirmed as saved", exc)

@@ -1,4 +1,6 @@
-"""Shared ownership: what one handover costs, against the floor of forwarding instead.
+"""Shared ownership: what one handover costs, against the floor of forwarding instead;
+and what a loan of partitioned mode costs (a session opened where its partition is
+not held).
 
 Two managers on one Redis (one event loop, so both clocks agree) take turns on
 a key that the other owns and has just changed, so every turn is a handover:
@@ -17,10 +19,13 @@ import asyncio
 import time
 
 import redis.asyncio as redis_asyncio
+from aiogram import Bot, Dispatcher
 
 import actorsess
+from actorsess.aiogram import ForwardingRequestHandler
 from actorsess.testing import RedisServer
 from benchmarks._common import machine, percentile, quiet_logs, table
+from harness.webhook_bot import OFFLINE_TOKEN
 
 
 async def handovers(url: str, turns: int) -> tuple[list[float], list[float]]:
@@ -43,6 +48,37 @@ async def handovers(url: str, turns: int) -> tuple[list[float], list[float]]:
     for manager in managers:
         await manager.close()
     return moved, owned
+
+
+async def loans(url: str, turns: int) -> list[float]:
+    """Partitioned mode: a turn of a process that holds no partition, on a session its
+    owner (a worker with its ForwardingRequestHandler, idle between loans) has just
+    changed: each is a loan (a request in the partition's stream, the owner's turn
+    with its change written, the change sent back and written by the owner)."""
+    config = actorsess.SessionConfig(ownership="partitioned")
+    storage = actorsess.RedisStorage.from_url(url)
+    partitions = actorsess.Partitions(storage, count=1)
+    owner: actorsess.SessionManager[dict[str, int]] = actorsess.SessionManager(
+        storage, initial=dict, config=config, partitions=partitions
+    )
+    worker = ForwardingRequestHandler(Dispatcher(), Bot(OFFLINE_TOKEN), partitions)
+    other = actorsess.RedisStorage.from_url(url)
+    borrower: actorsess.SessionManager[dict[str, int]] = actorsess.SessionManager(
+        other, initial=dict, config=config, partitions=actorsess.Partitions(other, count=1)
+    )
+    key = "session:1:2:2"
+    times: list[float] = []
+    async with owner, borrower:
+        await worker.start()
+        for _ in range(turns):
+            async with owner.session(key) as session:  # changed at the owner, not written
+                session["n"] = session.get("n", 0) + 1
+            started = time.perf_counter()
+            async with borrower.session(key) as session:
+                session["n"] += 1
+            times.append(time.perf_counter() - started)
+        await worker.stop()
+    return times
 
 
 async def pubsub_round_trips(url: str, turns: int) -> list[float]:
@@ -83,8 +119,10 @@ async def main() -> None:
     with RedisServer() as server:
         moved, owned = await handovers(server.url, args.turns)
         forwarding = await pubsub_round_trips(server.url, args.turns)
+        lent = await loans(server.url, args.turns)
     rows: list[tuple[str, list[float]]] = [
         ("turn on a session another process owns (handover)", moved),
+        ("partitioned: turn of a process holding no partition (a loan from the owner)", lent),
         ("forwarding's floor: request + reply over pub/sub, no work", forwarding),
         ("turn on a session this process owns", owned),
     ]

@@ -414,6 +414,12 @@ async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_oth
             response = await client.post("/webhook", json=poll)
             assert response.status == 200 and polls == ["p1"]
 
+            # Read off its raw JSON and forwarded unparsed: its owner finds it invalid.
+            hollow = {"update_id": 5, "message": {"chat": {"id": other}, "from": {"id": other}}}
+            response = await client.post("/webhook", json=hollow)
+            assert response.status == 200
+            assert await storage.client.xlen("actorsess:partitions:updates:1") == 2
+
             response = await client.post("/webhook", data=b'{"update_id": "x"}')
             assert response.status == 400
             assert "not a Telegram update" in await response.text()
@@ -518,6 +524,33 @@ async def test_an_update_that_finds_its_lease_lapsed_is_read_again_not_trimmed(
             assert await storage.client.xlen("actorsess:partitions:updates:0") == 0
         finally:
             await feeder.stop()
+
+
+async def test_a_forwarded_body_that_is_no_update_is_logged_and_skipped_by_its_owner(
+    storage: RedisStorage, events: Events
+) -> None:
+    """A well-formed body that is not a valid update, forwarded unparsed, is logged
+    (``forward.bad_update``, naming what was wrong) and skipped; the update after it
+    in the same entry runs, and the entry counts as done."""
+    partitions, sessions, dp = await counting_bot(storage, count=1)
+    partitions.log = events.logger
+    handler, _ = forwarding_app(partitions, dp)
+    hollow = orjson.dumps({"update_id": 5, "message": {"chat": {"id": 5}, "from": {"id": 5}}})
+    key = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
+    async with sessions:
+        await partitions.store.forward({0: [hollow, orjson.dumps(message_update(5, "hi"))]})
+        handler.feeder.start()
+        try:
+            for _ in range(100):
+                if handler.feeder._progress[0].done_upto is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert handler.feeder._progress[0].done_upto is not None
+            assert await sessions.get(key) == {"n": 1}
+            [bad] = events.named("forward.bad_update")
+            assert bad["partition"] == 0 and "date" in bad["error"]
+        finally:
+            await handler.feeder.stop()
 
 
 async def test_a_trim_planned_before_a_partition_was_lost_is_not_carried_out(

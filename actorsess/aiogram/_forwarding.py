@@ -14,7 +14,10 @@ forwarded update's, its answer is a Bot API call).
 Forwards go out one batch at a time (group commit): the updates that arrive
 while a batch's commands are out wait for them, then go together, one ``XADD``
 per partition; the busier the worker, the more updates each command carries.
-Bodies that are not updates are answered 400, naming the first thing wrong.
+Bodies that are not updates are answered 400, naming the first thing wrong. The
+commonest updates are routed from their raw JSON without being parsed in full
+(their owner parses them); one of those whose JSON is well formed but not a
+valid update is logged by its owner (``forward.bad_update``) instead.
 
 Updates without a chat or user (no session) run where they arrive.
 """
@@ -22,8 +25,10 @@ Updates without a chat or user (no session) run where they arrive.
 from __future__ import annotations
 
 import asyncio
+import enum
 from typing import Any
 
+import orjson
 from aiogram import Bot, Dispatcher
 from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
 from aiogram.fsm.strategy import FSMStrategy
@@ -36,6 +41,14 @@ from actorsess._partitions import Partitions
 from actorsess.aiogram._feeder import UpdateFeeder
 from actorsess.aiogram._keys import strategy_part
 from actorsess.exceptions import PartitionNotOwnedError
+
+
+class _Unknown(enum.Enum):
+    UNKNOWN = "unknown"
+
+
+#: ``_chat_of_raw`` could not tell: the update is parsed in full.
+UNKNOWN = _Unknown.UNKNOWN
 
 
 class ForwardingRequestHandler(SimpleRequestHandler):
@@ -118,22 +131,45 @@ class ForwardingRequestHandler(SimpleRequestHandler):
     def chat_of(self, update: Update) -> str | None:
         """The chat an update's sessions belong to (the chat part of their keys)."""
         context = UserContextMiddleware.resolve_event_context(update)
-        part = strategy_part(
-            self._strategy,
-            context.chat_id,
-            context.user_id,
-            context.thread_id,
-            context.business_connection_id,
-        )
-        if part is None:
-            return None
-        first, _, rest = part.partition(":")
-        return rest.partition(":")[0] if first.startswith("b") else first
+        return self._chat_part(context.chat_id, context.user_id)
 
-    async def _handle_request(self, bot: Bot, request: web.Request) -> web.Response:
-        raw = await request.read()
+    def _chat_part(self, chat_id: int | None, user_id: int | None) -> str | None:
+        # The topic and the business connection are parts of a key too, but never its
+        # chat part: the partition depends on the chat and the user alone.
+        part = strategy_part(self._strategy, chat_id, user_id, None, None)
+        return None if part is None else part.partition(":")[0]
+
+    def _chat_of_raw(self, raw: bytes) -> str | _Unknown | None:
+        """``chat_of`` read off the raw JSON of the commonest updates (a message, an
+        edited one, a callback query), without parsing the whole update: most updates
+        a worker receives are forwarded, and their owner parses them. ``UNKNOWN`` for
+        anything else (parsed then). Should this ever place a chat other than aiogram
+        does, the owner's handler borrows the session: slower, still right."""
         try:
-            update = Update.model_validate_json(raw, context={"bot": bot})
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return UNKNOWN
+        if type(body) is not dict or len(body) != 2 or type(body.get("update_id")) is not int:
+            return UNKNOWN
+        try:
+            if (event := body.get("message") or body.get("edited_message")) is not None:
+                chat, sender = event["chat"]["id"], event.get("from")
+            elif (event := body.get("callback_query")) is not None:
+                message, sender = event.get("message"), event["from"]
+                chat = None if message is None else message["chat"]["id"]
+            else:
+                return UNKNOWN
+            user = None if sender is None else sender["id"]
+        except (KeyError, TypeError):
+            return UNKNOWN
+        if type(chat) not in (int, type(None)) or type(user) not in (int, type(None)):
+            return UNKNOWN
+        return self._chat_part(chat, user)
+
+    def _parse(self, bot: Bot, raw: bytes) -> Update | web.Response:
+        """The update in ``raw``, or the 400 answer naming the first thing wrong."""
+        try:
+            return Update.model_validate_json(raw, context={"bot": bot})
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
@@ -141,14 +177,30 @@ class ForwardingRequestHandler(SimpleRequestHandler):
                 status=400,
                 text=f"not a Telegram update: {where}: {first['msg']} ({exc.error_count()} errors)",
             )
-        chat = self.chat_of(update)
+
+    async def _handle_request(self, bot: Bot, request: web.Request) -> web.Response:
+        raw = await request.read()
+        update: Update | None = None
+        chat = self._chat_of_raw(raw)
+        if chat is UNKNOWN:
+            parsed = self._parse(bot, raw)
+            if isinstance(parsed, web.Response):
+                return parsed
+            update, chat = parsed, self.chat_of(parsed)
         if chat is None:
-            result = await self.dispatcher.feed_update(bot, update, **self.data)
+            parsed = update or self._parse(bot, raw)
+            if isinstance(parsed, web.Response):
+                return parsed
+            result = await self.dispatcher.feed_update(bot, parsed, **self.data)
             return web.Response(body=self._build_response_writer(bot=bot, result=result))
+        assert isinstance(chat, str)
         partition = self.partitions.partition_of(chat)
         if self.feeder.can_run_here(partition):
+            parsed = update or self._parse(bot, raw)
+            if isinstance(parsed, web.Response):
+                return parsed
             try:
-                result = await self.feeder.run_here(partition, chat, update)
+                result = await self.feeder.run_here(partition, chat, parsed)
             except PartitionNotOwnedError:
                 pass  # moved while it waited: forwarded below
             else:
