@@ -21,7 +21,7 @@ chat in flight at once, the case isolation exists for) and "spread" (200
 chats x 20 messages: most updates meet no other of their chat).
 
     .venv/bin/python -m benchmarks.multi_process [--workers 3] [--in-flight 128] [--rounds 3]
-        [--only partitioned,shared]
+        [--scale 1] [--only partitioned,shared] [--breakdown]
 """
 
 from __future__ import annotations
@@ -254,6 +254,12 @@ async def main() -> None:
     parser.add_argument("--in-flight", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="runs per row; the median is shown")
     parser.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        help="messages per chat times this (longer runs: steadier rates, slower benchmark)",
+    )
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="also print the Redis commands per update of each row, command by command",
@@ -275,14 +281,14 @@ async def main() -> None:
     print(f"{args.workers} webhook workers, {args.in_flight} in flight; {machine()}")
     with RedisServer() as server, tempfile.TemporaryDirectory() as logs:
         for workload, chats, messages in WORKLOADS:
-            args.chats, args.messages = chats, messages
+            args.chats, args.messages = chats, messages * args.scale
             results: dict[str, list[Result]] = {}
             for round_ in range(args.rounds):
                 for row in rows:  # interleaved, so drift hits every row alike
                     where = Path(logs) / f"{workload}-{round_}-{row.module}"
                     results.setdefault(row.name, []).append(await run(row, server.url, args, where))
             print(
-                f"\n{workload}: {chats} chats x {messages} messages routed at random, "
+                f"\n{workload}: {chats} chats x {args.messages} messages routed at random, "
                 f"median of {args.rounds} runs\n"
             )
             print(summary(results))
