@@ -9,8 +9,9 @@ the loan takes its place in line with the chat's updates:
    partition's stream and waits for the answer in the loan's ``ready`` list.
 2. The owner reads it in stream order and serves it in the chat's turn, after
    the chat's updates before it: every manager of the owner with that key prefix
-   takes the key's turn and writes its change out; then the owner *claims* the
-   loan (first claim only) and answers ``ready``.
+   takes the key's turn and writes its change out (one that cannot read the
+   record keeps other keys, and takes no part); then the owner *claims* the loan
+   (first claim only) and answers ``ready``.
 3. The borrower loads the record from storage (it is current: the owner holds
    the turn, with nothing unwritten), runs its block, and sends its change, or
    "unchanged", to the ``change`` list.

@@ -746,7 +746,12 @@ class SessionManager(Generic[T]):
         """Partitioned mode, in the owner of ``key``'s partition: hold ``key``'s turn with
         its change written while ``exchange`` lends the session to another process
         (``actorsess._loans``), and load it again if ``exchange`` wrote a new record."""
-        actor = await self._turns.enter(key)
+        try:
+            actor = await self._turns.enter(key)
+        except CorruptSessionError:
+            # Not a record this manager can read, so not one of its sessions (managers
+            # share a key_prefix and keep different keys): it has no part in the loan.
+            return await exchange()
         try:
             await self._write_out(actor)
             changed = await exchange()

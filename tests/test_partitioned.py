@@ -16,6 +16,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.types import Message, Poll
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import BaseModel
 
 from actorsess import (
     ConfigError,
@@ -646,6 +647,32 @@ async def test_a_process_that_owns_no_partition_borrows_a_session_from_its_owner
             assert isinstance(record, bytes) and record.endswith(b":")  # a tombstone
     borrowed = events.named("session.borrowed")
     assert len(borrowed) == 3 and borrowed[0]["key"] == key and borrowed[0]["partition"] == 0
+
+
+class Profile(BaseModel):
+    """A typed session another manager of the owner keeps under the same key prefix."""
+
+    name: str
+
+
+async def test_a_manager_of_the_owner_whose_sessions_are_of_another_shape_does_not_lend(
+    storage: RedisStorage,
+) -> None:
+    """Managers often share a key prefix and keep different keys (a typed session and
+    the FSM): a loan is served by those that can read the record, and one whose codec
+    cannot (the record is not of its making) takes no part, instead of failing it."""
+    key = "session:42:7:7"
+    async with lending_owner(storage) as (partitions, sessions), admin(storage, count=1) as other:
+        typed = SessionManager(
+            storage,
+            initial=lambda: Profile(name="?"),
+            config=PARTITIONED,
+            partitions=partitions,
+        )
+        async with typed:
+            await sessions.update(key, add_one)
+            assert await other.update(key, lambda s: s.update(n=s["n"] + 1) or s["n"]) == 2
+            assert await sessions.get(key) == {"n": 2}
 
 
 async def test_a_borrowed_block_that_raises_changes_nothing_and_frees_the_owner_at_once(
