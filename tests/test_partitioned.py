@@ -13,6 +13,7 @@ import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 from aiogram import Bot, Dispatcher
+from aiogram.fsm.storage.base import StorageKey
 from aiogram.types import Message, Poll
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -32,7 +33,7 @@ from actorsess import (
     StorageError,
 )
 from actorsess._partitions import DELIVERY, FEEDING, Stamp
-from actorsess.aiogram import ForwardingRequestHandler, SessionMiddleware
+from actorsess.aiogram import ActorFSMStorage, ForwardingRequestHandler, SessionMiddleware
 from actorsess.aiogram._feeder import UpdateFeeder
 from actorsess.testing import RedisServer, message_update
 from harness.webhook_bot import OFFLINE_TOKEN
@@ -673,6 +674,26 @@ async def test_a_manager_of_the_owner_whose_sessions_are_of_another_shape_does_n
             await sessions.update(key, add_one)
             assert await other.update(key, lambda s: s.update(n=s["n"] + 1) or s["n"]) == 2
             assert await sessions.get(key) == {"n": 2}
+
+
+async def test_an_admin_process_sets_a_users_fsm_state_through_the_owner(
+    storage: RedisStorage,
+) -> None:
+    """aiogram's FSM on ``ActorFSMStorage`` borrows as sessions do: an admin process
+    resets a user's state, and the worker that owns the chat reads it back."""
+    key = StorageKey(bot_id=42, chat_id=7, user_id=7)
+    async with lending_owner(storage) as (partitions, _), admin(storage, count=1) as other:
+        owned = ActorFSMStorage(
+            SessionManager(storage, initial=dict, config=PARTITIONED, partitions=partitions)
+        )
+        async with owned.manager:
+            await owned.set_state(key, "Form:name")
+            await owned.set_data(key, {"step": 1})
+            borrowing = ActorFSMStorage(other)  # the admin's manager, as a dict one works
+            assert await borrowing.get_state(key) == "Form:name"
+            await borrowing.set_state(key, None)
+            assert await owned.get_state(key) is None
+            assert await owned.get_data(key) == {"step": 1}
 
 
 async def test_a_borrowed_block_that_raises_changes_nothing_and_frees_the_owner_at_once(
