@@ -44,18 +44,22 @@ class NumberedFeed:
 
     sent: dict[int, list[int]] = field(default_factory=dict)
     acked: dict[int, list[int]] = field(default_factory=dict)
+    #: What each request that was not acknowledged got, as "<chat>/<number>: <answer>".
+    failed: list[str] = field(default_factory=list)
 
     async def chat(self, http: aiohttp.ClientSession, url: str, chat: int, count: int) -> None:
         for number in range(1, count + 1):
             self.sent.setdefault(chat, []).append(number)
             try:
                 async with http.post(url, json=message_update(chat, str(number))) as response:
-                    await response.read()
+                    answer = f"{response.status} {(await response.read())[:80]!r}"
                     ok = response.status == 200
-            except (TimeoutError, aiohttp.ClientError):
-                ok = False
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                answer, ok = f"{type(exc).__name__}: {exc}", False
             if ok:
                 self.acked.setdefault(chat, []).append(number)
+            else:
+                self.failed.append(f"{chat}/{number}: {answer}")
             await asyncio.sleep(0.02)
 
     def check(self, stored: dict[int, dict[str, object]]) -> None:
@@ -133,7 +137,11 @@ async def test_workers_joining_and_leaving_mid_load_lose_nothing_and_keep_order(
 
             async def join_then_leave() -> None:
                 await asyncio.sleep(1.0)
-                joined = start_worker(redis_url, tmp_path / "joined.log", ENV, **SETTINGS)
+                # Off the loop: a worker takes seconds to start, and this loop is also
+                # the balancer's and the senders' (blocked, every request would stall).
+                joined = await asyncio.to_thread(
+                    start_worker, redis_url, tmp_path / "joined.log", ENV, **SETTINGS
+                )
                 started.append(joined)
                 balancer.backends.append(joined.url)
                 await asyncio.sleep(1.5)
@@ -147,7 +155,7 @@ async def test_workers_joining_and_leaving_mid_load_lose_nothing_and_keep_order(
             assert worker.stop() == 0, worker.output()
     stored = stored_sessions(redis_url, CHATS)
     feed.check(stored)
-    assert sum(map(len, feed.acked.values())) == len(CHATS) * 100, "a request failed"
+    assert not feed.failed, feed.failed[:5]
     assert streams_left(redis_url) == 0, "stream entries left untrimmed"
 
 
@@ -255,7 +263,7 @@ async def test_an_admin_process_changes_sessions_through_their_owners_under_load
     feed, _ = await three_workers_with(redis_url, tmp_path, admin_rounds, per_chat=60, timeout=5)
     admin.check(stored_sessions(redis_url, CHATS))
     assert admin.confirmed == admin.attempted, "a change was not confirmed"
-    assert sum(map(len, feed.acked.values())) == len(CHATS) * 60, "a request failed"
+    assert not feed.failed, feed.failed[:5]
 
 
 async def test_an_admin_change_confirmed_before_its_owner_is_killed_is_kept(
