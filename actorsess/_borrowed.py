@@ -72,7 +72,6 @@ class Borrower:
         self.max_bytes = config.max_session_bytes
         self.codec = codec
         self.migrations = migrations
-        self.schema = migrations.schema
         self.clock = clock
         self.log = log
         #: Loans given back in the background (a borrower cancelled while it waited).
@@ -167,16 +166,19 @@ class Loan:
                 error=f"{type(exc).__name__}: {exc}",
             )
 
-    async def commit(self, record: bytes | None) -> None:
-        """Send the new ``record`` (None: delete) at the next version, and return once the
-        owner has stored it; raise if it did not."""
+    async def commit(self, blob: bytes, deleted: bool) -> None:
+        """Send the session's new encoding (``deleted``: back to ``initial()``, so its
+        record is deleted) at the next version, and return once the owner has stored
+        it; raise if it did not."""
         borrower, key = self.borrower, self.actor.key
+        version = self.actor.version + 1
+        record = None if deleted else encode_record(version, blob, borrower.migrations.schema)
         # The owner's hold ends a little before it does here; keep a margin for the trip.
         left = self.lent_at + borrower.hold * 0.9 - borrower.clock.now()
         if left <= 0:
             await self.give_back()
             raise _held_too_long(key, borrower.hold)
-        change = encode_change(self.actor.version + 1, record, borrower.ttl_ms)
+        change = encode_change(version, record, borrower.ttl_ms)
         try:
             await borrower.store.send_loan(self.request.id, "change", change)
             answer = await borrower.store.take_loan(
@@ -257,6 +259,4 @@ class BorrowedTurn(SessionTurn[T]):
         if blob is None:
             await loan.give_back()
             return
-        version = actor.version + 1
-        deleted = blob == self._turns.empty_blob
-        await loan.commit(None if deleted else encode_record(version, blob, self._borrower.schema))
+        await loan.commit(blob, blob == self._turns.empty_blob)

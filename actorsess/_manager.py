@@ -505,7 +505,7 @@ class SessionManager(Generic[T]):
         actor = self._cached_committed(key)
         if actor is not None:
             return self._codec.decode(actor.blob)
-        if self._borrower is not None and self._borrower.partitions.lends_key(key):
+        if self._borrows(key):
             async with self.session(key) as value:  # a value of its own: not cached here
                 return value
         actor = await self._turns.enter(key)
@@ -609,7 +609,7 @@ class SessionManager(Generic[T]):
         Returns once the record is gone from storage.
         """
         turns = self._turns
-        if self._borrower is not None and self._borrower.partitions.lends_key(key):
+        if self._borrows(key):
             turn = self.session(key)
             async with turn:
                 turn.delete()
@@ -741,6 +741,11 @@ class SessionManager(Generic[T]):
                 self._log.debug("session.evict", key=key, was_dirty=False)
         finally:
             self._turns.leave(actor)
+
+    def _borrows(self, key: str) -> bool:
+        """Partitioned mode: whether a block on ``key`` opened now borrows the session
+        from its partition's owner (``session()`` then gives a ``BorrowedTurn``)."""
+        return self._borrower is not None and self._borrower.partitions.lends_key(key)
 
     async def _lend(self, key: str, exchange: Callable[[], Awaitable[bool]]) -> bool:
         """Partitioned mode, in the owner of ``key``'s partition: hold ``key``'s turn with

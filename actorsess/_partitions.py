@@ -224,10 +224,7 @@ class Partitions:
                     self._key_partitions.clear()
         except (InvalidKeyError, AttributeError, TypeError):
             return False  # not a session key: the block refuses it by name on entry
-        until = self.until.get(partition)
-        if until is not None and until > self.clock.now():
-            return False  # held here
-        return partition != FEEDING.get()
+        return not self.holds(partition) and partition != FEEDING.get()
 
     def owner_of(self, partition: int, members: Sequence[str]) -> str | None:
         """The member ``partition`` belongs to among ``members`` (rendezvous hashing)."""

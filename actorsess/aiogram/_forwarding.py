@@ -166,41 +166,34 @@ class ForwardingRequestHandler(SimpleRequestHandler):
             return UNKNOWN
         return self._chat_part(chat, user)
 
-    def _parse(self, bot: Bot, raw: bytes) -> Update | web.Response:
-        """The update in ``raw``, or the 400 answer naming the first thing wrong."""
+    def _parse(self, bot: Bot, raw: bytes) -> Update:
+        """The update in ``raw``; raises the 400 answer naming the first thing wrong."""
         try:
             return Update.model_validate_json(raw, context={"bot": bot})
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
-            return web.Response(
-                status=400,
-                text=f"not a Telegram update: {where}: {first['msg']} ({exc.error_count()} errors)",
-            )
+            raise web.HTTPBadRequest(
+                text=f"not a Telegram update: {where}: {first['msg']} ({exc.error_count()} errors)"
+            ) from None
 
     async def _handle_request(self, bot: Bot, request: web.Request) -> web.Response:
         raw = await request.read()
         update: Update | None = None
         chat = self._chat_of_raw(raw)
         if chat is UNKNOWN:
-            parsed = self._parse(bot, raw)
-            if isinstance(parsed, web.Response):
-                return parsed
-            update, chat = parsed, self.chat_of(parsed)
+            update = self._parse(bot, raw)
+            chat = self.chat_of(update)
         if chat is None:
-            parsed = update or self._parse(bot, raw)
-            if isinstance(parsed, web.Response):
-                return parsed
-            result = await self.dispatcher.feed_update(bot, parsed, **self.data)
+            update = update or self._parse(bot, raw)
+            result = await self.dispatcher.feed_update(bot, update, **self.data)
             return web.Response(body=self._build_response_writer(bot=bot, result=result))
         assert isinstance(chat, str)
         partition = self.partitions.partition_of(chat)
         if self.feeder.can_run_here(partition):
-            parsed = update or self._parse(bot, raw)
-            if isinstance(parsed, web.Response):
-                return parsed
+            update = update or self._parse(bot, raw)
             try:
-                result = await self.feeder.run_here(partition, chat, parsed)
+                result = await self.feeder.run_here(partition, chat, update)
             except PartitionNotOwnedError:
                 pass  # moved while it waited: forwarded below
             else:

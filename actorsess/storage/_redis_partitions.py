@@ -350,10 +350,7 @@ class RedisPartitionStore:
     async def send_loan(self, loan: str, step: str, message: bytes) -> None:
         """Put ``message`` in ``loan``'s ``step`` list, for the other side to take."""
         key = self.loan_key(loan, step)
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, message)
-            pipe.pexpire(key, LOAN_KEYS_MS)
-            await pipe.execute()
+        await send_commands(self._client, [["LPUSH", key, message], ["PEXPIRE", key, LOAN_KEYS_MS]])
 
     async def take_loan(self, loan: str, step: str, timeout: float) -> bytes | None:
         """Wait up to ``timeout`` seconds for the message in ``loan``'s ``step`` list."""
