@@ -63,6 +63,7 @@ class Borrower:
     ) -> None:
         self.partitions = partitions
         self.store = partitions.store
+        self.keys = partitions.storage_keys(config.key_prefix)
         self.prefix = config.key_prefix
         #: How long a loan waits for the owner, and the owner for the block's change.
         self.hold = config.lease_wait_timeout
@@ -92,6 +93,7 @@ class Borrower:
         """Ask the owner of ``key``'s partition to lend it; the loan, with the session
         loaded, once the owner has."""
         partition = self.partitions.partition_of_key(key)
+        stored_key = self.keys.of(key)  # a key storage cannot take is refused here
         request = LoanRequest.new(self.prefix, key, self.hold)
         started = self.clock.now()
         try:
@@ -113,7 +115,7 @@ class Borrower:
             raise StorageError(f"session {key!r}: its owner could not lend it: {reason}")
         loan = Loan(self, key, partition, request, self.clock.now())
         try:
-            [raw] = await self.store.load([self.prefix + key])
+            [raw] = await self.store.load([stored_key])
             stored = read_stored(key, raw, self.codec, self.migrations, self.max_bytes)
         except BaseException as exc:
             self.give_back_later(request.id)
@@ -153,7 +155,7 @@ class Loan:
         #: When the owner's hold time started (as seen here: a little after it did).
         self.lent_at = lent_at
         #: Not in the registry: the session lives at its owner.
-        self.actor: SessionActor[Any] = SessionActor(key, borrower.prefix + key)
+        self.actor: SessionActor[Any] = SessionActor(key, borrower.keys.of(key))
 
     async def give_back(self) -> None:
         """Nothing changed: the owner may go on."""

@@ -12,6 +12,7 @@ from actorsess._clock import Clock
 from actorsess._config import SessionConfig
 from actorsess._registry import Registry
 from actorsess._stats import Counters
+from actorsess._storage_keys import StorageKeys
 from actorsess._timings import Timings
 from actorsess.storage.base import Storage
 
@@ -30,3 +31,5 @@ class Context:
     backoff: Backoff
     #: A structlog-style logger.
     log: Any
+    #: Where each session's record is kept in storage.
+    keys: StorageKeys

@@ -59,10 +59,10 @@ class KeySpace(Generic[T]):
         "_codec",
         "_counters",
         "_empty_blob",
+        "_keys",
         "_log",
         "_max_bytes",
         "_migrations",
-        "_prefix",
         "_registry",
         "_storage",
     )
@@ -79,7 +79,7 @@ class KeySpace(Generic[T]):
         self._codec = codec
         self._migrations = migrations
         self._registry = context.registry
-        self._prefix = context.config.key_prefix
+        self._keys = context.keys
         self._max_bytes = context.config.max_session_bytes
         self._counters = context.counters
         self._log = context.log
@@ -103,10 +103,10 @@ class KeySpace(Generic[T]):
         """``(session key, stored record)`` for every stored key starting with ``prefix``,
         a page (one scan step and one load) at a time."""
         storage = self._scannable(operation)
-        start = len(self._prefix)
-        async for storage_keys in storage.scan_keys(self._prefix + prefix, batch):
+        key_of = self._keys.key_of
+        async for storage_keys in storage.scan_keys(self._keys.prefix + prefix, batch):
             records = await self._storage.load_many(storage_keys)
-            yield [(key[start:], raw) for key, raw in zip(storage_keys, records, strict=True)]
+            yield [(key_of(key), raw) for key, raw in zip(storage_keys, records, strict=True)]
 
     def read(self, key: str, raw: LoadResult) -> Stored[T]:
         return read_stored(key, raw, self._codec, self._migrations, self._max_bytes)

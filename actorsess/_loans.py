@@ -134,7 +134,7 @@ async def serve_loan(
         version, record, ttl_ms = decode_change(change)
         conflicts = await store.write(
             partitions.token,
-            [WriteItem(request.prefix + request.key, record, version)],
+            [WriteItem(partitions.storage_keys(request.prefix).of(request.key), record, version)],
             [partition],
             [format_stamp(stamp)],
             ttl_ms or None,

@@ -36,6 +36,7 @@ from actorsess._ownership import Ownership
 from actorsess._partitions import Partitions
 from actorsess._registry import Registry
 from actorsess._stats import Counters, SessionStats
+from actorsess._storage_keys import StorageKeys
 from actorsess._timings import HistogramSnapshot, Timings
 from actorsess._turn import SessionTurn, Turns, observed_turn
 from actorsess._warm import Warmer
@@ -147,7 +148,11 @@ class SessionManager(Generic[T]):
         self._log = logger if logger is not None else DefaultLogger()
         self._codec: Codec[T] = Codec(initial, strict_json=config.strict_json, custom=codec)
         self._migrations = Migrations(migrations)
-        self._prefix = config.key_prefix
+        self._keys = (
+            StorageKeys(config.key_prefix)
+            if partitions is None
+            else partitions.storage_keys(config.key_prefix)
+        )
         self._counters = Counters()
         self._timings = Timings()
         #: What ``session()`` calls to make a turn (``observed_turn`` once
@@ -190,6 +195,7 @@ class SessionManager(Generic[T]):
             self._clock,
             self._backoff,
             self._log,
+            self._keys,
         )
         self._ownership: Ownership = ownership_for(context, self._partitions, self._codec.decode)
         if self._ownership.keeps_idle:
@@ -259,7 +265,7 @@ class SessionManager(Generic[T]):
         self._flusher.start()
         self._ownership.start()
         if self._partitions is not None:
-            self._partitions.lend_from(self._prefix, self._lend)
+            self._partitions.lend_from(self._keys.prefix, self._lend)
         self._set_state(_State.RUNNING)
 
     async def _prepare_storage(self) -> None:
@@ -299,7 +305,7 @@ class SessionManager(Generic[T]):
         was_running = self._state is _State.RUNNING
         self._set_state(_State.CLOSING)
         if self._partitions is not None:
-            self._partitions.stop_lending(self._prefix, self._lend)
+            self._partitions.stop_lending(self._keys.prefix, self._lend)
         deadline = self._clock.now() + budget
         await self._wait_for_holders(deadline)
         unwritten: list[str] = []
@@ -443,7 +449,7 @@ class SessionManager(Generic[T]):
         storage = self._storage
         if (
             isinstance(storage, AtomicStorage)
-            and storage.atomic_problem([self._prefix + key for key in keys]) is None
+            and storage.atomic_problem([self._keys.of(key) for key in keys]) is None
         ):
             group = self.sessions(*keys)
             async with group:
@@ -620,7 +626,7 @@ class SessionManager(Generic[T]):
             # No version can be read from a corrupt record, so it cannot be fenced:
             # remove it directly. No actor exists for it (the failed one is gone).
             async with asyncio.timeout(self._config.write_timeout):
-                await self._storage.delete_many([self._prefix + key])
+                await self._storage.delete_many([self._keys.of(key)])
             return
         try:
             if not actor.dirty and not turns.has_room():
@@ -832,7 +838,7 @@ class SessionManager(Generic[T]):
 
     def _thaw(self, key: str, idle: IdleSession) -> SessionActor[Any]:
         """The live actor of a session kept as bytes (it was written and idle)."""
-        actor: SessionActor[T] = self._ownership.new_actor(key, self._prefix + key)
+        actor: SessionActor[T] = self._ownership.new_actor(key, self._keys.of(key))
         actor.loaded(self._codec.decode(idle.blob), idle.blob, idle.version, idle.expires_at)
         return actor
 

@@ -30,11 +30,10 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
-
 from actorsess._clock import Clock, MonotonicClock
 from actorsess._log import DefaultLogger
-from actorsess.exceptions import InvalidKeyError
+from actorsess._storage_keys import StorageKeys
+from actorsess.exceptions import ConfigError, InvalidKeyError, PartitionCountError
 from actorsess.storage._redis_partitions import RedisPartitionStore
 from actorsess.storage.redis import RedisStorage
 
@@ -122,34 +121,35 @@ class Partitions:
         """Partition leases and update streams in the Redis of ``storage``.
 
         Args:
-            storage: The ``RedisStorage`` the sessions live in (one server: Redis
-                Cluster is refused, see ``actorsess.storage._redis_partitions``).
-            count: How many partitions chats hash to; the same in every worker, and
-                at least the number of workers you will run.
+            storage: The ``RedisStorage`` the sessions live in: one server, or a
+                Redis Cluster (each partition's keys then share a slot, see
+                ``actorsess.storage._redis_partitions``).
+            count: How many partitions chats hash to; the same in every worker (the
+                first records it, ``start()`` refuses another), and at least the
+                number of workers you will run.
             lease_time: Seconds a partition lease lives unless renewed (renewed every
                 third of it). A dead worker's partitions move after this long.
-            namespace: Prefix of the Redis keys of membership, leases and streams.
+            namespace: Prefix of the Redis keys of membership, leases and streams
+                (no ``{`` or ``}``: each partition's keys carry its hash tag).
             clock: Time source (tests).
             logger: A structlog-style logger.
         """
         if not isinstance(storage, RedisStorage):
             raise TypeError(f"Partitions needs a RedisStorage, got {type(storage).__name__}")
-        client = storage.client
-        if not isinstance(client, Redis):
-            raise ValueError(
-                "Partitions needs one Redis server: a write touches sessions and their "
-                "partitions' leases in one script, which Redis Cluster allows only "
-                "within one slot"
-            )
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"Partitions: count must be a whole number >= 1, got {count!r}")
         if not lease_time > 0:
             raise ValueError(f"Partitions: lease_time must be > 0 seconds, got {lease_time!r}")
-        if not namespace:
-            raise ValueError("Partitions: namespace must not be empty")
+        if not isinstance(namespace, str) or not namespace:
+            raise ValueError(f"Partitions: namespace must be a non-empty str, got {namespace!r}")
+        if "{" in namespace or "}" in namespace:
+            raise ValueError(
+                f"Partitions: namespace {namespace!r} must not hold '{{' or '}}': each "
+                "partition's keys carry the partition as their Redis Cluster hash tag"
+            )
         self.count = count
         self.lease_time = lease_time
-        self.store = RedisPartitionStore(client, namespace)
+        self.store = RedisPartitionStore(storage.client, namespace)
         self.clock: Clock = clock or MonotonicClock()
         self.log = logger if logger is not None else DefaultLogger()
         #: This worker's member token (random per start).
@@ -168,6 +168,8 @@ class Partitions:
         #: Giving partitions up, beside the heartbeat (which keeps renewing them).
         self._giving_up: asyncio.Task[None] | None = None
         self._busy = False
+        #: Whether the count recorded in Redis was found to be this one.
+        self._count_agreed = False
 
     def __repr__(self) -> str:
         return f"<Partitions {self.count} owned={sorted(self.until)} members={len(self.members)}>"
@@ -197,6 +199,24 @@ class Partitions:
                 "as SessionMiddleware, ActorFSMStorage and session_key() make them)"
             )
         return chat
+
+    def storage_keys(self, prefix: str) -> StorageKeys:
+        """Where the sessions of a partitioned manager with ``key_prefix`` ``prefix``
+        are stored: on Redis Cluster, beside their partition's lease (its hash tag
+        after the key)."""
+        if not self.store.cluster:
+            return StorageKeys(prefix)
+        if "{" in prefix:
+            raise ConfigError(
+                "key_prefix",
+                f"{prefix!r} holds '{{': on Redis Cluster in partitioned mode each "
+                "session's record is placed by its partition's hash tag, which must be "
+                "the first in its key",
+            )
+        return StorageKeys(prefix, self._tag_of_key)
+
+    def _tag_of_key(self, key: str) -> str:
+        return self.store.tag(self.partition_of_key(key))
 
     def holds(self, partition: int) -> bool:
         """Whether this worker owns ``partition`` and its lease can be relied on now."""
@@ -285,11 +305,17 @@ class Partitions:
 
     async def start(self) -> None:
         """Join: record this worker's heartbeat and take the partitions free for it.
-        Those still held by their previous owner follow within a few heartbeats."""
+        Those still held by their previous owner follow within a few heartbeats.
+
+        Raises:
+            PartitionCountError: The namespace's workers run with another ``count``.
+        """
         if self.running:
             return
         try:
             await self._beat()
+        except PartitionCountError:
+            raise
         except Exception as exc:
             # Redis unreachable: serve anyway (updates of unowned partitions are
             # answered 503 until it is back); the heartbeat keeps trying.
@@ -318,11 +344,20 @@ class Partitions:
             await asyncio.sleep(_BUSY_INTERVAL if self._busy else self.lease_time / 3)
             try:
                 await self._beat()
+            except PartitionCountError as exc:
+                # Started while Redis was unreachable: it does not join, and says why.
+                self.log.error("partition.count_mismatch", error=str(exc))
             except Exception as exc:
                 self.log.warning("partition.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
                 self._drop_lapsed()
 
     async def _beat(self) -> None:
+        if not self._count_agreed:
+            # Before joining: a worker with another count would serve chats twice.
+            recorded = await self.store.record_count(self.count)
+            if recorded != self.count:
+                raise PartitionCountError(self.count, recorded, self.store.count_key)
+            self._count_agreed = True
         lease_ms = max(1, round(self.lease_time * 1000))
         sent = self.clock.now()
         held = sorted(self.until)

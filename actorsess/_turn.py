@@ -236,10 +236,10 @@ class Turns(Generic[T]):
     __slots__ = (
         "_config",
         "_flusher",
+        "_keys",
         "_loader",
         "_log",
         "_ownership",
-        "_prefix",
         "_registry",
         "_start",
         "_storage",
@@ -301,7 +301,7 @@ class Turns(Generic[T]):
         self.mark_dirty = flusher.mark_dirty
         #: The flusher's dirty sessions, for the fast path's room check.
         self.dirty = flusher.dirty
-        self._prefix = config.key_prefix
+        self._keys = context.keys
         self.ttl = config.ttl
         self._write_through = config.flush_interval == 0
         self.max_dirty = config.max_dirty
@@ -361,7 +361,7 @@ class Turns(Generic[T]):
 
     def new_actor(self, key: str) -> SessionActor[T]:
         """A registered actor for ``key``, its load requested."""
-        actor: SessionActor[T] = self._ownership.new_actor(key, self._prefix + key)
+        actor: SessionActor[T] = self._ownership.new_actor(key, self._keys.of(key))
         self._loader.request(actor)
         self._registry.add(actor)
         return actor
@@ -494,7 +494,7 @@ class Turns(Generic[T]):
                 "sessions() needs a storage that can write several sessions in one atomic "
                 f"step (write_all); {type(storage).__name__} cannot"
             )
-        problem = storage.atomic_problem([self._prefix + key for key in keys])
+        problem = storage.atomic_problem([self._keys.of(key) for key in keys])
         if problem is not None:
             raise InvalidKeyError(problem)
 

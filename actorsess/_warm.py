@@ -41,13 +41,13 @@ class _Read(NamedTuple):
 
 
 class Warmer:
-    __slots__ = ("_codec", "_context", "_migrations", "_prefix")
+    __slots__ = ("_codec", "_context", "_keys", "_migrations")
 
     def __init__(self, context: Context, codec: Codec[Any], migrations: Migrations) -> None:
         self._context = context
         self._codec = codec
         self._migrations = migrations
-        self._prefix = context.config.key_prefix
+        self._keys = context.keys
 
     async def warm(self, keys: Sequence[str]) -> list[str]:
         """Cache ``keys`` as bytes where they are not cached yet; the keys left for
@@ -106,7 +106,7 @@ class Warmer:
         context.counters.loads += 1
         try:
             async with asyncio.timeout(context.config.load_timeout):
-                records = await context.storage.load_many([self._prefix + key for key in keys])
+                records = await context.storage.load_many([self._keys.of(key) for key in keys])
         except Exception as exc:
             context.counters.errors += 1
             reason = failure_reason(exc, context.config.load_timeout)

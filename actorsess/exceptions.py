@@ -186,6 +186,31 @@ class PartitionNotOwnedError(ActorSessError, RuntimeError):
         )
 
 
+class PartitionCountError(ActorSessError, ValueError):
+    """A worker's ``Partitions(count=...)`` differs from the count its namespace was
+    started with: the two would place chats in different partitions and serve one
+    chat twice, each under its own lease (and on Redis Cluster a session's record is
+    stored by its partition)."""
+
+    def __init__(self, count: int, recorded: int, key: str) -> None:
+        """Make the error.
+
+        Args:
+            count: This worker's count (``.count``).
+            recorded: The count recorded in Redis (``.recorded``).
+            key: The Redis key it is recorded under.
+        """
+        self.count = count
+        self.recorded = recorded
+        super().__init__(
+            f"Partitions(count={count}): the workers of this namespace run with "
+            f"count={recorded} (recorded in Redis under {key!r}); give every worker the "
+            f"same count. To change it, stop every worker and delete {key!r} (on Redis "
+            "Cluster the sessions' records are stored by partition: changing the count "
+            "leaves them where the old one put them)"
+        )
+
+
 class KeySpaceInUseError(ActorSessError, RuntimeError):
     """Another process already serves this key space in a way this manager cannot share.
 

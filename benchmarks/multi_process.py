@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -39,7 +40,7 @@ from typing import Any
 
 import redis
 
-from actorsess.testing import RedisServer, message_update
+from actorsess.testing import LocalRedisCluster, RedisServer, message_update
 from benchmarks._common import (
     flush_redis,
     machine,
@@ -65,6 +66,8 @@ class Row:
     module: str
     args: tuple[str, ...] = ()
     ownership: str = "shared"
+    #: Run against a local 3-primary Redis Cluster instead of one server.
+    cluster: bool = False
 
     @property
     def actorsess(self) -> bool:
@@ -107,9 +110,24 @@ ROWS = [
         "harness.webhook_bot",
         ownership="partitioned",
     ),
+    Row(
+        "actorsess ownership=partitioned on a 3-primary Redis Cluster",
+        "harness.webhook_bot",
+        ownership="partitioned",
+        cluster=True,
+    ),
 ]
 CEILING = ROWS[0].name
 ISOLATION = ROWS[3].name
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a row runs: the URL its workers get, and every server to count and flush."""
+
+    url: str
+    servers: tuple[str, ...]
+    cluster: bool = False
 
 
 @dataclass
@@ -125,9 +143,13 @@ class Result:
     calls: dict[str, float]
 
 
-async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Result:
-    flush_redis(url)
+async def run(row: Row, target: Target, args: argparse.Namespace, logs: Path) -> Result:
+    url = target.url
+    for server in target.servers:
+        flush_redis(server)
     env = {"ACTORSESS_REDIS_URL": url, "ACTORSESS_OWNERSHIP": row.ownership, "HARNESS_REPLY": "0"}
+    if target.cluster:
+        env["HARNESS_REDIS_CLUSTER"] = "1"
     # Local mode serves one key space per process (a second one is refused), so the
     # no-coordination bound gives each process its own prefix: each counts its share
     # of a chat's updates, and the stored counts are summed over the prefixes.
@@ -165,8 +187,8 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
                 failed += await pool.post(request) != 200
                 latencies.append(time.perf_counter() - started)
 
-        before = redis_command_calls(url)
-        redis_cpu_before = redis_cpu_seconds(url)
+        before = command_calls(target)
+        redis_cpu_before = sum(map(redis_cpu_seconds, target.servers))
         cpu_before = sum(cpu_seconds(w.pid) for w in workers)
         started = time.perf_counter()
         await asyncio.gather(*(send(pool, request) for pool, request in prepared))
@@ -179,13 +201,16 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
         for worker in workers:
             if worker.stop() != 0:
                 raise RuntimeError(f"{row.name}: worker failed:\n{worker.output()}")
-        after = redis_command_calls(url)
-        redis_cpu = redis_cpu_seconds(url) - redis_cpu_before
+        after = command_calls(target)
+        redis_cpu = sum(map(redis_cpu_seconds, target.servers)) - redis_cpu_before
     finally:
         for worker in workers:
             worker.kill()
     if not row.persists:
         stored = [0] * len(chats)
+    elif target.cluster:
+        apples = stored_sessions(url, chats, cluster=True)
+        stored = [apples[chat].get("apple", 0) for chat in chats]
     elif prefixes:
         stored = stored_per_prefix(url, chats, prefixes)
     else:
@@ -208,6 +233,15 @@ async def run(row: Row, url: str, args: argparse.Namespace, logs: Path) -> Resul
         percentile(latencies, 0.99) * 1000,
         calls,
     )
+
+
+def command_calls(target: Target) -> dict[str, int]:
+    """Calls per command so far, summed over the target's servers."""
+    total: dict[str, int] = {}
+    for server in target.servers:
+        for name, calls in redis_command_calls(server).items():
+            total[name] = total.get(name, 0) + calls
+    return total
 
 
 async def partitions_settled(workers: list[WebhookWorker], timeout: float = 60) -> None:
@@ -279,14 +313,22 @@ async def main() -> None:
     ]
     quiet_logs()
     print(f"{args.workers} webhook workers, {args.in_flight} in flight; {machine()}")
-    with RedisServer() as server, tempfile.TemporaryDirectory() as logs:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(RedisServer())
+        logs = stack.enter_context(tempfile.TemporaryDirectory())
+        targets = {False: Target(server.url, (server.url,))}
+        if any(row.cluster for row in rows):
+            cluster = stack.enter_context(LocalRedisCluster())
+            nodes = tuple(node.url for node in cluster.nodes)
+            targets[True] = Target(cluster.url, nodes, cluster=True)
         for workload, chats, messages in WORKLOADS:
             args.chats, args.messages = chats, messages * args.scale
             results: dict[str, list[Result]] = {}
             for round_ in range(args.rounds):
                 for row in rows:  # interleaved, so drift hits every row alike
                     where = Path(logs) / f"{workload}-{round_}-{row.module}"
-                    results.setdefault(row.name, []).append(await run(row, server.url, args, where))
+                    result = await run(row, targets[row.cluster], args, where)
+                    results.setdefault(row.name, []).append(result)
             print(
                 f"\n{workload}: {chats} chats x {args.messages} messages routed at random, "
                 f"median of {args.rounds} runs\n"

@@ -49,6 +49,10 @@ Apples = dict[str, Any]
 #: benchmark of the partitioned mode compares rows doing the same work, and
 #: runs with no Telegram to call.
 REPLY = os.environ.get("HARNESS_REPLY", "1") != "0"
+#: ``HARNESS_REDIS_CLUSTER=1``: the URL names a node of a Redis Cluster.
+CLUSTER = os.environ.get("HARNESS_REDIS_CLUSTER") == "1"
+#: How many partitions chats hash to in partitioned mode (``HARNESS_PARTITIONS``).
+PARTITIONS = int(os.environ.get("HARNESS_PARTITIONS", "64"))
 #: Updates this worker's handler ran (served at ``GET /handled``).
 handled = 0
 
@@ -79,15 +83,11 @@ def build_dispatcher(sessions: SessionManager[Apples]) -> Dispatcher:
 
 def build_app(redis_url: str, token: str) -> web.Application:
     config = SessionConfig.from_env()
-    storage = RedisStorage.from_url(redis_url)
+    storage = RedisStorage.from_url(redis_url, cluster=CLUSTER)
     app = web.Application()
     if config.ownership == "partitioned":
         # Several workers own partitions of the chats; updates move to their owner.
-        partitions = Partitions(
-            storage,
-            count=int(os.environ.get("HARNESS_PARTITIONS", "64")),
-            lease_time=config.lease_time,
-        )
+        partitions = Partitions(storage, count=PARTITIONS, lease_time=config.lease_time)
         sessions = SessionManager(
             storage, initial=new_session, config=config, partitions=partitions
         )
@@ -144,18 +144,29 @@ async def stored_apples(redis_url: str, chats: list[int]) -> dict[int, int]:
 
 
 def stored_sessions(
-    redis_url: str, chats: list[int], prefix: str = "actorsess:"
+    redis_url: str, chats: list[int], prefix: str = "actorsess:", *, cluster: bool = False
 ) -> dict[int, Apples]:
     """The stored session of each private chat, read straight from Redis (no manager:
-    workers may still run)."""
+    workers may still run). ``cluster``: the URL names a node of a Redis Cluster, whose
+    partitioned-mode records carry their partition's tag (``PARTITIONS`` of them)."""
     bot_id = OFFLINE_TOKEN.split(":", 1)[0]
-    client = redis.Redis.from_url(redis_url)
-    try:
-        records: list[bytes | None] = client.mget(  # type: ignore[assignment]
-            [f"{prefix}session:{bot_id}:{chat}:{chat}" for chat in chats]
-        )
-    finally:
-        client.close()
+    keys = [f"session:{bot_id}:{chat}:{chat}" for chat in chats]
+    records: list[bytes | None]
+    if cluster:
+        # Named by a Partitions object only (it connects to nothing unless started).
+        names = Partitions(RedisStorage.from_url(redis_url, cluster=True), count=PARTITIONS)
+        cluster_client = redis.RedisCluster.from_url(redis_url)
+        try:
+            stored_keys = [names.storage_keys(prefix).of(key) for key in keys]
+            records = [cluster_client.get(key) for key in stored_keys]  # type: ignore[misc]
+        finally:
+            cluster_client.close()
+    else:
+        client = redis.Redis.from_url(redis_url)
+        try:
+            records = client.mget([prefix + key for key in keys])  # type: ignore[assignment]
+        finally:
+            client.close()
     return {
         chat: json.loads(record.split(b":", 2)[2] or b"{}") if record else {}
         for chat, record in zip(chats, records, strict=True)

@@ -18,12 +18,14 @@ from aiogram.types import Message, Poll
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel
+from redis.crc import key_slot
 
 from actorsess import (
     ConfigError,
     InvalidKeyError,
     LeaseTimeoutError,
     MemoryStorage,
+    PartitionCountError,
     PartitionNotOwnedError,
     Partitions,
     RedisStorage,
@@ -35,7 +37,7 @@ from actorsess import (
 from actorsess._partitions import DELIVERY, FEEDING, Stamp
 from actorsess.aiogram import ActorFSMStorage, ForwardingRequestHandler, SessionMiddleware
 from actorsess.aiogram._feeder import UpdateFeeder
-from actorsess.testing import RedisServer, message_update
+from actorsess.testing import LocalRedisCluster, RedisServer, message_update
 from harness.webhook_bot import OFFLINE_TOKEN
 from tests.aiogram_helpers import poll_update
 from tests.conftest import Events
@@ -50,11 +52,44 @@ def counter() -> dict[str, Any]:
     return {"n": 0}
 
 
-@pytest.fixture
-async def storage(redis_client: redis_asyncio.Redis, redis_url: str) -> AsyncIterator[RedisStorage]:
-    storage = RedisStorage.from_url(redis_url)
+@pytest.fixture(params=["redis", "cluster"])
+async def storage(
+    request: pytest.FixtureRequest, redis_client: redis_asyncio.Redis, redis_url: str
+) -> AsyncIterator[RedisStorage]:
+    """A fresh RedisStorage: on one server, and on a Redis Cluster (each partition's
+    keys in one slot)."""
+    if request.param == "redis":
+        storage = RedisStorage.from_url(redis_url)
+    else:
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        storage = RedisStorage.from_url(cluster.url, cluster=True)
+        await storage.client.flushall()
     yield storage
     await storage.close()
+
+
+async def keys_like(storage: RedisStorage, pattern: str) -> list[bytes]:
+    """The keys matching ``pattern`` (on every primary of a cluster)."""
+    client = storage.client
+    if isinstance(client, redis_asyncio.RedisCluster):
+        return cast(list[bytes], await client.keys(pattern, target_nodes=client.PRIMARIES))
+    return cast(list[bytes], await client.keys(pattern))
+
+
+def stored_key(storage: RedisStorage, key: str, count: int = 8) -> str:
+    """Where a partitioned manager with the default ``key_prefix`` keeps ``key``'s record
+    (with ``count`` partitions: on a cluster the partition's tag follows the key)."""
+    return Partitions(storage, count=count).storage_keys("actorsess:").of(key)
+
+
+async def pause_writes(storage: RedisStorage, key: str, ms: int) -> None:
+    """``CLIENT PAUSE ms WRITE`` on the server holding ``key``."""
+    client = storage.client
+    if isinstance(client, redis_asyncio.RedisCluster):
+        node = client.get_node_from_key(key)
+        await client.execute_command("CLIENT", "PAUSE", ms, "WRITE", target_nodes=node)
+    else:
+        await client.execute_command("CLIENT", "PAUSE", ms, "WRITE")  # type: ignore[no-untyped-call]
 
 
 def add_one(session: dict[str, Any]) -> None:
@@ -104,7 +139,7 @@ async def test_a_lone_worker_owns_every_partition_and_serves_its_sessions(
         await manager.update("session:42:7:7", lambda s: s.update(n=s["n"] + 1))
         assert await manager.get("session:42:7:7") == {"n": 1}
     await partitions.stop()
-    assert await storage.client.keys("actorsess:partitions:lease:*") == []
+    assert await keys_like(storage, "actorsess:partitions:lease:*") == []
 
 
 async def test_a_session_nobody_lends_times_out_naming_it_and_is_not_lent_later(
@@ -128,9 +163,9 @@ async def test_a_session_nobody_lends_times_out_naming_it_and_is_not_lent_later(
                     break
                 await asyncio.sleep(0.01)
             assert handler.feeder._progress[0].done_upto is not None  # the request: ended
-            [claim] = await storage.client.keys("actorsess:partitions:loan:*:claim")
+            [claim] = await keys_like(storage, "actorsess:partitions:loan:*:claim")
             assert await storage.client.get(claim) == b"given up"
-            assert await storage.client.keys("actorsess:partitions:loan:*:ready") == []
+            assert await keys_like(storage, "actorsess:partitions:loan:*:ready") == []
             assert await sessions.get(key) == {"n": 0}
         finally:
             await handler.feeder.stop()
@@ -175,7 +210,7 @@ async def test_a_replayed_update_changes_a_session_no_second_time(storage: Redis
             assert await manager2.get(key) == {"n": 3}
     finally:
         await partitions2.stop()
-    raw = await storage.client.get("actorsess:" + key)
+    raw = await storage.client.get(stored_key(storage, key))
     assert isinstance(raw, bytes) and raw.endswith(b'{"n":3}')
 
 
@@ -190,7 +225,7 @@ async def test_a_session_carries_the_stamp_of_its_last_forwarded_update_in_its_r
     partitions, manager = worker(storage)
     await partitions.start()
     key = "session:42:9:9"
-    stored = "actorsess:" + key
+    stored = stored_key(storage, key)
 
     async def handle(stamp: Stamp | None, on: SessionManager[Any]) -> None:
         await delivered(stamp, on.update(key, add_one))
@@ -216,7 +251,7 @@ async def test_a_session_carries_the_stamp_of_its_last_forwarded_update_in_its_r
             await delete((100, 0, 2), again)
             await again.flush()
             assert await storage.client.get(stored) == b"as1:5/100-0-2:"
-        assert await storage.client.keys("actorsess:partitions:stamps:*") == []
+        assert await keys_like(storage, "actorsess:partitions:stamps:*") == []
     finally:
         await partitions.stop()
 
@@ -262,7 +297,7 @@ async def test_a_job_run_in_every_worker_touches_each_session_once(storage: Redi
             assert 0 < counts[0] < len(keys) and sum(counts) == len(keys)
             await first_sessions.flush()
             await second_sessions.flush()
-        stored = await storage.client.mget(["actorsess:" + key for key in keys])
+        stored = [await storage.client.get(stored_key(storage, key)) for key in keys]
         assert all(isinstance(raw, bytes) and raw.endswith(b'{"n":1}') for raw in stored)
     finally:
         await first.stop()
@@ -278,12 +313,12 @@ async def test_a_write_after_the_partition_moved_is_refused(storage: RedisStorag
         await manager.update(key, lambda s: s.update(n=1))
         await manager.flush()
         # Another worker takes partition 3 behind this one's back (its lease lapsed).
-        await storage.client.set("actorsess:partitions:lease:3", "someone-else", px=60_000)
+        await storage.client.set("actorsess:partitions:lease:{3}", "someone-else", px=60_000)
         await manager.update(key, lambda s: s.update(n=99))
         with pytest.raises(SessionConflictError, match="lease is held by another process"):
             await manager.flush()
         assert manager.stats().conflicts == 1
-    raw = await storage.client.get("actorsess:" + key)
+    raw = await storage.client.get(stored_key(storage, key))
     assert isinstance(raw, bytes) and raw.endswith(b'{"n":1}')
     await partitions.stop()
 
@@ -334,6 +369,108 @@ def test_partitions_need_a_redis_storage_and_sane_numbers() -> None:
         Partitions(storage, count=0)
     with pytest.raises(ValueError, match="lease_time"):
         Partitions(storage, lease_time=0)
+
+
+async def test_a_worker_with_another_partition_count_is_refused_by_name(
+    storage: RedisStorage, events: Events
+) -> None:
+    """Two counts would place one chat in two partitions, each served under its own
+    lease: the count is recorded by the namespace's first worker, and a worker with
+    another one does not join, whether Redis was up when it started or came later."""
+    first, _ = worker(storage, count=8)
+    await first.start()
+    other = Partitions(storage, count=16, lease_time=0.3, logger=events.logger)
+    try:
+        with pytest.raises(
+            PartitionCountError, match=r"count=16.*count=8.*'actorsess:partitions:count'"
+        ):
+            await other.start()
+        assert not other.running and other.until == {}
+        assert first.members == [first.token]
+        # One that started while Redis was away finds out at its first heartbeat.
+        other._task = asyncio.get_running_loop().create_task(other._beat_forever())
+        for _ in range(50):
+            if events.named("partition.count_mismatch"):
+                break
+            await asyncio.sleep(0.02)
+        assert events.named("partition.count_mismatch")
+        assert other.until == {} and other.token.encode() not in await first.store.client.zrange(
+            first.store.members_key, 0, -1
+        )
+        same = Partitions(storage, count=8)
+        await same.start()
+        await same.stop()
+    finally:
+        await other.stop()
+        await first.stop()
+
+
+def test_a_namespace_holding_a_hash_tag_is_refused_by_name() -> None:
+    storage = RedisStorage.from_url("redis://127.0.0.1:1/0")
+    with pytest.raises(ValueError, match=r"namespace '\{bot\}:'.*hash tag"):
+        Partitions(storage, namespace="{bot}:")
+
+
+async def test_on_a_cluster_a_partitions_sessions_lease_and_stream_share_a_slot(
+    redis_cluster: LocalRedisCluster,
+) -> None:
+    """A session's record carries its partition's hash tag after its key, so the write
+    script that checks the partition's lease may touch it; a scan gives the keys back
+    as they were given."""
+    storage = RedisStorage.from_url(redis_cluster.url, cluster=True)
+    await storage.client.flushall()
+    partitions, manager = worker(storage, count=8)
+    await partitions.start()
+    try:
+        keys = [key_in(partitions, p) for p in range(8)]
+        async with manager:
+            for key in keys:
+                await manager.update(key, add_one)
+            await manager.flush()
+            for key in keys:
+                partition = partitions.partition_of_key(key)
+                stored = stored_key(storage, key)
+                assert stored == f"actorsess:{key}{{{partition}}}"
+                assert await storage.client.get(stored) is not None
+                slot = key_slot(stored.encode())
+                assert slot == key_slot(partitions.store.lease_key(partition).encode())
+                assert slot == key_slot(partitions.store.stream_key(partition).encode())
+            assert len({key_slot(stored_key(storage, k).encode()) for k in keys}) == 8
+            assert sorted([key async for key, _ in manager.scan()]) == sorted(keys)
+            assert await manager.get_many(keys) == {key: {"n": 1} for key in keys}
+    finally:
+        await partitions.stop()
+        await storage.close()
+
+
+async def test_on_a_cluster_a_key_prefix_or_key_with_a_hash_tag_is_refused_by_name(
+    redis_cluster: LocalRedisCluster, redis_url: str
+) -> None:
+    """The partition's tag must be the first in a record's key: a ``key_prefix`` or a
+    session key holding ``{`` would place the record away from its lease. One server
+    has no slots, and takes both."""
+    storage = RedisStorage.from_url(redis_cluster.url, cluster=True)
+    await storage.client.flushall()
+    tagged = SessionConfig(ownership="partitioned", key_prefix="{bot}:")
+    with pytest.raises(ConfigError, match=r"key_prefix.*'\{bot\}:'.*hash tag"):
+        SessionManager(storage, initial=counter, config=tagged, partitions=Partitions(storage))
+    partitions, manager = worker(storage, count=1)
+    await partitions.start()
+    try:
+        async with manager:
+            with pytest.raises(InvalidKeyError, match=r"session:42:\{7\}:7"):
+                await manager.update("session:42:{7}:7", add_one)
+            await manager.update("session:42:7:7", add_one)
+            assert await manager.get("session:42:7:7") == {"n": 1}
+    finally:
+        await partitions.stop()
+        await storage.close()
+    one_server = RedisStorage.from_url(redis_url)
+    try:
+        tagged_partitions = Partitions(one_server)
+        SessionManager(one_server, initial=counter, config=tagged, partitions=tagged_partitions)
+    finally:
+        await one_server.close()
 
 
 async def owning_partition_0(storage: RedisStorage, count: int) -> Partitions:
@@ -410,7 +547,7 @@ async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_oth
 
             response = await client.post("/webhook", json=message_update(other, "hi"))
             assert response.status == 200 and await response.json() == {}
-            assert await storage.client.xlen("actorsess:partitions:updates:1") == 1
+            assert await storage.client.xlen("actorsess:partitions:updates:{1}") == 1
 
             poll = poll_update().model_dump(mode="json", exclude_none=True)
             response = await client.post("/webhook", json=poll)
@@ -420,7 +557,7 @@ async def test_the_forwarding_handler_serves_its_partitions_and_forwards_the_oth
             hollow = {"update_id": 5, "message": {"chat": {"id": other}, "from": {"id": other}}}
             response = await client.post("/webhook", json=hollow)
             assert response.status == 200
-            assert await storage.client.xlen("actorsess:partitions:updates:1") == 2
+            assert await storage.client.xlen("actorsess:partitions:updates:{1}") == 2
 
             response = await client.post("/webhook", data=b'{"update_id": "x"}')
             assert response.status == 400
@@ -439,9 +576,9 @@ async def test_forwards_arriving_while_one_is_being_stored_go_in_one_entry(
     partitions, sessions, dp = await counting_bot(storage, count=2)
     _, app = forwarding_app(partitions, dp)
     others = chats_in(partitions, 1, count=6)
-    stream = "actorsess:partitions:updates:1"
+    stream = "actorsess:partitions:updates:{1}"
     async with TestClient(TestServer(app)) as client, sessions:
-        await storage.client.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+        await pause_writes(storage, stream, 400)
         posts = (post_after(client, 0.03 * i, chat) for i, chat in enumerate(others))
         statuses = await asyncio.gather(*posts)
         assert statuses == [200] * len(others)
@@ -460,12 +597,12 @@ async def test_a_forward_that_fails_is_not_acknowledged_and_the_next_batch_still
     partitions, sessions, dp = await counting_bot(storage, count=3)
     _, app = forwarding_app(partitions, dp)
     [first], [second] = chats_in(partitions, 1), chats_in(partitions, 2)
-    await storage.client.set("actorsess:partitions:updates:1", "not a stream")
+    await storage.client.set("actorsess:partitions:updates:{1}", "not a stream")
     async with TestClient(TestServer(app)) as client, sessions:
-        await storage.client.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+        await pause_writes(storage, "actorsess:partitions:updates:{2}", 300)
         posts = await asyncio.gather(post_after(client, 0, first), post_after(client, 0.1, second))
         assert list(posts) == [503, 200]
-        assert await storage.client.xlen("actorsess:partitions:updates:2") == 1
+        assert await storage.client.xlen("actorsess:partitions:updates:{2}") == 1
 
 
 @pytest.mark.process  # faults a private server
@@ -510,7 +647,7 @@ async def test_an_update_that_finds_its_lease_lapsed_is_read_again_not_trimmed(
                 await asyncio.sleep(0.01)
             assert feeder.fed == 1 and 0 not in partitions.until  # dropped, not handled
             await asyncio.sleep(0.1)  # trims would have run meanwhile
-            assert await storage.client.xlen("actorsess:partitions:updates:0") == 1
+            assert await storage.client.xlen("actorsess:partitions:updates:{0}") == 1
 
             partitions.until[0] = math.inf  # taken again (as a heartbeat would)
             feeder.gained(0)
@@ -520,10 +657,10 @@ async def test_an_update_that_finds_its_lease_lapsed_is_read_again_not_trimmed(
                 await asyncio.sleep(0.01)
             assert await sessions.get(key) == {"n": 1}
             for _ in range(100):  # handled and written: now it is trimmed
-                if await storage.client.xlen("actorsess:partitions:updates:0") == 0:
+                if await storage.client.xlen("actorsess:partitions:updates:{0}") == 0:
                     break
                 await asyncio.sleep(0.02)
-            assert await storage.client.xlen("actorsess:partitions:updates:0") == 0
+            assert await storage.client.xlen("actorsess:partitions:updates:{0}") == 0
         finally:
             await feeder.stop()
 
@@ -570,9 +707,9 @@ async def test_a_trim_planned_before_a_partition_was_lost_is_not_carried_out(
     feeder.lost(0)
     feeder.gained(0)
     await feeder._trim({0: (before_loss, entry.id)})
-    assert await storage.client.xlen("actorsess:partitions:updates:0") == 1
+    assert await storage.client.xlen("actorsess:partitions:updates:{0}") == 1
     await feeder._trim({0: (feeder._progress[0], entry.id)})
-    assert await storage.client.xlen("actorsess:partitions:updates:0") == 0
+    assert await storage.client.xlen("actorsess:partitions:updates:{0}") == 0
 
 
 def test_a_forwarding_handler_with_a_bad_trim_interval_is_refused_by_name() -> None:
@@ -623,7 +760,7 @@ async def test_a_process_that_owns_no_partition_borrows_a_session_from_its_owner
     ``delete`` go the same way. Every manager of the owner with the key prefix lends
     (here two), and none is left with a stale copy."""
     key = "session:42:7:7"
-    stored = "actorsess:" + key
+    stored = stored_key(storage, key, count=1)
     async with (
         lending_owner(storage) as (partitions, sessions),
         admin(storage, count=1, logger=events.logger) as other,
@@ -724,8 +861,8 @@ async def test_a_borrowed_change_is_refused_if_the_owner_lost_its_lease_meanwhil
         with pytest.raises(SessionConflictError, match="session:42:7:7"):
             async with other.session(key) as session:
                 session["n"] = 5
-                await storage.client.delete("actorsess:partitions:lease:0")
-        assert await storage.client.get("actorsess:" + key) is None
+                await storage.client.delete("actorsess:partitions:lease:{0}")
+        assert await storage.client.get(stored_key(storage, key, count=1)) is None
 
 
 async def test_a_borrowed_block_held_past_the_owners_patience_is_dropped(
@@ -741,7 +878,7 @@ async def test_a_borrowed_block_held_past_the_owners_patience_is_dropped(
                 session["n"] = 5
                 await asyncio.sleep(0.4)
         assert await sessions.get(key) == {"n": 0}
-        assert await storage.client.get("actorsess:" + key) is None
+        assert await storage.client.get(stored_key(storage, key, count=1)) is None
 
 
 async def test_a_loan_read_again_by_the_next_owner_is_not_served_twice(
@@ -753,8 +890,8 @@ async def test_a_loan_read_again_by_the_next_owner_is_not_served_twice(
     async with admin(storage, count=1) as other:
         async with lending_owner(storage):
             await other.update(key, add_one)
-        assert await storage.client.xlen("actorsess:partitions:updates:0") == 1  # untrimmed
-        await storage.client.delete("actorsess:partitions:lease:0")  # as it lapses
+        assert await storage.client.xlen("actorsess:partitions:updates:{0}") == 1  # untrimmed
+        await storage.client.delete("actorsess:partitions:lease:{0}")  # as it lapses
         async with lending_owner(storage) as (_, sessions):
             await other.update(key, add_one)
             assert await sessions.get(key) == {"n": 2}

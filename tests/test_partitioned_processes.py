@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from actorsess import ActorSessError, Partitions, RedisStorage, SessionConfig, SessionManager
-from actorsess.testing import RedisServer, message_update
+from actorsess.testing import LocalRedisCluster, RedisServer, message_update
 from harness.balancer import Balancer
 from harness.webhook_bot import OFFLINE_TOKEN, new_session, stored_sessions
 from harness.webhook_worker import WebhookWorker
@@ -75,9 +75,18 @@ class NumberedFeed:
 
 
 def partitioned_workers(
-    redis_url: str, tmp: Path, count: int
+    redis_url: str, tmp: Path, count: int, *, cluster: bool = False
 ) -> AbstractContextManager[list[WebhookWorker]]:
-    return workers(redis_url, tmp, count, ENV, **SETTINGS)
+    env = {**ENV, "HARNESS_REDIS_CLUSTER": "1"} if cluster else ENV
+    return workers(redis_url, tmp, count, env, **SETTINGS)
+
+
+def flush(redis_url: str, *, cluster: bool = False) -> None:
+    client = redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
 
 
 async def run_load(
@@ -98,20 +107,27 @@ Fault = Callable[[list[WebhookWorker], Balancer], Awaitable[None]]
 
 
 async def three_workers_with(
-    redis_url: str, tmp: Path, fault: Fault, *, per_chat: int, timeout: float
+    redis_url: str,
+    tmp: Path,
+    fault: Fault,
+    *,
+    per_chat: int,
+    timeout: float,
+    cluster: bool = False,
 ) -> tuple[NumberedFeed, list[WebhookWorker]]:
     """Three workers behind a balancer (``timeout``: how long it waits for one), the
     load, and ``fault`` beside it; every worker still running is stopped (SIGTERM) and
-    the stored sessions are checked against what was sent and acknowledged."""
-    redis.Redis.from_url(redis_url).flushdb()
-    with partitioned_workers(redis_url, tmp, 3) as started:
+    the stored sessions are checked against what was sent and acknowledged.
+    ``cluster``: the URL names a node of a Redis Cluster."""
+    flush(redis_url, cluster=cluster)
+    with partitioned_workers(redis_url, tmp, 3, cluster=cluster) as started:
         async with Balancer(timeout=timeout) as balancer:
             balancer.backends = [w.url for w in started]
             feed = await run_load(balancer, per_chat, lambda: fault(started, balancer))
         for worker in started:
             if worker.process is not None and worker.process.poll() is None:
                 assert worker.stop() == 0, worker.output()
-    feed.check(stored_sessions(redis_url, CHATS))
+    feed.check(stored_sessions(redis_url, CHATS, cluster=cluster))
     return feed, started
 
 
@@ -171,6 +187,43 @@ async def test_a_killed_worker_loses_no_acknowledged_update(redis_url: str, tmp_
 
     feed, _ = await three_workers_with(redis_url, tmp_path, kill_one, per_chat=100, timeout=5)
     assert sum(map(len, feed.acked.values())) > len(CHATS) * 90
+
+
+async def test_on_a_redis_cluster_a_killed_worker_loses_no_acknowledged_update(
+    redis_cluster: LocalRedisCluster, tmp_path: Path
+) -> None:
+    """The same on a 3-primary Redis Cluster: each partition's lease, stream and
+    sessions share a slot, and each worker reads its partitions slot by slot."""
+
+    async def kill_one(started: list[WebhookWorker], balancer: Balancer) -> None:
+        await asyncio.sleep(1.0)
+        started[1].signal(signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        balancer.backends.remove(started[1].url)
+
+    feed, _ = await three_workers_with(
+        redis_cluster.url, tmp_path, kill_one, per_chat=100, timeout=5, cluster=True
+    )
+    assert sum(map(len, feed.acked.values())) > len(CHATS) * 90
+
+
+async def test_on_a_redis_cluster_a_primary_restart_loses_no_acknowledged_update(
+    redis_cluster: LocalRedisCluster, tmp_path: Path
+) -> None:
+    """A cluster primary (append-only file) restarts mid-load: the partitions whose slots
+    it serves are taken again once it is back, and every acknowledged update is in."""
+    victim = redis_cluster.nodes[1]
+
+    async def restart_node(started: list[WebhookWorker], balancer: Balancer) -> None:
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(victim.stop)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(victim.start)
+
+    feed, _ = await three_workers_with(
+        redis_cluster.url, tmp_path, restart_node, per_chat=100, timeout=5, cluster=True
+    )
+    assert sum(map(len, feed.acked.values())) > len(CHATS) * 60
 
 
 async def test_a_worker_stopped_past_its_lease_is_fenced_off(

@@ -1,7 +1,8 @@
 """UpdateFeeder: feeds the updates of this worker's partitions to its dispatcher.
 
-One reader task reads the streams of the owned partitions (``XREAD``, many
-entries per call) and starts one task per update; a chat's updates run one
+A reader task reads the streams of the owned partitions (``XREAD``, many
+entries per call) and starts one task per update (on Redis Cluster, one reader
+per slot: one ``XREAD`` cannot span slots); a chat's updates run one
 after another in stream order, different chats at once. An update the worker
 received itself for a partition it owns (``run_here``) skips the stream: it
 waits for the next read that starts after it arrived, so every update a
@@ -72,6 +73,22 @@ class _Progress:
         self.tasks: set[asyncio.Task[Any]] = set()
 
 
+class _Reader:
+    """Reads the streams of the owned partitions of one read group
+    (``RedisPartitionStore.read_group``), and what waits for its next read."""
+
+    __slots__ = ("after", "arrived", "blocking", "task", "wake")
+
+    def __init__(self) -> None:
+        #: Fed partitions of the group -> the id of the last entry read.
+        self.after: dict[int, str] = {}
+        #: Updates received here, waiting for the next read to start (and end).
+        self.arrived: list[asyncio.Future[None]] = []
+        self.blocking = False
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
 class UpdateFeeder:
     """Reads owned partitions' streams into the dispatcher (see the module docstring)."""
 
@@ -95,51 +112,59 @@ class UpdateFeeder:
         self._trim_interval = trim_interval
         self._data = data or {}
         self._log = partitions.log
-        #: Fed partitions -> the id of the last entry read.
-        self._after: dict[int, str] = {}
+        #: Readers by read group, and fed partitions -> their reader.
+        self._readers: dict[int, _Reader] = {}
+        self._fed: dict[int, _Reader] = {}
         self._progress: dict[int, _Progress] = {}
         #: Chat -> its latest update's task: the next one of the chat waits for it.
         self._chains: dict[str, asyncio.Task[Any]] = {}
-        #: Updates received here, waiting for the next read to start (and end).
-        self._arrived: list[asyncio.Future[None]] = []
-        self._blocking = False
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._trimming: asyncio.Task[None] | None = None
         #: Updates fed so far (forwarded and received here).
         self.fed = 0
 
     # -- lifecycle ----------------------------------------------------------------
 
     def start(self) -> None:
+        self._trimming = asyncio.get_running_loop().create_task(self._trim_forever())
         self._partitions.subscribe(self)
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._read_forever()),
-            loop.create_task(self._trim_forever()),
-        ]
 
     async def stop(self) -> None:
         self._partitions.unsubscribe(self)
-        for task in self._tasks:
+        tasks = [r.task for r in self._readers.values() if r.task is not None]
+        if self._trimming is not None:
+            tasks.append(self._trimming)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._trimming = None
         # Updates received here that wait for a read: they find their partition no
         # longer fed, and their handler forwards them instead.
-        self._after.clear()
-        arrived, self._arrived = self._arrived, []
-        self._release_arrived(arrived)
+        self._fed.clear()
+        readers, self._readers = self._readers, {}
+        for reader in readers.values():
+            self._release_arrived(reader.arrived)
 
     # -- PartitionListener ----------------------------------------------------------
 
     def gained(self, partition: int) -> None:
+        group = self._store.read_group(partition)
+        reader = self._readers.get(group)
+        if reader is None:
+            reader = self._readers[group] = _Reader()
+            reader.task = asyncio.get_running_loop().create_task(self._read_forever(reader))
         # From the start of what is left: entries the last owner did not trim.
-        self._after[partition] = "0-0"
+        reader.after[partition] = "0-0"
+        self._fed[partition] = reader
         self._progress[partition] = _Progress()
-        self._wake.set()
+        reader.wake.set()
+
+    def _stop_reading(self, partition: int) -> None:
+        reader = self._fed.pop(partition, None)
+        if reader is not None:
+            reader.after.pop(partition, None)
 
     async def stop_feeding(self, partition: int) -> None:
-        self._after.pop(partition, None)
+        self._stop_reading(partition)
         progress = self._progress.get(partition)
         if progress is not None and progress.tasks:
             await asyncio.wait(list(progress.tasks))
@@ -155,7 +180,7 @@ class UpdateFeeder:
         self._progress.pop(partition, None)
 
     def lost(self, partition: int) -> None:
-        self._after.pop(partition, None)
+        self._stop_reading(partition)
         progress = self._progress.pop(partition, None)
         if progress is not None:
             for task in progress.tasks:
@@ -168,23 +193,26 @@ class UpdateFeeder:
 
     def can_run_here(self, partition: int) -> bool:
         """Whether an update of ``partition`` received here may skip the stream now."""
-        return partition in self._after and not self._blocking and self._partitions.holds(partition)
+        reader = self._fed.get(partition)
+        return reader is not None and not reader.blocking and self._partitions.holds(partition)
 
     async def run_here(self, partition: int, chat: str, update: Update) -> Any:
         """Feed an update received here; returns the handler's result, or raises
         ``PartitionNotOwnedError`` if the partition moved meanwhile (then the
         caller forwards it)."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._arrived.append(waiter)
-        self._wake.set()
-        await waiter
-        if partition not in self._after or not self._partitions.holds(partition):
+        reader = self._fed.get(partition)
+        if reader is not None:
+            waiter = asyncio.get_running_loop().create_future()
+            reader.arrived.append(waiter)
+            reader.wake.set()
+            await waiter
+        if partition not in self._fed or not self._partitions.holds(partition):
             raise PartitionNotOwnedError(chat, partition)
         return await self._start(partition, chat, update)
 
     # -- reading the streams -------------------------------------------------------------
 
-    async def _read_forever(self) -> None:
+    async def _read_forever(self, reader: _Reader) -> None:
         failures = 0
         empty = 0  # reads in a row that found nothing
         loop = asyncio.get_running_loop()
@@ -194,30 +222,30 @@ class UpdateFeeder:
                 gap = last + _READ_GAP - loop.time()
                 if gap > 0:
                     await asyncio.sleep(gap)
-            if not self._after:
-                self._release_arrived(self._arrived)
-                self._wake.clear()
-                await self._wake.wait()
+            if not reader.after:
+                self._release_arrived(reader.arrived)
+                reader.wake.clear()
+                await reader.wake.wait()
                 continue
-            arrived, self._arrived = self._arrived, []
+            arrived, reader.arrived = reader.arrived, []
             block = None if empty < _IDLE_READS or arrived else _BLOCK_MS
             last = loop.time()
-            self._blocking = block is not None
+            reader.blocking = block is not None
             try:
-                read = await self._store.read(self._after, self._read_count, block)
+                read = await self._store.read(reader.after, self._read_count, block)
                 failures = 0
             except Exception as exc:
                 failures += 1
                 self._log.warning("forward.read_failed", error=f"{type(exc).__name__}: {exc}")
-                self._arrived[:0] = arrived
+                reader.arrived[:0] = arrived
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
             finally:
-                self._blocking = False
+                reader.blocking = False
             empty = 0 if read else empty + 1
             for partition, entries in read:
-                if partition in self._after:  # not given up while the read was out
-                    self._dispatch(partition, entries)
+                if partition in reader.after:  # not given up while the read was out
+                    self._dispatch(reader, partition, entries)
             self._release_arrived(arrived)
 
     @staticmethod
@@ -226,10 +254,10 @@ class UpdateFeeder:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _dispatch(self, partition: int, entries: list[Entry]) -> None:
+    def _dispatch(self, reader: _Reader, partition: int, entries: list[Entry]) -> None:
         progress = self._progress[partition]
         for entry in entries:
-            self._after[partition] = entry.id
+            reader.after[partition] = entry.id
             ms, seq = (int(part) for part in entry.id.split("-"))
             record = _Read(entry.id)
             progress.entries.append(record)

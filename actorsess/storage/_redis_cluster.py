@@ -12,18 +12,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import hiredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int
 #: Builds the script arguments for the given positions of the batch.
 ArgsFor = Callable[[list[int]], Sequence[Arg]]
+#: One script call: its keys (all in one slot) and its arguments.
+Call = tuple[Sequence[str], Sequence[Arg]]
 
 
 def slot_groups(keys: Sequence[str]) -> dict[int, list[int]]:
@@ -47,27 +50,64 @@ class ClusterBatchScript:
     async def __call__(self, keys: Sequence[str], args_for: ArgsFor) -> list[tuple[list[int], Any]]:
         """``(positions, reply)`` for each slot group of ``keys``."""
         groups = list(slot_groups(keys).values())
-        try:
-            replies = await self._run(keys, groups, args_for)
-        except NoScriptError:
-            # A node restarted or failed over has an empty script cache.
-            await self._client.script_load(self._source)
-            replies = await self._run(keys, groups, args_for)
-        except (RedisConnectionError, RedisTimeoutError):
-            # redis-py's cluster pipeline does not refresh the slot map after a node
-            # failure, so without this every retry would go to the dead primary even
-            # after its replica has taken over. The caller retries later.
-            with contextlib.suppress(Exception):
-                await self._client.nodes_manager.initialize()
-            raise
-        return list(zip(groups, replies, strict=True))
+        calls = [([keys[p] for p in positions], args_for(positions)) for positions in groups]
+        return list(zip(groups, await self.run(calls), strict=True))
 
-    async def _run(
-        self, keys: Sequence[str], groups: list[list[int]], args_for: ArgsFor
-    ) -> list[Any]:
+    async def run(self, calls: Sequence[Call]) -> list[Any]:
+        """The reply of each call (the keys of each in one slot), pipelined per node."""
+        async with refreshing_slots(self._client):
+            try:
+                return await self._run(calls)
+            except NoScriptError:
+                # A node restarted or failed over has an empty script cache.
+                await self._client.script_load(self._source)
+                return await self._run(calls)
+
+    async def _run(self, calls: Sequence[Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        for positions in groups:
-            part = [keys[p] for p in positions]
-            pipe.execute_command("EVALSHA", self._sha, len(part), *part, *args_for(positions))
+        for keys, args in calls:
+            pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute()
         return replies
+
+
+@contextlib.asynccontextmanager
+async def refreshing_slots(client: RedisCluster) -> AsyncIterator[None]:
+    """Refresh ``client``'s slot map when what runs inside fails for a node's sake.
+
+    redis-py's cluster pipeline, and commands sent on a node's own connection, do not
+    refresh the slot map after a node failure or a slot moving: without this every
+    retry would go to the dead primary even after its replica took over. The caller
+    retries later."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError):
+        with contextlib.suppress(Exception):
+            await client.nodes_manager.initialize()
+        raise
+    except ResponseError as exc:
+        if str(exc).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")):
+            with contextlib.suppress(Exception):
+                await client.nodes_manager.initialize()
+        raise
+
+
+async def send_to_slot(
+    client: RedisCluster, key: str, commands: Sequence[Sequence[Arg]]
+) -> list[Any]:
+    """Send ``commands`` (all on ``key``'s slot) in one write to the node serving it, and
+    read their replies as hiredis parses them (``send_commands`` of a cluster node)."""
+    packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
+    async with refreshing_slots(client):
+        node = client.get_node_from_key(key)
+        assert node is not None  # get_node_from_key raises for a slot no node serves
+        connection = node.acquire_connection()
+        try:
+            await connection.send_packed_command(packed)
+            return [await connection.read_response() for _ in commands]
+        except BaseException:
+            # Failed, timed out or cancelled mid-reply: not for another command.
+            await connection.disconnect()
+            raise
+        finally:
+            node.release(connection)

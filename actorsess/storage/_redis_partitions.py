@@ -4,56 +4,69 @@ Under the namespace ``ns`` (``Partitions(namespace=...)``):
 
 - ``ns + "members"``: a sorted set of the live workers' tokens, scored by the
   Redis time (ms) until which each one's heartbeat holds;
-- ``ns + "lease:<p>"``: the token of the worker that owns partition ``p``, with a
+- ``ns + "count"``: the partition count the namespace's workers run with;
+- ``ns + "lease:{<p>}"``: the token of the worker that owns partition ``p``, with a
   PX expiry (the partition lease);
-- ``ns + "updates:<p>"``: partition ``p``'s stream of forwarded updates, one entry
+- ``ns + "updates:{<p>}"``: partition ``p``'s stream of forwarded updates, one entry
   per receiver batch (fields ``"0"``, ``"1"``, ...: raw update JSON, in arrival
   order), trimmed by the owner once their effects are written; an entry with the
   one field ``"loan"`` asks the owner to lend a session (``actorsess._loans``);
-- ``ns + "loan:<id>:<step>"``: the short-lived lists and marker of one loan
+- ``ns + "loan:{<id>}:<step>"``: the short-lived lists and marker of one loan
   (``claim``, ``ready``, ``change``, ``done``).
 
 The stamp (``<entry id>-<index>``) of the last forwarded update whose change a
 session's record holds is in the record's header (``actorsess._record``), so
 that an update read again after a takeover changes no session twice.
 
-A single Redis server only: a write touches sessions and their partitions'
-leases in one script, which Redis Cluster allows only within one slot.
+On Redis Cluster a script may touch keys of one slot only, and a write checks
+its sessions' partition lease in the same script. So everything of partition
+``p`` hashes by the tag ``{<p>}``: its lease, its stream and, on a cluster, its
+sessions' records (``Partitions.storage_keys``). Calls that span partitions go
+out as one call per slot, pipelined per node; on one server, as one call.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from actorsess._record import tombstone, with_stamp
 from actorsess.storage import _redis_lua as lua
+from actorsess.storage._redis_cluster import Call, ClusterBatchScript, send_to_slot
 from actorsess.storage._redis_script import Arg, BatchScript, send_commands
 from actorsess.storage.base import BadValue, Conflict, LoadResult, WriteItem
 
 _WRONG_TYPE = b"\x00actorsess:wrongtype"
 
-# KEYS: members, then the lease keys this worker holds. ARGV: token, heartbeat ms,
-# lease ms. Records the heartbeat, drops members whose heartbeat lapsed, renews
-# every lease still holding the token. Returns {members, {1|0 per lease}}.
-_HEARTBEAT_LUA = """
+# KEYS: members. ARGV: token, heartbeat ms. Records the heartbeat and drops members
+# whose heartbeat lapsed. Returns the members.
+_MEMBERS_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+# KEYS: lease keys this worker holds. ARGV: token, lease ms. Renews every lease still
+# holding the token. Returns 1 or 0 per key.
+_RENEW_LUA = """
 local renewed = {}
-for i = 2, #KEYS do
-  local owner = redis.pcall('GET', KEYS[i])
-  if owner == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[3])
-    renewed[i - 1] = 1
+for i, key in ipairs(KEYS) do
+  if redis.pcall('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    renewed[i] = 1
   else
-    renewed[i - 1] = 0
+    renewed[i] = 0
   end
 end
-return {redis.call('ZRANGE', KEYS[1], 0, -1), renewed}
+return renewed
 """
 
 # KEYS: a loan's claim marker, then the list its answer goes to. ARGV: marker, ms the
@@ -69,6 +82,15 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
 return 0
+"""
+
+# KEYS: the count key. ARGV: count. Records the partition count unless one is; returns
+# the one recorded.
+_COUNT_LUA = """
+local recorded = redis.call('GET', KEYS[1])
+if recorded then return recorded end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
 """
 
 # KEYS: lease keys. ARGV: token, lease ms. Takes each free lease (or keeps one it
@@ -89,12 +111,19 @@ end
 return out
 """
 
-# KEYS: lease keys. ARGV: token. Frees each lease still holding the token.
+# KEYS: lease keys. ARGV: token. Frees each lease still holding the token. Returns
+# 1 or 0 per key.
 _RELEASE_LUA = """
-for _, key in ipairs(KEYS) do
-  if redis.pcall('GET', key) == ARGV[1] then redis.call('DEL', key) end
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.pcall('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+    out[i] = 1
+  else
+    out[i] = 0
+  end
 end
-return 0
+return out
 """
 
 # KEYS: records. Returns each (or the wrong-type mark); a record's header holds its stamp.
@@ -191,6 +220,36 @@ _LOAN_FIELD = b"loan"
 LOAN_KEYS_MS = 600_000
 
 
+class _Script:
+    """A Lua script: one call per batch on one server, one per slot on a cluster."""
+
+    __slots__ = ("_cluster", "_server")
+
+    def __init__(self, client: Redis | RedisCluster, source: str) -> None:
+        self._server = BatchScript(client, source) if isinstance(client, Redis) else None
+        self._cluster = None if isinstance(client, Redis) else ClusterBatchScript(client, source)
+
+    async def run(self, calls: Sequence[Call]) -> list[Any]:
+        """The reply of each call (the keys of each in one slot on a cluster)."""
+        if self._server is not None:
+            return [await self._server(keys, args) for keys, args in calls]
+        assert self._cluster is not None
+        return await self._cluster.run(calls)
+
+    async def per_key(self, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
+        """Run a script that replies one item per key, with ``args`` for every slot."""
+        if not keys:
+            return []
+        if self._server is not None:
+            return list(await self._server(keys, args))
+        assert self._cluster is not None
+        out: list[Any] = [None] * len(keys)
+        for positions, reply in await self._cluster(keys, lambda _: args):
+            for position, item in zip(positions, reply, strict=True):
+                out[position] = item
+        return out
+
+
 class RedisPartitionStore:
     """The Redis side of ``actorsess.Partitions`` (see the module docstring)."""
 
@@ -198,62 +257,104 @@ class RedisPartitionStore:
         "_acquire",
         "_claim",
         "_client",
-        "_heartbeat",
+        "_count",
         "_load",
+        "_members",
         "_release",
+        "_renew",
         "_trim",
         "_write",
+        "cluster",
         "namespace",
     )
 
-    def __init__(self, client: Redis, namespace: str) -> None:
+    def __init__(self, client: Redis | RedisCluster, namespace: str) -> None:
         self._client = client
+        #: Whether the client is a Redis Cluster's: sessions' records then carry their
+        #: partition's hash tag, and reads go one slot at a time.
+        self.cluster = isinstance(client, RedisCluster)
         self.namespace = namespace
-        self._heartbeat = BatchScript(client, _HEARTBEAT_LUA)
-        self._acquire = BatchScript(client, _ACQUIRE_LUA)
-        self._release = BatchScript(client, _RELEASE_LUA)
-        self._load = BatchScript(client, _LOAD_LUA)
-        self._write = BatchScript(client, _WRITE_LUA)
-        self._trim = BatchScript(client, _TRIM_LUA)
-        self._claim = BatchScript(client, _CLAIM_LUA)
+        self._members = _Script(client, _MEMBERS_LUA)
+        self._renew = _Script(client, _RENEW_LUA)
+        self._acquire = _Script(client, _ACQUIRE_LUA)
+        self._release = _Script(client, _RELEASE_LUA)
+        self._load = _Script(client, _LOAD_LUA)
+        self._write = _Script(client, _WRITE_LUA)
+        self._trim = _Script(client, _TRIM_LUA)
+        self._claim = _Script(client, _CLAIM_LUA)
+        self._count = _Script(client, _COUNT_LUA)
 
     @property
-    def client(self) -> Redis:
+    def client(self) -> Redis | RedisCluster:
         return self._client
 
     # -- names ----------------------------------------------------------------
+
+    @staticmethod
+    def tag(partition: int) -> str:
+        """The hash tag of everything of ``partition`` (one slot on a cluster)."""
+        return f"{{{partition}}}"
 
     @property
     def members_key(self) -> str:
         return self.namespace + "members"
 
+    @property
+    def count_key(self) -> str:
+        return self.namespace + "count"
+
     def lease_key(self, partition: int) -> str:
-        return f"{self.namespace}lease:{partition}"
+        return f"{self.namespace}lease:{self.tag(partition)}"
 
     def stream_key(self, partition: int) -> str:
-        return f"{self.namespace}updates:{partition}"
+        return f"{self.namespace}updates:{self.tag(partition)}"
+
+    def read_group(self, partition: int) -> int:
+        """Partitions whose streams one read can take together share a group: all of
+        them on one server, those of one slot on a cluster."""
+        return key_slot(self.stream_key(partition).encode()) if self.cluster else 0
+
+    # -- calls ------------------------------------------------------------------------
+
+    def _slot_groups(self, partitions: Sequence[int]) -> list[list[int]]:
+        """Positions of ``partitions``: one group on one server, one per slot on a cluster."""
+        if not self.cluster:
+            return [list(range(len(partitions)))] if partitions else []
+        groups: defaultdict[int, list[int]] = defaultdict(list)
+        for position, partition in enumerate(partitions):
+            groups[self.read_group(partition)].append(position)
+        return list(groups.values())
+
+    async def _send(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send ``commands`` (all on ``key``'s slot) in one write."""
+        if isinstance(self._client, RedisCluster):
+            return await send_to_slot(self._client, key, commands)
+        return await send_commands(self._client, commands)
 
     # -- membership and leases --------------------------------------------------
 
     async def heartbeat(
         self, token: str, held: Sequence[int], heartbeat_ms: int, lease_ms: int
     ) -> Heartbeat:
-        keys = [self.members_key, *(self.lease_key(p) for p in held)]
-        members, renewed = await self._heartbeat(keys, [token, heartbeat_ms, lease_ms])
+        [members] = await self._members.run([([self.members_key], [token, heartbeat_ms])])
+        renewed = await self._renew.per_key([self.lease_key(p) for p in held], [token, lease_ms])
         return Heartbeat(
             sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members),
             [flag == 1 for flag in renewed],
         )
 
+    async def record_count(self, count: int) -> int:
+        """Record ``count`` as the namespace's partition count, unless one is: the one
+        recorded."""
+        [recorded] = await self._count.run([([self.count_key], [count])])
+        return int(recorded)
+
     async def acquire(self, token: str, partitions: Sequence[int], lease_ms: int) -> list[bool]:
-        if not partitions:
-            return []
         keys = [self.lease_key(p) for p in partitions]
-        return [flag == 1 for flag in await self._acquire(keys, [token, lease_ms])]
+        return [flag == 1 for flag in await self._acquire.per_key(keys, [token, lease_ms])]
 
     async def release(self, token: str, partitions: Sequence[int]) -> None:
-        if partitions:
-            await self._release([self.lease_key(p) for p in partitions], [token])
+        await self._release.per_key([self.lease_key(p) for p in partitions], [token])
 
     async def leave(self, token: str) -> None:
         await self._client.zrem(self.members_key, token)
@@ -262,7 +363,7 @@ class RedisPartitionStore:
 
     async def load(self, keys: Sequence[str]) -> list[LoadResult]:
         wrong = BadValue("the Redis key holds a non-string type")
-        values = await self._load(keys, [])
+        values = await self._load.per_key(keys, [])
         return [wrong if value == _WRONG_TYPE else value or None for value in values]
 
     async def write(
@@ -277,14 +378,44 @@ class RedisPartitionStore:
         whole: bool,
     ) -> list[Conflict]:
         """Write ``items`` fenced by their partitions' leases, each record (or a
-        delete's tombstone) with its stamp in its header ("": none)."""
+        delete's tombstone) with its stamp in its header ("": none). All or nothing
+        (``whole``) needs the items in one slot on a cluster (``atomic_problem``)."""
         if not items:
             return []
+        groups = self._slot_groups(partitions)
+        if whole and len(groups) > 1:
+            raise ValueError("an all-or-nothing write spans slots of the cluster")
+        calls = [
+            self._write_call(
+                token,
+                [items[i] for i in group],
+                [partitions[i] for i in group],
+                [stamps[i] for i in group],
+                [ttl_ms or 0, tombstone_ms, 1 if whole else 0],
+            )
+            for group in groups
+        ]
+        conflicts = []
+        for group, reply in zip(groups, await self._write.run(calls), strict=True):
+            conflicts += [
+                Conflict(group[reply[j] - 1], lua.CONFLICT_REASONS.get(reply[j + 1], "refused"))
+                for j in range(0, len(reply), 2)
+            ]
+        return sorted(conflicts)
+
+    def _write_call(
+        self,
+        token: str,
+        items: Sequence[WriteItem],
+        partitions: Sequence[int],
+        stamps: Sequence[str],
+        settings: list[Arg],
+    ) -> Call:
         places: dict[int, int] = {}
         for partition in partitions:
             places.setdefault(partition, len(places) + 1)
         keys = [self.lease_key(partition) for partition in places]
-        args: list[Any] = [token, ttl_ms or 0, tombstone_ms, 1 if whole else 0, len(places)]
+        args: list[Arg] = [token, *settings, len(places)]
         for item, partition, stamp in zip(items, partitions, stamps, strict=True):
             keys.append(item.key)
             if item.blob is None:
@@ -292,50 +423,56 @@ class RedisPartitionStore:
             else:
                 record = with_stamp(item.blob, stamp) if stamp else item.blob
                 args += (places[partition], item.version, record, 0)
-        reply = await self._write(keys, args)
-        return [
-            Conflict(reply[j] - 1, lua.CONFLICT_REASONS.get(reply[j + 1], "refused"))
-            for j in range(0, len(reply), 2)
-        ]
+        return keys, args
 
     # -- forwarded updates --------------------------------------------------------
 
     async def forward(self, batches: Mapping[int, Sequence[bytes]]) -> None:
         """Append each partition's updates to its stream, one entry per partition."""
-        commands = []
+        by_node: dict[str, list[list[Arg]]] = {}
         for partition, updates in batches.items():
-            command: list[Arg] = ["XADD", self.stream_key(partition), "*"]
+            key = self.stream_key(partition)
+            command: list[Arg] = ["XADD", key, "*"]
             for i, raw in enumerate(updates):
                 command += (str(i), raw)
-            commands.append(command)
-        await send_commands(self._client, commands)
+            by_node.setdefault(self._node_of(key), []).append(command)
+        # Each command has one key: those of one node go out together.
+        await asyncio.gather(*(self._send(str(cmds[0][1]), cmds) for cmds in by_node.values()))
+
+    def _node_of(self, key: str) -> str:
+        if isinstance(self._client, RedisCluster):
+            node = self._client.get_node_from_key(key)
+            return "" if node is None else node.name
+        return ""
 
     async def read(
         self, after: Mapping[int, str], count: int, block_ms: int | None
     ) -> list[tuple[int, list[Entry]]]:
         """Entries after ``after[p]`` of each partition's stream (waiting up to
-        ``block_ms`` for one when there is none; ``None``: not at all)."""
+        ``block_ms`` for one when there is none; ``None``: not at all). On a cluster
+        the partitions must share a ``read_group``."""
+        streams = {self.stream_key(p): p for p in after}
         command: list[Arg] = ["XREAD", "COUNT", count]
         if block_ms is not None:
             command += ("BLOCK", block_ms)
         command.append("STREAMS")
-        command += [self.stream_key(p) for p in after]
+        command += list(streams)
         command += list(after.values())
-        [reply] = await send_commands(self._client, [command])
+        [reply] = await self._send(next(iter(streams)), [command])
         # A map under RESP3, a list of [stream, entries] pairs under RESP2.
-        streams = reply.items() if isinstance(reply, dict) else reply or ()
-        out: list[tuple[int, list[Entry]]] = []
-        for name, entries in streams:
-            partition = int(_text(name).rsplit(":", 1)[1])
-            out.append(
-                (partition, [_entry(_text(entry_id), fields) for entry_id, fields in entries])
+        pairs = reply.items() if isinstance(reply, dict) else reply or ()
+        return [
+            (
+                streams[_text(name)],
+                [_entry(_text(entry_id), fields) for entry_id, fields in entries],
             )
-        return out
+            for name, entries in pairs
+        ]
 
     # -- loans ---------------------------------------------------------------------
 
     def loan_key(self, loan: str, step: str) -> str:
-        return f"{self.namespace}loan:{loan}:{step}"
+        return f"{self.namespace}loan:{{{loan}}}:{step}"
 
     async def request_loan(self, partition: int, request: bytes) -> None:
         """Append a loan request to ``partition``'s stream, in line with its updates."""
@@ -345,12 +482,13 @@ class RedisPartitionStore:
         """Claim ``loan`` (first claim only) and put ``answer`` (if any) in its ``ready``
         list; False if it was claimed before."""
         keys = [self.loan_key(loan, "claim"), self.loan_key(loan, "ready")]
-        return bool(await self._claim(keys, [marker, LOAN_KEYS_MS, answer]) == 1)
+        [claimed] = await self._claim.run([(keys, [marker, LOAN_KEYS_MS, answer])])
+        return bool(claimed == 1)
 
     async def send_loan(self, loan: str, step: str, message: bytes) -> None:
         """Put ``message`` in ``loan``'s ``step`` list, for the other side to take."""
         key = self.loan_key(loan, step)
-        await send_commands(self._client, [["LPUSH", key, message], ["PEXPIRE", key, LOAN_KEYS_MS]])
+        await self._send(key, [["LPUSH", key, message], ["PEXPIRE", key, LOAN_KEYS_MS]])
 
     async def take_loan(self, loan: str, step: str, timeout: float) -> bytes | None:
         """Wait up to ``timeout`` seconds for the message in ``loan``'s ``step`` list."""
@@ -365,11 +503,18 @@ class RedisPartitionStore:
         still owns it: how many per partition (-1: not owned now)."""
         if not before:
             return {}
-        keys: list[str] = []
-        for partition in before:
-            keys += (self.lease_key(partition), self.stream_key(partition))
-        reply = await self._trim(keys, [token, *before.values()])
-        return {p: int(n) for p, n in zip(before, reply, strict=True)}
+        partitions = list(before)
+        groups = self._slot_groups(partitions)
+        calls: list[Call] = []
+        for group in groups:
+            keys: list[str] = []
+            for i in group:
+                keys += (self.lease_key(partitions[i]), self.stream_key(partitions[i]))
+            calls.append((keys, [token, *(before[partitions[i]] for i in group)]))
+        out: dict[int, int] = {}
+        for group, reply in zip(groups, await self._trim.run(calls), strict=True):
+            out.update((partitions[i], int(n)) for i, n in zip(group, reply, strict=True))
+        return out
 
 
 def _entry(entry_id: str, fields: list[bytes]) -> Entry:
