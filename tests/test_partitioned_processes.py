@@ -175,9 +175,18 @@ async def test_workers_joining_and_leaving_mid_load_lose_nothing_and_keep_order(
     assert streams_left(redis_url) == 0, "stream entries left untrimmed"
 
 
-async def test_a_killed_worker_loses_no_acknowledged_update(redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_cluster", [False, True], ids=["one-server", "cluster"])
+async def test_a_killed_worker_loses_no_acknowledged_update(
+    on_cluster: bool, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """SIGKILL one of three mid-load: its partitions move once their leases lapse, and
-    the updates forwarded to it (acknowledged at XADD) are handled by the next owner."""
+    the updates forwarded to it (acknowledged at XADD) are handled by the next owner.
+    On a 3-primary Redis Cluster too: each partition's lease, stream and sessions
+    share a slot, and each worker reads its partitions slot by slot."""
+    if on_cluster:
+        url = request.getfixturevalue("redis_cluster").url
+    else:
+        url = request.getfixturevalue("redis_url")
 
     async def kill_one(started: list[WebhookWorker], balancer: Balancer) -> None:
         await asyncio.sleep(1.0)
@@ -185,24 +194,8 @@ async def test_a_killed_worker_loses_no_acknowledged_update(redis_url: str, tmp_
         await asyncio.sleep(0.5)  # until the balancer's health check notices
         balancer.backends.remove(started[1].url)
 
-    feed, _ = await three_workers_with(redis_url, tmp_path, kill_one, per_chat=100, timeout=5)
-    assert sum(map(len, feed.acked.values())) > len(CHATS) * 90
-
-
-async def test_on_a_redis_cluster_a_killed_worker_loses_no_acknowledged_update(
-    redis_cluster: LocalRedisCluster, tmp_path: Path
-) -> None:
-    """The same on a 3-primary Redis Cluster: each partition's lease, stream and
-    sessions share a slot, and each worker reads its partitions slot by slot."""
-
-    async def kill_one(started: list[WebhookWorker], balancer: Balancer) -> None:
-        await asyncio.sleep(1.0)
-        started[1].signal(signal.SIGKILL)
-        await asyncio.sleep(0.5)
-        balancer.backends.remove(started[1].url)
-
     feed, _ = await three_workers_with(
-        redis_cluster.url, tmp_path, kill_one, per_chat=100, timeout=5, cluster=True
+        url, tmp_path, kill_one, per_chat=100, timeout=5, cluster=on_cluster
     )
     assert sum(map(len, feed.acked.values())) > len(CHATS) * 90
 
