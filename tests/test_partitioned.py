@@ -625,6 +625,52 @@ async def test_a_worker_started_while_redis_is_down_joins_once_it_is_back() -> N
         await storage.close()
 
 
+async def test_a_read_out_while_its_partition_was_lost_and_taken_again_is_not_used(
+    storage: RedisStorage,
+) -> None:
+    """The partition is lost while an update of it runs (cut short, nothing written) and
+    taken again while a blocking read of its stream is out. That read started past the
+    cut-short update: were its entries used, the feeder would go on from there and
+    never read that update again. It reads from what is left instead."""
+    partitions = await owning_partition_0(storage, 1)
+    sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+    seen: list[str] = []
+    hold = asyncio.Event()
+
+    @dp.message()
+    async def on_message(message: Message, session: dict[str, Any]) -> None:
+        seen.append(str(message.text))
+        if len(seen) == 1:
+            await hold.wait()  # the first run: cut short by the loss
+        session["n"] += 1
+
+    feeder = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions).feeder
+    key = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
+    async with sessions:
+        feeder.start()
+        try:
+            await partitions.store.forward({0: [orjson.dumps(message_update(5, "first"))]})
+            for _ in range(200):
+                if seen and feeder._fed[0].blocking:
+                    break
+                await asyncio.sleep(0.01)
+            assert seen == ["first"] and feeder._fed[0].blocking  # read past "first"
+            partitions.drop(0, "its lease lapsed (the test says so)")
+            partitions.until[0] = math.inf  # taken again (as a heartbeat would)
+            feeder.gained(0)
+            await partitions.store.forward({0: [orjson.dumps(message_update(5, "second"))]})
+            for _ in range(200):
+                if (await sessions.get(key))["n"] == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert seen == ["first", "first", "second"]
+            assert await sessions.get(key) == {"n": 2}
+        finally:
+            await feeder.stop()
+
+
 async def test_an_update_that_finds_its_lease_lapsed_is_read_again_not_trimmed(
     storage: RedisStorage,
 ) -> None:

@@ -231,8 +231,9 @@ class UpdateFeeder:
             block = None if empty < _IDLE_READS or arrived else _BLOCK_MS
             last = loop.time()
             reader.blocking = block is not None
+            asked = dict(reader.after)
             try:
-                read = await self._store.read(reader.after, self._read_count, block)
+                read = await self._store.read(asked, self._read_count, block)
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -244,7 +245,10 @@ class UpdateFeeder:
                 reader.blocking = False
             empty = 0 if read else empty + 1
             for partition, entries in read:
-                if partition in reader.after:  # not given up while the read was out
+                # Unless given up while the read was out, or lost and taken again: then
+                # it is read anew from what is left, and these entries may lie past an
+                # update that was cut short by the loss.
+                if reader.after.get(partition) == asked[partition]:
                     self._dispatch(reader, partition, entries)
             self._release_arrived(arrived)
 
