@@ -605,6 +605,29 @@ async def test_a_forward_that_fails_is_not_acknowledged_and_the_next_batch_still
         assert await storage.client.xlen("actorsess:partitions:updates:{2}") == 1
 
 
+async def test_in_a_batch_only_the_updates_whose_append_failed_go_unacknowledged(
+    storage: RedisStorage,
+) -> None:
+    """A batch holds updates of several partitions (on a cluster, of several nodes):
+    the one whose stream cannot take it (partition 1's key holds a string) is
+    answered 503, and the update of partition 2 in the same batch is acknowledged."""
+    partitions, sessions, dp = await counting_bot(storage, count=3)
+    _, app = forwarding_app(partitions, dp)
+    [bad], [first, second] = chats_in(partitions, 1), chats_in(partitions, 2, count=2)
+    await storage.client.set("actorsess:partitions:updates:{1}", "not a stream")
+    async with TestClient(TestServer(app)) as client, sessions:
+        # The first batch is held by the pause: the next two go out together.
+        await pause_writes(storage, "actorsess:partitions:updates:{2}", 300)
+        posts = await asyncio.gather(
+            post_after(client, 0, first),
+            post_after(client, 0.05, bad),
+            post_after(client, 0.1, second),
+        )
+        assert list(posts) == [200, 503, 200]
+        entries = cast(Entries, await storage.client.xrange("actorsess:partitions:updates:{2}"))
+        assert len(entries) == 2
+
+
 @pytest.mark.process  # faults a private server
 async def test_a_worker_started_while_redis_is_down_joins_once_it_is_back() -> None:
     """Partitions.start() against a stopped Redis logs and returns; the heartbeat takes
@@ -651,7 +674,10 @@ async def test_a_read_out_while_its_partition_was_lost_and_taken_again_is_not_us
     async with sessions:
         feeder.start()
         try:
-            await partitions.store.forward({0: [orjson.dumps(message_update(5, "first"))]})
+            assert (
+                await partitions.store.forward({0: [orjson.dumps(message_update(5, "first"))]})
+                == {}
+            )
             for _ in range(200):
                 if seen and feeder._fed[0].blocking:
                     break
@@ -660,7 +686,10 @@ async def test_a_read_out_while_its_partition_was_lost_and_taken_again_is_not_us
             partitions.drop(0, "its lease lapsed (the test says so)")
             partitions.until[0] = math.inf  # taken again (as a heartbeat would)
             feeder.gained(0)
-            await partitions.store.forward({0: [orjson.dumps(message_update(5, "second"))]})
+            assert (
+                await partitions.store.forward({0: [orjson.dumps(message_update(5, "second"))]})
+                == {}
+            )
             for _ in range(200):
                 if (await sessions.get(key))["n"] == 2:
                     break
@@ -686,7 +715,9 @@ async def test_an_update_that_finds_its_lease_lapsed_is_read_again_not_trimmed(
         feeder.start()
         try:
             partitions.until[0] = 0.0  # lapsed here; still ours in Redis
-            await partitions.store.forward({0: [orjson.dumps(message_update(5, "hi"))]})
+            assert (
+                await partitions.store.forward({0: [orjson.dumps(message_update(5, "hi"))]}) == {}
+            )
             for _ in range(100):
                 if 0 not in partitions.until and feeder.fed:
                     break
@@ -723,7 +754,10 @@ async def test_a_forwarded_body_that_is_no_update_is_logged_and_skipped_by_its_o
     hollow = orjson.dumps({"update_id": 5, "message": {"chat": {"id": 5}, "from": {"id": 5}}})
     key = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
     async with sessions:
-        await partitions.store.forward({0: [hollow, orjson.dumps(message_update(5, "hi"))]})
+        assert (
+            await partitions.store.forward({0: [hollow, orjson.dumps(message_update(5, "hi"))]})
+            == {}
+        )
         handler.feeder.start()
         try:
             for _ in range(100):
@@ -746,7 +780,7 @@ async def test_a_trim_planned_before_a_partition_was_lost_is_not_carried_out(
     old marks may cover updates cut short by the loss: nothing is trimmed."""
     partitions = await owning_partition_0(storage, count=1)
     feeder = UpdateFeeder(Dispatcher(), Bot(OFFLINE_TOKEN), partitions, lambda _: None)
-    await partitions.store.forward({0: [b"{}"]})
+    assert await partitions.store.forward({0: [b"{}"]}) == {}
     [(_, [entry])] = await partitions.store.read({0: "0-0"}, 10, None)
     feeder.gained(0)
     before_loss = feeder._progress[0]

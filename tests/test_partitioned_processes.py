@@ -60,7 +60,9 @@ class NumberedFeed:
                 self.acked.setdefault(chat, []).append(number)
             else:
                 self.failed.append(f"{chat}/{number}: {answer}")
-            await asyncio.sleep(0.02)
+            # A sender backs off after a failure (Telegram does): a fault that fails
+            # requests fast must not use a chat's numbers up before it is over.
+            await asyncio.sleep(0.02 if ok else 0.2)
 
     def check(self, stored: dict[int, dict[str, object]]) -> None:
         for chat in CHATS:

@@ -99,9 +99,9 @@ class ForwardingRequestHandler(SimpleRequestHandler):
         )
         #: Updates to forward in the next XADDs, by partition, and their shared outcome.
         self._batch: dict[int, list[bytes]] = {}
-        self._sent: asyncio.Future[None] | None = None
+        self._sent: asyncio.Future[dict[int, Exception]] | None = None
         #: The batch whose XADDs are out (one at a time).
-        self._sending: asyncio.Task[None] | None = None
+        self._sending: asyncio.Task[dict[int, Exception]] | None = None
 
     def register(self, app: web.Application, /, path: str, **kwargs: Any) -> None:
         super().register(app, path=path, **kwargs)
@@ -216,7 +216,9 @@ class ForwardingRequestHandler(SimpleRequestHandler):
             if self._sending is None:
                 asyncio.get_running_loop().call_soon(self._send_batch)
             # else: sent once the batch that is out is back
-        await asyncio.shield(sent)
+        failed = await asyncio.shield(sent)
+        if partition in failed:
+            raise failed[partition]
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, {}
@@ -225,14 +227,14 @@ class ForwardingRequestHandler(SimpleRequestHandler):
         task = asyncio.get_running_loop().create_task(self.partitions.store.forward(batch))
         self._sending = task
 
-        def done(task: asyncio.Task[None]) -> None:
+        def done(task: asyncio.Task[dict[int, Exception]]) -> None:
             self._sending = None
             if task.cancelled():
                 sent.cancel()
             elif task.exception() is not None:
                 sent.set_exception(task.exception())  # type: ignore[arg-type]
             else:
-                sent.set_result(None)
+                sent.set_result(task.result())
             if self._sent is not None:
                 self._send_batch()  # what arrived while this batch was out
 

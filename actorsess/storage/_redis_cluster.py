@@ -15,14 +15,14 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import hiredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-Arg = str | bytes | int
+from actorsess.storage._redis_script import Arg, pack_commands, read_replies
+
 #: Builds the script arguments for the given positions of the batch.
 ArgsFor = Callable[[list[int]], Sequence[Arg]]
 #: One script call: its keys (all in one slot) and its arguments.
@@ -82,32 +82,45 @@ async def refreshing_slots(client: RedisCluster) -> AsyncIterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError):
-        with contextlib.suppress(Exception):
-            await client.nodes_manager.initialize()
+        await _refresh(client)
         raise
     except ResponseError as exc:
-        if str(exc).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")):
-            with contextlib.suppress(Exception):
-                await client.nodes_manager.initialize()
+        if moved(exc):
+            await _refresh(client)
         raise
+
+
+def moved(reply: object) -> bool:
+    """Whether ``reply`` is an error saying the slot is served elsewhere (or not now)."""
+    return isinstance(reply, ResponseError) and str(reply).startswith(
+        ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+    )
+
+
+async def _refresh(client: RedisCluster) -> None:
+    with contextlib.suppress(Exception):
+        await client.nodes_manager.initialize()
 
 
 async def send_to_slot(
     client: RedisCluster, key: str, commands: Sequence[Sequence[Arg]]
 ) -> list[Any]:
     """Send ``commands`` (all on ``key``'s slot) in one write to the node serving it, and
-    read their replies as hiredis parses them (``send_commands`` of a cluster node)."""
-    packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
+    read their replies (``send_commands`` of a cluster node: an error reply comes back
+    as its ``ResponseError``)."""
     async with refreshing_slots(client):
         node = client.get_node_from_key(key)
         assert node is not None  # get_node_from_key raises for a slot no node serves
         connection = node.acquire_connection()
         try:
-            await connection.send_packed_command(packed)
-            return [await connection.read_response() for _ in commands]
+            await connection.send_packed_command(pack_commands(commands))
+            replies = await read_replies(connection, len(commands))
         except BaseException:
             # Failed, timed out or cancelled mid-reply: not for another command.
             await connection.disconnect()
             raise
         finally:
             node.release(connection)
+    if any(map(moved, replies)):
+        await _refresh(client)  # the caller's retry goes to the slot's new node
+    return replies

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from actorsess._record import tombstone, with_stamp
 from actorsess.storage import _redis_lua as lua
@@ -326,10 +327,19 @@ class RedisPartitionStore:
         return list(groups.values())
 
     async def _send(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Send ``commands`` (all on ``key``'s slot) in one write."""
+        """Send ``commands`` (all on ``key``'s slot) in one write; an error reply comes
+        back as its ``ResponseError``."""
         if isinstance(self._client, RedisCluster):
             return await send_to_slot(self._client, key, commands)
         return await send_commands(self._client, commands)
+
+    async def _send_all(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """``_send``, raising the first error reply."""
+        replies = await self._send(key, commands)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     # -- membership and leases --------------------------------------------------
 
@@ -427,17 +437,34 @@ class RedisPartitionStore:
 
     # -- forwarded updates --------------------------------------------------------
 
-    async def forward(self, batches: Mapping[int, Sequence[bytes]]) -> None:
-        """Append each partition's updates to its stream, one entry per partition."""
-        by_node: dict[str, list[list[Arg]]] = {}
+    async def forward(self, batches: Mapping[int, Sequence[bytes]]) -> dict[int, Exception]:
+        """Append each partition's updates to its stream, one entry per partition (those
+        of one node in one write); what failed, by partition (the others are stored)."""
+        by_node: dict[str, dict[int, list[Arg]]] = {}
         for partition, updates in batches.items():
             key = self.stream_key(partition)
             command: list[Arg] = ["XADD", key, "*"]
             for i, raw in enumerate(updates):
                 command += (str(i), raw)
-            by_node.setdefault(self._node_of(key), []).append(command)
-        # Each command has one key: those of one node go out together.
-        await asyncio.gather(*(self._send(str(cmds[0][1]), cmds) for cmds in by_node.values()))
+            by_node.setdefault(self._node_of(key), {})[partition] = command
+        groups = list(by_node.values())
+        sent = await asyncio.gather(
+            *(self._send(self.stream_key(next(iter(g))), list(g.values())) for g in groups),
+            return_exceptions=True,
+        )
+        failed: dict[int, Exception] = {}
+        for group, replies in zip(groups, sent, strict=True):
+            if isinstance(replies, BaseException):
+                if not isinstance(replies, Exception):
+                    raise replies  # cancelled
+                failed.update(dict.fromkeys(group, replies))
+            else:
+                failed.update(
+                    (p, reply)
+                    for p, reply in zip(group, replies, strict=True)
+                    if isinstance(reply, ResponseError)
+                )
+        return failed
 
     def _node_of(self, key: str) -> str:
         if isinstance(self._client, RedisCluster):
@@ -458,7 +485,7 @@ class RedisPartitionStore:
         command.append("STREAMS")
         command += list(streams)
         command += list(after.values())
-        [reply] = await self._send(next(iter(streams)), [command])
+        [reply] = await self._send_all(next(iter(streams)), [command])
         # A map under RESP3, a list of [stream, entries] pairs under RESP2.
         pairs = reply.items() if isinstance(reply, dict) else reply or ()
         return [
@@ -488,7 +515,7 @@ class RedisPartitionStore:
     async def send_loan(self, loan: str, step: str, message: bytes) -> None:
         """Put ``message`` in ``loan``'s ``step`` list, for the other side to take."""
         key = self.loan_key(loan, step)
-        await self._send(key, [["LPUSH", key, message], ["PEXPIRE", key, LOAN_KEYS_MS]])
+        await self._send_all(key, [["LPUSH", key, message], ["PEXPIRE", key, LOAN_KEYS_MS]])
 
     async def take_loan(self, loan: str, step: str, timeout: float) -> bytes | None:
         """Wait up to ``timeout`` seconds for the message in ``loan``'s ``step`` list."""

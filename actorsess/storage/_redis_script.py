@@ -17,7 +17,7 @@ from typing import Any
 import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 Arg = str | bytes | int
 
@@ -38,14 +38,30 @@ async def borrowed(client: Redis) -> AsyncIterator[Any]:
         await pool.release(connection)
 
 
+def pack_commands(commands: Sequence[Sequence[Arg]]) -> bytes:
+    """``commands`` packed by hiredis, for one write."""
+    return b"".join(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
+
+
+async def read_replies(connection: Any, count: int) -> list[Any]:
+    """Read ``count`` replies; an error reply comes back as its ``ResponseError`` (read
+    whole, so the connection stays in step for the replies after it)."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
 async def send_commands(client: Redis, commands: Sequence[Sequence[Arg]]) -> list[Any]:
     """Send ``commands`` in one write and read their replies (a pipeline without
     redis-py's per-command Python packing and reply callbacks: replies as hiredis
-    parses them)."""
-    packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
+    parses them, an error reply as its ``ResponseError``)."""
     async with borrowed(client) as connection:
-        await connection.send_packed_command(packed)
-        return [await connection.read_response() for _ in commands]
+        await connection.send_packed_command(pack_commands(commands))
+        return await read_replies(connection, len(commands))
 
 
 class BatchScript:

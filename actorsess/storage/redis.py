@@ -24,9 +24,9 @@ from redis.exceptions import RedisError
 from actorsess._record import TOMBSTONE_TTL_MS
 from actorsess._redact import redact_url
 from actorsess.storage import _redis_lua as lua
-from actorsess.storage._redis_cluster import Arg, ArgsFor, ClusterBatchScript
+from actorsess.storage._redis_cluster import ArgsFor, ClusterBatchScript
 from actorsess.storage._redis_lease import CHANNEL_PREFIX, lease_key, owner_marker
-from actorsess.storage._redis_script import BatchScript
+from actorsess.storage._redis_script import Arg, BatchScript
 from actorsess.storage.base import (
     AskAgain,
     AtomicStorage,
