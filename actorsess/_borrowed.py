@@ -113,7 +113,8 @@ class Borrower:
         if answer != READY:
             reason = answer.removeprefix(FAILED).decode(errors="replace")
             raise StorageError(f"session {key!r}: its owner could not lend it: {reason}")
-        loan = Loan(self, key, partition, request, self.clock.now())
+        actor: SessionActor[Any] = SessionActor(key, stored_key)
+        loan = Loan(self, actor, partition, request, self.clock.now())
         try:
             [raw] = await self.store.load([stored_key])
             stored = read_stored(key, raw, self.codec, self.migrations, self.max_bytes)
@@ -147,7 +148,12 @@ class Loan:
     __slots__ = ("actor", "borrower", "lent_at", "partition", "request")
 
     def __init__(
-        self, borrower: Borrower, key: str, partition: int, request: LoanRequest, lent_at: float
+        self,
+        borrower: Borrower,
+        actor: SessionActor[Any],
+        partition: int,
+        request: LoanRequest,
+        lent_at: float,
     ) -> None:
         self.borrower = borrower
         self.partition = partition
@@ -155,7 +161,7 @@ class Loan:
         #: When the owner's hold time started (as seen here: a little after it did).
         self.lent_at = lent_at
         #: Not in the registry: the session lives at its owner.
-        self.actor: SessionActor[Any] = SessionActor(key, borrower.keys.of(key))
+        self.actor = actor
 
     async def give_back(self) -> None:
         """Nothing changed: the owner may go on."""

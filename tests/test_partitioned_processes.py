@@ -133,6 +133,19 @@ async def three_workers_with(
     return feed, started
 
 
+def restarting(server: RedisServer) -> Fault:
+    """A fault: ``server`` stopped a second into the load and started again 0.5 s later
+    (it keeps an append-only file: what it acknowledged survives)."""
+
+    async def restart(started: list[WebhookWorker], balancer: Balancer) -> None:
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(server.stop)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(server.start)
+
+    return restart
+
+
 def streams_left(redis_url: str) -> int:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -207,14 +220,7 @@ async def test_on_a_redis_cluster_a_primary_restart_loses_no_acknowledged_update
 ) -> None:
     """A cluster primary (append-only file) restarts mid-load: the partitions whose slots
     it serves are taken again once it is back, and every acknowledged update is in."""
-    victim = redis_cluster.nodes[1]
-
-    async def restart_node(started: list[WebhookWorker], balancer: Balancer) -> None:
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(victim.stop)
-        await asyncio.sleep(0.5)
-        await asyncio.to_thread(victim.start)
-
+    restart_node = restarting(redis_cluster.nodes[1])
     feed, _ = await three_workers_with(
         redis_cluster.url, tmp_path, restart_node, per_chat=100, timeout=5, cluster=True
     )
@@ -244,15 +250,8 @@ async def test_a_redis_restart_mid_load_loses_no_acknowledged_update(tmp_path: P
     """Redis (append-only file) restarts mid-load: requests fail while it is down (not
     acknowledged), partitions are taken again, and every acknowledged update is in."""
     with RedisServer(appendonly=True) as server:
-
-        async def restart_redis(started: list[WebhookWorker], balancer: Balancer) -> None:
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(server.stop)
-            await asyncio.sleep(0.5)
-            await asyncio.to_thread(server.start)
-
         feed, _ = await three_workers_with(
-            server.url, tmp_path, restart_redis, per_chat=100, timeout=5
+            server.url, tmp_path, restarting(server), per_chat=100, timeout=5
         )
     assert sum(map(len, feed.acked.values())) > len(CHATS) * 60
 
