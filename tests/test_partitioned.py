@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -648,6 +650,65 @@ async def test_a_worker_started_while_redis_is_down_joins_once_it_is_back() -> N
         await storage.close()
 
 
+@dataclass
+class CutShort:
+    """A worker owning partition 0 whose first update's handler is held (``seen``: the
+    texts its handler started on), with its feeder running."""
+
+    partitions: Partitions
+    sessions: SessionManager[Any]
+    feeder: UpdateFeeder
+    seen: list[str]
+    key: str = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
+
+    async def forward(self, text: str) -> None:
+        raw = orjson.dumps(message_update(5, text))
+        assert await self.partitions.store.forward({0: [raw]}) == {}
+
+    async def lose_and_take_again(self) -> None:
+        """Once the held first update runs and the reader waits in a blocking read past
+        it: partition 0 lost (the update is cut short) and taken again at once."""
+        for _ in range(200):
+            if self.seen and self.feeder._fed[0].blocking:
+                break
+            await asyncio.sleep(0.01)
+        assert self.seen == ["first"] and self.feeder._fed[0].blocking
+        self.partitions.drop(0, "its lease lapsed (the test says so)")
+        self.partitions.until[0] = math.inf  # taken again (as a heartbeat would)
+        self.feeder.gained(0)
+
+    async def counted(self, n: int) -> None:
+        for _ in range(300):
+            if (await self.sessions.get(self.key))["n"] == n:
+                break
+            await asyncio.sleep(0.01)
+        assert await self.sessions.get(self.key) == {"n": n}
+
+
+@contextlib.asynccontextmanager
+async def first_update_cut_short(storage: RedisStorage) -> AsyncIterator[CutShort]:
+    partitions = await owning_partition_0(storage, 1)
+    sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+    seen: list[str] = []
+
+    @dp.message()
+    async def on_message(message: Message, session: dict[str, Any]) -> None:
+        seen.append(str(message.text))
+        if len(seen) == 1:
+            await asyncio.Event().wait()  # the first run: cut short by the loss
+        session["n"] += 1
+
+    feeder = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions).feeder
+    async with sessions:
+        feeder.start()
+        try:
+            yield CutShort(partitions, sessions, feeder, seen)
+        finally:
+            await feeder.stop()
+
+
 async def test_a_read_out_while_its_partition_was_lost_and_taken_again_is_not_used(
     storage: RedisStorage,
 ) -> None:
@@ -655,49 +716,27 @@ async def test_a_read_out_while_its_partition_was_lost_and_taken_again_is_not_us
     taken again while a blocking read of its stream is out. That read started past the
     cut-short update: were its entries used, the feeder would go on from there and
     never read that update again. It reads from what is left instead."""
-    partitions = await owning_partition_0(storage, 1)
-    sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
-    dp = Dispatcher()
-    SessionMiddleware(sessions).setup(dp)
-    seen: list[str] = []
-    hold = asyncio.Event()
+    async with first_update_cut_short(storage) as worker:
+        await worker.forward("first")
+        await worker.lose_and_take_again()
+        await worker.forward("second")  # the read that is out returns this
+        await worker.counted(2)
+        assert worker.seen == ["first", "first", "second"]
 
-    @dp.message()
-    async def on_message(message: Message, session: dict[str, Any]) -> None:
-        seen.append(str(message.text))
-        if len(seen) == 1:
-            await hold.wait()  # the first run: cut short by the loss
-        session["n"] += 1
 
-    feeder = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions).feeder
-    key = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
-    async with sessions:
-        feeder.start()
-        try:
-            assert (
-                await partitions.store.forward({0: [orjson.dumps(message_update(5, "first"))]})
-                == {}
-            )
-            for _ in range(200):
-                if seen and feeder._fed[0].blocking:
-                    break
-                await asyncio.sleep(0.01)
-            assert seen == ["first"] and feeder._fed[0].blocking  # read past "first"
-            partitions.drop(0, "its lease lapsed (the test says so)")
-            partitions.until[0] = math.inf  # taken again (as a heartbeat would)
-            feeder.gained(0)
-            assert (
-                await partitions.store.forward({0: [orjson.dumps(message_update(5, "second"))]})
-                == {}
-            )
-            for _ in range(200):
-                if (await sessions.get(key))["n"] == 2:
-                    break
-                await asyncio.sleep(0.01)
-            assert seen == ["first", "first", "second"]
-            assert await sessions.get(key) == {"n": 2}
-        finally:
-            await feeder.stop()
+async def test_a_partition_taken_again_while_its_reader_waits_is_read_at_once(
+    storage: RedisStorage,
+) -> None:
+    """Taken again while its reader waits in a blocking read (up to 2 s on a cluster,
+    where a reader serves one slot): the wait is cut short, and the update the loss
+    cut short runs again at once, not once the wait would have ended."""
+    async with first_update_cut_short(storage) as worker:
+        await worker.forward("first")
+        await worker.lose_and_take_again()
+        taken_again = time.monotonic()
+        await worker.counted(1)
+        assert time.monotonic() - taken_again < 1.0
+        assert worker.seen == ["first", "first"]
 
 
 async def test_an_update_that_finds_its_lease_lapsed_is_read_again_not_trimmed(

@@ -37,7 +37,7 @@ from actorsess.storage._redis_partitions import Entry
 ChatOf = Callable[[Update], str | None]
 
 # How long a read waits for entries when the last one found none. A partition gained
-# while its reader waits is read once the wait ends.
+# while its reader waits cuts the wait short (its connection is dropped: rare).
 _BLOCK_MS = 250
 # Reads that find nothing, one after another, before the reader waits in a blocking
 # read (while it does, an update received here for an owned partition goes through
@@ -46,9 +46,9 @@ _BLOCK_MS = 250
 _IDLE_READS = 3
 # On Redis Cluster a reader serves one slot (a partition), whose share of the load is
 # small: non-blocking reads there mostly find nothing (measured: 1.9 XREAD per update
-# on spread chats, 0.8 blocking at once). So each read blocks at once, and for longer:
-# a partition gained has a reader of its own, and an idle worker then costs one read
-# per owned partition every 2 s.
+# on spread chats, 0.8 blocking at once). So each read blocks at once, and for longer
+# (a partition gained cuts the wait short): an idle worker then costs one read per
+# owned partition every 2 s.
 _IDLE_READS_PER_SLOT = 0
 _BLOCK_MS_PER_SLOT = 2000
 # Under load, the shortest time between the starts of two reads: each read then
@@ -85,7 +85,7 @@ class _Reader:
     """Reads the streams of the owned partitions of one read group
     (``RedisPartitionStore.read_group``), and what waits for its next read."""
 
-    __slots__ = ("after", "arrived", "blocking", "task", "wake")
+    __slots__ = ("after", "arrived", "blocking", "reading", "task", "wake")
 
     def __init__(self) -> None:
         #: Fed partitions of the group -> the id of the last entry read.
@@ -93,6 +93,8 @@ class _Reader:
         #: Updates received here, waiting for the next read to start (and end).
         self.arrived: list[asyncio.Future[None]] = []
         self.blocking = False
+        #: The read out now.
+        self.reading: asyncio.Task[list[tuple[int, list[Entry]]]] | None = None
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -170,6 +172,8 @@ class UpdateFeeder:
         self._fed[partition] = reader
         self._progress[partition] = _Progress()
         reader.wake.set()
+        if reader.blocking and reader.reading is not None:
+            reader.reading.cancel()  # it waits on the others: read again with this one
 
     def _stop_reading(self, partition: int) -> None:
         reader = self._fed.pop(partition, None)
@@ -245,8 +249,20 @@ class UpdateFeeder:
             last = loop.time()
             reader.blocking = block is not None
             asked = dict(reader.after)
+            reading = reader.reading = loop.create_task(
+                self._store.read(asked, self._read_count, block)
+            )
             try:
-                read = await self._store.read(asked, self._read_count, block)
+                await asyncio.wait([reading])
+            finally:
+                reader.blocking = False
+                reader.reading = None
+                reading.cancel()  # done already, unless this reader is being stopped
+            if reading.cancelled():  # cut short by a partition gained: read again now
+                reader.arrived[:0] = arrived
+                continue
+            try:
+                read = reading.result()
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -254,8 +270,6 @@ class UpdateFeeder:
                 reader.arrived[:0] = arrived
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
-            finally:
-                reader.blocking = False
             empty = 0 if read else empty + 1
             for partition, entries in read:
                 # Unless given up while the read was out, or lost and taken again: then
