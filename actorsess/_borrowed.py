@@ -64,7 +64,6 @@ class Borrower:
         self.partitions = partitions
         self.store = partitions.store
         self.keys = partitions.storage_keys(config.key_prefix)
-        self.prefix = config.key_prefix
         #: How long a loan waits for the owner, and the owner for the block's change.
         self.hold = config.lease_wait_timeout
         #: How long, past its hold time, the owner may take to write and load a change.
@@ -94,7 +93,7 @@ class Borrower:
         loaded, once the owner has."""
         partition = self.partitions.partition_of_key(key)
         stored_key = self.keys.of(key)  # a key storage cannot take is refused here
-        request = LoanRequest.new(self.prefix, key, self.hold)
+        request = LoanRequest.new(self.keys.prefix, key, self.hold)
         started = self.clock.now()
         try:
             await self.store.request_loan(partition, request.encode())

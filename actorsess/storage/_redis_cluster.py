@@ -21,12 +21,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actorsess.storage._redis_script import Arg, pack_commands, read_replies
+from actorsess.storage._redis_script import Arg, Call, exchange
 
 #: Builds the script arguments for the given positions of the batch.
 ArgsFor = Callable[[list[int]], Sequence[Arg]]
-#: One script call: its keys (all in one slot) and its arguments.
-Call = tuple[Sequence[str], Sequence[Arg]]
 
 
 def slot_groups(keys: Sequence[str]) -> dict[int, list[int]]:
@@ -113,8 +111,7 @@ async def send_to_slot(
         assert node is not None  # get_node_from_key raises for a slot no node serves
         connection = node.acquire_connection()
         try:
-            await connection.send_packed_command(pack_commands(commands))
-            replies = await read_replies(connection, len(commands))
+            replies = await exchange(connection, commands)
         except BaseException:
             # Failed, timed out or cancelled mid-reply: not for another command.
             await connection.disconnect()

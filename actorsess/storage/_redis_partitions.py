@@ -39,8 +39,8 @@ from redis.exceptions import ResponseError
 
 from actorsess._record import tombstone, with_stamp
 from actorsess.storage import _redis_lua as lua
-from actorsess.storage._redis_cluster import Call, ClusterBatchScript, send_to_slot
-from actorsess.storage._redis_script import Arg, BatchScript, send_commands
+from actorsess.storage._redis_cluster import ClusterBatchScript, send_to_slot
+from actorsess.storage._redis_script import Arg, BatchScript, Call, send_commands
 from actorsess.storage.base import BadValue, Conflict, LoadResult, WriteItem
 
 _WRONG_TYPE = b"\x00actorsess:wrongtype"

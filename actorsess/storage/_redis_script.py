@@ -20,6 +20,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 Arg = str | bytes | int
+#: One script call: its keys (on a cluster, all in one slot) and its arguments.
+Call = tuple[Sequence[str], Sequence[Arg]]
 
 
 @contextlib.asynccontextmanager
@@ -38,16 +40,14 @@ async def borrowed(client: Redis) -> AsyncIterator[Any]:
         await pool.release(connection)
 
 
-def pack_commands(commands: Sequence[Sequence[Arg]]) -> bytes:
-    """``commands`` packed by hiredis, for one write."""
-    return b"".join(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
-
-
-async def read_replies(connection: Any, count: int) -> list[Any]:
-    """Read ``count`` replies; an error reply comes back as its ``ResponseError`` (read
-    whole, so the connection stays in step for the replies after it)."""
+async def exchange(connection: Any, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    """Send ``commands`` on ``connection`` in one write (packed by hiredis) and read
+    their replies; an error reply comes back as its ``ResponseError`` (read whole, so
+    the connection stays in step for the replies after it)."""
+    packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
+    await connection.send_packed_command(packed)
     replies: list[Any] = []
-    for _ in range(count):
+    for _ in commands:
         try:
             replies.append(await connection.read_response())
         except ResponseError as exc:
@@ -60,8 +60,7 @@ async def send_commands(client: Redis, commands: Sequence[Sequence[Arg]]) -> lis
     redis-py's per-command Python packing and reply callbacks: replies as hiredis
     parses them, an error reply as its ``ResponseError``)."""
     async with borrowed(client) as connection:
-        await connection.send_packed_command(pack_commands(commands))
-        return await read_replies(connection, len(commands))
+        return await exchange(connection, commands)
 
 
 class BatchScript:
