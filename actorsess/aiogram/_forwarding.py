@@ -127,6 +127,7 @@ class ForwardingRequestHandler(SimpleRequestHandler):
             await asyncio.wait([out])  # every update taken is stored (or refused) first
         await self.partitions.stop()
         await self.feeder.stop()
+        await self.partitions.store.release_connections()
 
     def chat_of(self, update: Update) -> str | None:
         """The chat an update's sessions belong to (the chat part of their keys)."""

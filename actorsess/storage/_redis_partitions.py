@@ -40,7 +40,7 @@ from redis.exceptions import ResponseError
 from actorsess._record import tombstone, with_stamp
 from actorsess.storage import _redis_lua as lua
 from actorsess.storage._redis_cluster import ClusterBatchScript, send_to_slot
-from actorsess.storage._redis_script import Arg, BatchScript, Call, send_commands
+from actorsess.storage._redis_script import Arg, BatchScript, Call, KeptConnection, send_commands
 from actorsess.storage.base import BadValue, Conflict, LoadResult, WriteItem
 
 _WRONG_TYPE = b"\x00actorsess:wrongtype"
@@ -259,8 +259,10 @@ class RedisPartitionStore:
         "_claim",
         "_client",
         "_count",
+        "_forwarding",
         "_load",
         "_members",
+        "_reading",
         "_release",
         "_renew",
         "_trim",
@@ -284,6 +286,9 @@ class RedisPartitionStore:
         self._trim = _Script(client, _TRIM_LUA)
         self._claim = _Script(client, _CLAIM_LUA)
         self._count = _Script(client, _COUNT_LUA)
+        # The feeder reads and the forwarder sends one call at a time, many a second.
+        self._reading = KeptConnection(client) if isinstance(client, Redis) else None
+        self._forwarding = KeptConnection(client) if isinstance(client, Redis) else None
 
     @property
     def client(self) -> Redis | RedisCluster:
@@ -326,16 +331,22 @@ class RedisPartitionStore:
             groups[self.read_group(partition)].append(position)
         return list(groups.values())
 
-    async def _send(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Send ``commands`` (all on ``key``'s slot) in one write; an error reply comes
-        back as its ``ResponseError``."""
+    async def _send(
+        self, key: str, commands: Sequence[Sequence[Arg]], kept: KeptConnection | None = None
+    ) -> list[Any]:
+        """Send ``commands`` (all on ``key``'s slot) in one write, on ``kept`` if given;
+        an error reply comes back as its ``ResponseError``."""
         if isinstance(self._client, RedisCluster):
             return await send_to_slot(self._client, key, commands)
+        if kept is not None:
+            return await kept.send(commands)
         return await send_commands(self._client, commands)
 
-    async def _send_all(self, key: str, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    async def _send_all(
+        self, key: str, commands: Sequence[Sequence[Arg]], kept: KeptConnection | None = None
+    ) -> list[Any]:
         """``_send``, raising the first error reply."""
-        replies = await self._send(key, commands)
+        replies = await self._send(key, commands, kept)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
@@ -448,10 +459,18 @@ class RedisPartitionStore:
                 command += (str(i), raw)
             by_node.setdefault(self._node_of(key), {})[partition] = command
         groups = list(by_node.values())
-        sent = await asyncio.gather(
-            *(self._send(self.stream_key(next(iter(g))), list(g.values())) for g in groups),
-            return_exceptions=True,
-        )
+        sent: list[list[Any] | BaseException]
+        if len(groups) == 1:  # one server (or one node): no task to gather
+            try:
+                key = self.stream_key(next(iter(groups[0])))
+                sent = [await self._send(key, list(groups[0].values()), self._forwarding)]
+            except Exception as exc:
+                sent = [exc]
+        else:
+            sent = await asyncio.gather(
+                *(self._send(self.stream_key(next(iter(g))), list(g.values())) for g in groups),
+                return_exceptions=True,
+            )
         failed: dict[int, Exception] = {}
         for group, replies in zip(groups, sent, strict=True):
             if isinstance(replies, BaseException):
@@ -465,6 +484,12 @@ class RedisPartitionStore:
                     if isinstance(reply, ResponseError)
                 )
         return failed
+
+    async def release_connections(self) -> None:
+        """Give the connections kept for reading and forwarding back to the pool."""
+        for kept in (self._reading, self._forwarding):
+            if kept is not None:
+                await kept.release()
 
     def _node_of(self, key: str) -> str:
         if isinstance(self._client, RedisCluster):
@@ -485,7 +510,7 @@ class RedisPartitionStore:
         command.append("STREAMS")
         command += list(streams)
         command += list(after.values())
-        [reply] = await self._send_all(next(iter(streams)), [command])
+        [reply] = await self._send_all(next(iter(streams)), [command], self._reading)
         # A map under RESP3, a list of [stream, entries] pairs under RESP2.
         pairs = reply.items() if isinstance(reply, dict) else reply or ()
         return [

@@ -63,6 +63,50 @@ async def send_commands(client: Redis, commands: Sequence[Sequence[Arg]]) -> lis
         return await exchange(connection, commands)
 
 
+class KeptConnection:
+    """A connection kept between the calls of one caller that sends one call at a
+    time (the partition feeder's reads, the forwarder's batches): taking a
+    connection from redis-py's pool and giving it back costs more CPU than a small
+    exchange on it (measured: 137-154 µs per ``XREAD`` through the pool, 82 µs on
+    a kept connection). A call made while another is out takes a pooled connection.
+    A call that fails drops the kept connection (its state is unknown); the next
+    one takes another."""
+
+    __slots__ = ("_busy", "_client", "_connection")
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._connection: Any = None
+        self._busy = False
+
+    async def send(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """``send_commands`` on the kept connection."""
+        if self._busy:
+            return await send_commands(self._client, commands)
+        self._busy = True
+        try:
+            if self._connection is None:
+                pool = self._client.connection_pool
+                self._connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            connection = self._connection
+            try:
+                return await exchange(connection, commands)
+            except BaseException:
+                self._connection = None
+                await connection.disconnect()
+                await self._client.connection_pool.release(connection)
+                raise
+        finally:
+            self._busy = False
+
+    async def release(self) -> None:
+        """Give the kept connection back to the pool (unless a call is out on it)."""
+        connection = self._connection
+        if connection is not None and not self._busy:
+            self._connection = None
+            await self._client.connection_pool.release(connection)
+
+
 class BatchScript:
     """A Lua script called by SHA, loaded on the first NOSCRIPT (``EVAL`` caches it)."""
 
