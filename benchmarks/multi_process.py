@@ -53,7 +53,7 @@ from benchmarks._common import (
 )
 from benchmarks._http import Pool
 from harness.webhook_bot import stored_apples, stored_sessions
-from harness.webhook_worker import WebhookWorker, all_handled, poll_workers
+from harness.webhook_worker import WebhookWorker, all_handled, handled_counts, poll_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Partitions of the partitioned row (the harness's default).
@@ -141,6 +141,10 @@ class Result:
     p99_ms: float
     #: Calls per update of each Redis command (``--breakdown``).
     calls: dict[str, float]
+    #: Updates the busiest worker's handler ran, over the workers' mean (actorsess rows).
+    busiest: float | None
+    #: Time from the last answered request to the last update handled (partitioned).
+    drain_ms: float
 
 
 async def run(row: Row, target: Target, args: argparse.Namespace, logs: Path) -> Result:
@@ -192,9 +196,14 @@ async def run(row: Row, target: Target, args: argparse.Namespace, logs: Path) ->
         cpu_before = sum(cpu_seconds(w.pid) for w in workers)
         started = time.perf_counter()
         await asyncio.gather(*(send(pool, request) for pool, request in prepared))
+        answered = time.perf_counter() - started
         if row.ownership == "partitioned":
             await all_handled(workers, len(plan) - failed)
         elapsed = time.perf_counter() - started
+        busiest = None
+        if row.actorsess:
+            shares = await handled_counts(workers)
+            busiest = max(shares) / (sum(shares) / len(shares))
         cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_before
         for pool in pools:
             pool.close()
@@ -232,6 +241,8 @@ async def run(row: Row, target: Target, args: argparse.Namespace, logs: Path) ->
         percentile(latencies, 0.5) * 1000,
         percentile(latencies, 0.99) * 1000,
         calls,
+        busiest,
+        (elapsed - answered) * 1000,
     )
 
 
@@ -340,7 +351,10 @@ async def main() -> None:
 
 def breakdown(results: dict[str, list[Result]]) -> str:
     """Each persisting row's Redis commands per update, command by command (median of
-    the rounds; commands under 0.005 per update left out)."""
+    the rounds; commands under 0.005 per update left out); then, run by run, each
+    actorsess row's rate, how unevenly its workers' handlers shared the updates, and
+    how long the last updates took to be handled after the last request was answered
+    (a partitioned worker answers an update it forwards before its owner handles it)."""
     out = []
     for name, runs in results.items():
         names = sorted({command for r in runs for command in r.calls})
@@ -348,7 +362,21 @@ def breakdown(results: dict[str, list[Result]]) -> str:
         shown = sorted(((n, c) for c, n in per.items() if n >= 0.005), reverse=True)
         if shown:
             out.append([name, ", ".join(f"{c} {n:.2f}" for n, c in shown)])
-    return "\n" + table(["row", "Redis commands per update"], out)
+    ceiling = median([r.rate for r in results[CEILING]])
+    runs_out = [
+        [
+            name,
+            " / ".join(f"{r.rate / ceiling:.2f}x" for r in runs),
+            " / ".join(f"{r.busiest:.2f}" for r in runs if r.busiest is not None),
+            " / ".join(f"{r.drain_ms:.0f}" for r in runs),
+        ]
+        for name, runs in results.items()
+        if all(r.busiest is not None for r in runs)
+    ]
+    headers = ["row", "vs ceiling, each run", "busiest worker / mean", "drain ms"]
+    return (
+        "\n" + table(["row", "Redis commands per update"], out) + "\n\n" + table(headers, runs_out)
+    )
 
 
 def summary(results: dict[str, list[Result]]) -> str:

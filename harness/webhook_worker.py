@@ -127,6 +127,18 @@ async def poll_workers(
             await asyncio.sleep(0.005)
 
 
+async def handled_counts(workers: list[WebhookWorker]) -> list[int]:
+    """The updates each worker's handler ran so far (``GET /handled``)."""
+    counts: list[int] = []
+
+    def record(answers: list[dict[str, Any]]) -> bool:
+        counts.extend(a["handled"] for a in answers)
+        return True
+
+    await poll_workers(workers, record, timeout=10)
+    return counts
+
+
 async def all_handled(workers: list[WebhookWorker], expected: int, timeout: float = 120) -> None:
     """Wait until the workers' handlers together ran ``expected`` updates (in
     partitioned mode a 200 means "stored in the stream", not "handled")."""
