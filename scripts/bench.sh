@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,bench]"
 for bench in e2e_aiogram hot_path flush_throughput memory gc_pause idle_turn restart crash_loss scaling \
-    multi_process handover_latency; do
+    multi_process handover_latency kept_connection; do
     echo "== benchmarks/$bench.py"
     .venv/bin/python -m "benchmarks.$bench"
 done

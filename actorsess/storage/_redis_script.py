@@ -66,9 +66,10 @@ async def send_commands(client: Redis, commands: Sequence[Sequence[Arg]]) -> lis
 class KeptConnection:
     """A connection kept between the calls of one caller that sends one call at a
     time (the partition feeder's reads, the forwarder's batches): taking a
-    connection from redis-py's pool and giving it back costs more CPU than a small
-    exchange on it (measured: 137-154 µs per ``XREAD`` through the pool, 82 µs on
-    a kept connection). A call made while another is out takes a pooled connection.
+    connection from redis-py's pool and giving it back costs about as much CPU as
+    a small exchange on it (``benchmarks/kept_connection.py``: 92-95 µs per
+    ``XREAD`` through the pool, 54-64 µs on a kept connection). A call made while
+    another is out takes a pooled connection.
     A call that fails drops the kept connection (its state is unknown); the next
     one takes another."""
 
