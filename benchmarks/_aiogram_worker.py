@@ -24,7 +24,7 @@ from aiohttp import web
 
 from benchmarks._common import quiet_logs
 from benchmarks.e2e_aiogram import peer_redis
-from harness.webhook_bot import OFFLINE_TOKEN, REPLY, WEBHOOK_PATH, serve
+from harness.webhook_bot import OFFLINE_TOKEN, REPLY, WEBHOOK_PATH, freeze_start_up, serve
 
 
 def build_app(redis_url: str, isolation_kind: str, in_memory: bool) -> web.Application:
@@ -73,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_logs()
     app = build_app(os.environ["ACTORSESS_REDIS_URL"], args.isolation, args.memory)
+    freeze_start_up()
     asyncio.run(serve(app, "127.0.0.1", args.port))
 
 
