@@ -38,14 +38,11 @@ def assign(count: int, members: Sequence[str]) -> dict[int, str]:
     owners: dict[int, str] = {}
     taken = dict.fromkeys(unique, 0)
     for _, partition, member in pairs:
-        if partition in owners:
+        has = taken[member]
+        if partition in owners or has > least or (has == least and not spare):
             continue
-        if taken[member] == least:
-            if not spare:
-                continue
-            spare -= 1
-        elif taken[member] > least:
-            continue
+        if has == least:
+            spare -= 1  # one of the members with one more
         owners[partition] = member
         taken[member] += 1
         if len(owners) == count:

@@ -380,7 +380,7 @@ def breakdown(results: dict[str, list[Result]]) -> str:
         [
             name,
             " / ".join(f"{r.rate / ceiling:.2f}x" for r in runs),
-            " / ".join(f"{r.busiest:.2f}" for r in runs if r.busiest is not None),
+            " / ".join(f"{r.busiest:.2f}" for r in runs),
             " / ".join(f"{r.drain_ms:.0f}" for r in runs),
         ]
         for name, runs in results.items()

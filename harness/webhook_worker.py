@@ -116,10 +116,7 @@ async def poll_workers(
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as client:
         while True:
-            answers = []
-            for worker in workers:
-                async with client.get(f"http://127.0.0.1:{worker.port}/handled") as response:
-                    answers.append(await response.json())
+            answers = await _handled(client, workers)
             if done(answers):
                 return
             if time.monotonic() > deadline:
@@ -127,16 +124,20 @@ async def poll_workers(
             await asyncio.sleep(0.005)
 
 
+async def _handled(
+    client: aiohttp.ClientSession, workers: list[WebhookWorker]
+) -> list[dict[str, Any]]:
+    answers = []
+    for worker in workers:
+        async with client.get(f"http://127.0.0.1:{worker.port}/handled") as response:
+            answers.append(await response.json())
+    return answers
+
+
 async def handled_counts(workers: list[WebhookWorker]) -> list[int]:
     """The updates each worker's handler ran so far (``GET /handled``)."""
-    counts: list[int] = []
-
-    def record(answers: list[dict[str, Any]]) -> bool:
-        counts.extend(a["handled"] for a in answers)
-        return True
-
-    await poll_workers(workers, record, timeout=10)
-    return counts
+    async with aiohttp.ClientSession() as client:
+        return [answer["handled"] for answer in await _handled(client, workers)]
 
 
 async def all_handled(workers: list[WebhookWorker], expected: int, timeout: float = 120) -> None:

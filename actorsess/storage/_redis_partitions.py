@@ -459,18 +459,13 @@ class RedisPartitionStore:
                 command += (str(i), raw)
             by_node.setdefault(self._node_of(key), {})[partition] = command
         groups = list(by_node.values())
-        sent: list[list[Any] | BaseException]
-        if len(groups) == 1:  # one server (or one node): no task to gather
-            try:
-                key = self.stream_key(next(iter(groups[0])))
-                sent = [await self._send(key, list(groups[0].values()), self._forwarding)]
-            except Exception as exc:
-                sent = [exc]
-        else:
-            sent = await asyncio.gather(
-                *(self._send(self.stream_key(next(iter(g))), list(g.values())) for g in groups),
-                return_exceptions=True,
-            )
+        sent = await asyncio.gather(
+            *(
+                self._send(self.stream_key(next(iter(g))), list(g.values()), self._forwarding)
+                for g in groups
+            ),
+            return_exceptions=True,
+        )
         failed: dict[int, Exception] = {}
         for group, replies in zip(groups, sent, strict=True):
             if isinstance(replies, BaseException):

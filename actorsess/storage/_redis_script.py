@@ -32,12 +32,16 @@ async def borrowed(client: Redis) -> AsyncIterator[Any]:
     try:
         yield connection
     except BaseException:
-        # Failed, timed out or cancelled mid-reply: the connection's state is
-        # unknown, so it must not serve another command.
-        await connection.disconnect()
+        await _discard(client, connection)
         raise
-    finally:
-        await pool.release(connection)
+    await pool.release(connection)
+
+
+async def _discard(client: Redis, connection: Any) -> None:
+    """Failed, timed out or cancelled mid-reply: the connection's state is unknown, so
+    it must not serve another command; closed, it goes back to the pool."""
+    await connection.disconnect()
+    await client.connection_pool.release(connection)
 
 
 async def exchange(connection: Any, commands: Sequence[Sequence[Arg]]) -> list[Any]:
@@ -94,8 +98,7 @@ class KeptConnection:
                 return await exchange(connection, commands)
             except BaseException:
                 self._connection = None
-                await connection.disconnect()
-                await self._client.connection_pool.release(connection)
+                await _discard(self._client, connection)
                 raise
         finally:
             self._busy = False
