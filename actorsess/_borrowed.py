@@ -32,7 +32,7 @@ from actorsess._loans import (
     encode_change,
 )
 from actorsess._migrations import Migrations
-from actorsess._partitions import Partitions
+from actorsess._partitions import DELIVERY, Partitions
 from actorsess._record import encode_record
 from actorsess._stored import read_stored
 from actorsess._turn import SessionTurn, Turns
@@ -266,4 +266,7 @@ class BorrowedTurn(SessionTurn[T]):
         if blob is None:
             await loan.give_back()
             return
+        delivery = DELIVERY.get()
+        if delivery is not None:
+            delivery.changed = True  # sent: the lender may store it even if this fails
         await loan.commit(blob, blob == self._turns.empty_blob)

@@ -54,11 +54,12 @@ class PartitionActor(SessionActor[Any]):
     def commit(self, blob: bytes, deleted: bool, expires_at: float | None) -> bool:
         delivery = DELIVERY.get()
         if delivery is not None:
-            if delivery <= self.loaded_stamp:
+            if delivery.stamp <= self.loaded_stamp:
                 # Read again after a takeover, and already in the stored record.
                 self.value = self.decode(self.blob)
                 return False
-            self.stamp = delivery
+            self.stamp = delivery.stamp
+            delivery.changed = True
         return super().commit(blob, deleted, expires_at)
 
 
@@ -117,7 +118,13 @@ class PartitionOwnership:
 
     async def take(self, key: str, take_turn: TakeTurn, leave: LeaveTurn) -> SessionActor[Any]:
         self._check_owned(key, self._partitions.partition_of_key(key))
-        actor = await take_turn(key)
+        try:
+            actor = await take_turn(key)
+        except StorageError as exc:
+            delivery = DELIVERY.get()
+            if delivery is not None and delivery.failed is None:
+                delivery.failed = exc  # seen by the feeder even if the handler catches it
+            raise
         partition = _partitioned(actor).partition
         if not self._partitions.holds(partition):
             leave(actor)  # the partition left while this turn waited

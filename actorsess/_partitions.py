@@ -41,8 +41,25 @@ from actorsess.storage.redis import RedisStorage
 #: the entry). Stamps grow along a partition's stream.
 Stamp = tuple[int, int, int]
 
-#: The stamp of the forwarded update the current task is handling; None outside one.
-DELIVERY: contextvars.ContextVar[Stamp | None] = contextvars.ContextVar(
+
+class Delivery:
+    """A forwarded update being handled: its stamp, and what its run has done to
+    sessions so far (the feeder runs it again only if that is nothing)."""
+
+    __slots__ = ("changed", "failed", "stamp")
+
+    def __init__(self, stamp: Stamp) -> None:
+        self.stamp = stamp
+        #: A change of it to a session was committed (or sent to the session's lender):
+        #: running it again could make that change twice.
+        self.changed = False
+        #: Why one of its sessions could not be opened (its load failed), even if its
+        #: handler caught the error: then the update did not run as it should have.
+        self.failed: Exception | None = None
+
+
+#: The forwarded update the current task is handling; None outside one.
+DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar(
     "actorsess_delivery", default=None
 )
 

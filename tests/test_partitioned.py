@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -16,7 +17,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 from aiogram import Bot, Dispatcher
 from aiogram.fsm.storage.base import StorageKey
-from aiogram.types import Message, Poll
+from aiogram.types import ErrorEvent, Message, Poll, Update
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel
@@ -36,7 +37,7 @@ from actorsess import (
     SessionManager,
     StorageError,
 )
-from actorsess._partitions import DELIVERY, FEEDING, Stamp
+from actorsess._partitions import DELIVERY, FEEDING, Delivery, Stamp
 from actorsess.aiogram import ActorFSMStorage, ForwardingRequestHandler, SessionMiddleware
 from actorsess.aiogram._feeder import UpdateFeeder
 from actorsess.testing import LocalRedisCluster, RedisServer, message_update
@@ -84,14 +85,14 @@ def stored_key(storage: RedisStorage, key: str, count: int = 8) -> str:
     return Partitions(storage, count=count).storage_keys("actorsess:").of(key)
 
 
-async def pause_writes(storage: RedisStorage, key: str, ms: int) -> None:
-    """``CLIENT PAUSE ms WRITE`` on the server holding ``key``."""
+async def pause_writes(storage: RedisStorage, key: str, ms: int, mode: str = "WRITE") -> None:
+    """``CLIENT PAUSE ms WRITE`` (or ``mode``) on the server holding ``key``."""
     client = storage.client
     if isinstance(client, redis_asyncio.RedisCluster):
         node = client.get_node_from_key(key)
-        await client.execute_command("CLIENT", "PAUSE", ms, "WRITE", target_nodes=node)
+        await client.execute_command("CLIENT", "PAUSE", ms, mode, target_nodes=node)
     else:
-        await client.execute_command("CLIENT", "PAUSE", ms, "WRITE")  # type: ignore[no-untyped-call]
+        await client.execute_command("CLIENT", "PAUSE", ms, mode)  # type: ignore[no-untyped-call]
 
 
 def add_one(session: dict[str, Any]) -> None:
@@ -101,7 +102,7 @@ def add_one(session: dict[str, Any]) -> None:
 async def delivered(stamp: Stamp | None, step: Awaitable[Any]) -> None:
     """Await ``step`` as the handler of the forwarded update ``stamp`` does (None: as
     for an update received here)."""
-    token = DELIVERY.set(stamp)
+    token = DELIVERY.set(None if stamp is None else Delivery(stamp))
     try:
         await step
     finally:
@@ -724,6 +725,41 @@ async def test_a_read_out_while_its_partition_was_lost_and_taken_again_is_not_us
         assert worker.seen == ["first", "first", "second"]
 
 
+# A cluster's reader waits in blocking reads, when an update received here goes through
+# the stream instead.
+@pytest.mark.parametrize("storage", ["redis"], indirect=True)
+async def test_an_update_received_here_waits_for_a_read_of_its_partition_taken_again(
+    storage: RedisStorage,
+) -> None:
+    """An update received here for an owned partition waits for the next read, so the
+    updates acknowledged before it run first. That read is held on the server (``CLIENT
+    PAUSE ... ALL``) while the partition is lost (its running update cut short) and taken
+    again: its entries are not used, and the update received here waits for the read
+    that starts over from what is left, which runs the cut-short update first."""
+    async with first_update_cut_short(storage) as worker:
+        await worker.forward("first")
+        for _ in range(200):
+            if worker.seen and worker.feeder._fed[0].blocking:
+                break
+            await asyncio.sleep(0.01)
+        reader = worker.feeder._fed[0]
+        here = asyncio.ensure_future(
+            worker.feeder.run_here(0, "5", Update.model_validate(message_update(5, "here")))
+        )
+        await pause_writes(storage, "actorsess:partitions:updates:{0}", 800, "ALL")
+        for _ in range(200):  # the read that took the update received here is out
+            if reader.reading is not None and not reader.blocking and not reader.arrived:
+                break
+            await asyncio.sleep(0.005)
+        assert reader.reading is not None and not reader.blocking and not reader.arrived
+        worker.partitions.drop(0, "its lease lapsed (the test says so)")
+        worker.partitions.until[0] = math.inf  # taken again (as a heartbeat would)
+        worker.feeder.gained(0)
+        await here
+        await worker.counted(2)
+        assert worker.seen == ["first", "first", "here"]
+
+
 async def test_a_partition_taken_again_while_its_reader_waits_is_read_at_once(
     storage: RedisStorage,
 ) -> None:
@@ -809,6 +845,93 @@ async def test_a_forwarded_body_that_is_no_update_is_logged_and_skipped_by_its_o
             assert bad["partition"] == 0 and "date" in bad["error"]
         finally:
             await handler.feeder.stop()
+
+
+@pytest.mark.parametrize("errors_handler", [False, True], ids=["raised", "caught"])
+async def test_a_forwarded_update_whose_session_could_not_be_loaded_runs_again_in_its_place(
+    storage: RedisStorage, events: Events, errors_handler: bool
+) -> None:
+    """Two forwarded updates of one chat are read, but the server holds scripts (``CLIENT
+    PAUSE ... WRITE``; reads still answer) past ``load_timeout``: the first one's session
+    cannot be loaded. It was acknowledged, and nothing of it ran, so it is neither
+    dropped nor overtaken: it runs again once storage answers, then the second. So too
+    when the bot's errors handler catches the error (aiogram then reports no error)."""
+    partitions = await owning_partition_0(storage, 1)
+    partitions.log = events.logger
+    config = dataclasses.replace(PARTITIONED, load_timeout=0.2)
+    sessions = SessionManager(storage, initial=counter, config=config, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+    if errors_handler:
+
+        @dp.errors()
+        async def on_error(event: ErrorEvent) -> bool:
+            return True
+
+    @dp.message()
+    async def on_message(message: Message, session: dict[str, Any]) -> None:
+        session["seen"] = [*session.get("seen", []), message.text]
+
+    feeder = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions).feeder
+    key = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
+    updates = [orjson.dumps(message_update(5, text)) for text in ("first", "second")]
+    async with sessions:
+        assert await partitions.store.forward({0: updates}) == {}
+        await pause_writes(storage, "actorsess:partitions:updates:{0}", 700)
+        feeder.start()
+        try:
+            await asyncio.sleep(0.8)  # the pause is over (a load here would fail too)
+            for _ in range(300):
+                if (await sessions.get(key)).get("seen") == ["first", "second"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert (await sessions.get(key)).get("seen") == ["first", "second"]
+        finally:
+            await feeder.stop()
+    [retry, *_] = events.named("forward.update_retry")
+    assert retry["partition"] == 0 and "load timed out" in retry["error"]
+    assert not events.named("forward.update_failed")
+
+
+async def test_a_forwarded_update_whose_change_was_kept_but_not_written_is_not_run_again(
+    storage: RedisStorage, events: Events
+) -> None:
+    """Write-through: the first update's handler changes its session, but the write of
+    the change times out (the server holds scripts past ``write_timeout``). The change
+    is kept and written once storage answers; the update is not run again (its change
+    would be made twice), and the chat's next update runs after it."""
+    partitions = await owning_partition_0(storage, 1)
+    partitions.log = events.logger
+    config = dataclasses.replace(PARTITIONED, flush_interval=0, write_timeout=0.2)
+    sessions = SessionManager(storage, initial=counter, config=config, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+    stream = "actorsess:partitions:updates:{0}"
+
+    @dp.message()
+    async def on_message(message: Message, session: dict[str, Any]) -> None:
+        session["seen"] = [*session.get("seen", []), message.text]
+        if message.text == "first":
+            await pause_writes(storage, stream, 700)  # its change is written after this
+
+    feeder = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions).feeder
+    key = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
+    updates = [orjson.dumps(message_update(5, text)) for text in ("first", "second")]
+    async with sessions:
+        assert await partitions.store.forward({0: updates}) == {}
+        feeder.start()
+        try:
+            await asyncio.sleep(0.8)  # the pause is over
+            for _ in range(300):
+                if (await sessions.get(key)).get("seen") == ["first", "second"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert (await sessions.get(key)).get("seen") == ["first", "second"]
+        finally:
+            await feeder.stop()
+    failed = events.named("forward.update_failed")  # the second's write may time out too
+    assert failed and all("write timed out" in event["error"] for event in failed)
+    assert not events.named("forward.update_retry")
 
 
 async def test_a_trim_planned_before_a_partition_was_lost_is_not_carried_out(

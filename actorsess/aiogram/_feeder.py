@@ -11,6 +11,12 @@ others. While the reader waits in a blocking read such an update goes through
 the stream instead (its ``XADD`` wakes the reader), so it never waits for the
 read's timeout.
 
+A forwarded update was acknowledged when it was appended, so a failure of
+storage does not end it: if none of its sessions could be opened (their load
+failed) and it changed none, it runs again in its place, its chat's next update
+still behind it, until storage answers or the partition is lost. Any other
+failure of its handler is logged and counts as handled, as in aiogram's polling.
+
 Every ``trim_interval`` the feeder asks the managers to write what is dirty
 and then drops the entries whose updates have all ended (``XTRIM MINID``, fenced
 by the partition lease); the next owner of a partition reads only what is left.
@@ -29,8 +35,8 @@ from aiogram.methods import TelegramMethod
 from aiogram.types import Update
 
 from actorsess._loans import LoanRequest, serve_loan
-from actorsess._partitions import DELIVERY, FEEDING, Partitions, Stamp
-from actorsess.exceptions import PartitionNotOwnedError
+from actorsess._partitions import DELIVERY, FEEDING, Delivery, Partitions, Stamp
+from actorsess.exceptions import BackpressureTimeoutError, PartitionNotOwnedError, StorageError
 from actorsess.storage._redis_partitions import Entry
 
 #: Chat part of an update (see ``_forwarding.chat_of``), or None for "no chat".
@@ -51,6 +57,10 @@ _IDLE_READS = 3
 # owned partition every 2 s.
 _IDLE_READS_PER_SLOT = 0
 _BLOCK_MS_PER_SLOT = 2000
+# A forwarded update none of whose sessions could be opened runs again after this
+# long, doubling up to _RETRY_MOST, while its partition stays here.
+_RETRY_FIRST = 0.05
+_RETRY_MOST = 1.0
 # Under load, the shortest time between the starts of two reads: each read then
 # takes what came meanwhile, instead of one read per entry (Redis calls per update),
 # for at most this much more latency.
@@ -271,13 +281,18 @@ class UpdateFeeder:
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
             empty = 0 if read else empty + 1
+            # Lost and taken again while the read was out: read anew from what is left,
+            # as what this read found may lie past an update that the loss cut short.
+            stale = [p for p, upto in asked.items() if reader.after.get(p, upto) != upto]
             for partition, entries in read:
-                # Unless given up while the read was out, or lost and taken again: then
-                # it is read anew from what is left, and these entries may lie past an
-                # update that was cut short by the loss.
-                if reader.after.get(partition) == asked[partition]:
+                if reader.after.get(partition) == asked[partition]:  # (else given up)
                     self._dispatch(reader, partition, entries)
-            self._release_arrived(arrived)
+            if stale:
+                # An update received here may be of such a partition: it waits for the
+                # read from what is left, where updates acknowledged before it are.
+                reader.arrived[:0] = arrived
+            else:
+                self._release_arrived(arrived)
 
     @staticmethod
     def _release_arrived(arrived: list[asyncio.Future[None]]) -> None:
@@ -334,13 +349,14 @@ class UpdateFeeder:
         """Start one update as a task after the chat's previous one; ``stamp`` and
         ``record`` (its stream entry) for a forwarded update, None for one received
         here."""
-        delivery, feeding = DELIVERY.set(stamp), FEEDING.set(partition)
+        delivery = None if stamp is None else Delivery(stamp)
+        delivering, feeding = DELIVERY.set(delivery), FEEDING.set(partition)
         try:
-            work = functools.partial(self._feed, update, partition, forwarded=stamp is not None)
+            work = functools.partial(self._feed, update, partition, delivery)
             return self._chain(partition, chat, work, record)
         finally:
             FEEDING.reset(feeding)
-            DELIVERY.reset(delivery)
+            DELIVERY.reset(delivering)
 
     def _chain(
         self,
@@ -375,33 +391,59 @@ class UpdateFeeder:
                 pass
         return await work()
 
-    async def _feed(self, update: Update, partition: int, *, forwarded: bool) -> Any:
+    async def _feed(self, update: Update, partition: int, delivery: Delivery | None) -> Any:
+        """Run one update; ``delivery`` for a forwarded one (None: received here, and its
+        errors go back to its sender, who was not answered yet)."""
         self.fed += 1
-        try:
-            result = await self._dispatcher.feed_update(self._bot, update, **self._data)
-            if forwarded and isinstance(result, TelegramMethod):
-                # Forwarded: its webhook was answered already, so the answer is a call.
-                await self._dispatcher.silent_call_request(self._bot, result)
+        if delivery is None:
+            return await self._dispatcher.feed_update(self._bot, update, **self._data)
+        attempt = 0
+        while True:
+            try:
+                result = await self._dispatcher.feed_update(self._bot, update, **self._data)
+                error = delivery.failed
+            except PartitionNotOwnedError:
+                # Its lease could not be relied on when this update ran. It must not
+                # count as handled (it would be trimmed away): drop the partition, so
+                # that it is read again from its stream, by whoever owns it next.
+                self._partitions.drop(partition, "an update of it ran while its lease had lapsed")
                 return None
-            return result
-        except PartitionNotOwnedError:
-            if not forwarded:
-                raise  # received here: not acknowledged, the sender tries again
-            # Its lease could not be relied on when this update ran. It must not count
-            # as handled (it would be trimmed away): drop the partition, so that it
-            # is read again from its stream, by whoever owns it next.
-            self._partitions.drop(partition, "an update of it ran while its lease had lapsed")
-            return None
-        except Exception as exc:
-            if forwarded:
-                # As aiogram's polling does: logged, and counted as processed.
-                self._log.error(
-                    "forward.update_failed",
-                    update_id=update.update_id,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+            except (StorageError, BackpressureTimeoutError) as exc:
+                error = exc
+            except Exception as exc:
+                self._update_failed(update, exc)  # as aiogram's polling does
                 return None
-            raise
+            if error is None:
+                if isinstance(result, TelegramMethod):
+                    # Its webhook was answered already, so the answer is a call.
+                    await self._dispatcher.silent_call_request(self._bot, result)
+                return None
+            if delivery.changed:
+                # A change of it is kept (and written when storage answers): running it
+                # again could make that change twice.
+                self._update_failed(update, error)
+                return None
+            # Nothing of it happened, and it was acknowledged: it runs again, still
+            # ahead of its chat's next update, until storage answers or the partition
+            # is lost (then its next owner reads it again).
+            attempt += 1
+            self._log.warning(
+                "forward.update_retry",
+                partition=partition,
+                update_id=update.update_id,
+                attempt=attempt,
+                error=f"{type(error).__name__}: {error}",
+            )
+            await asyncio.sleep(min(_RETRY_FIRST * 2 ** (attempt - 1), _RETRY_MOST))
+            delivery.failed = None
+
+    def _update_failed(self, update: Update, error: Exception) -> None:
+        """A forwarded update whose handler failed is logged and counted as handled."""
+        self._log.error(
+            "forward.update_failed",
+            update_id=update.update_id,
+            error=f"{type(error).__name__}: {error}",
+        )
 
     def _ended(
         self, progress: _Progress, chat: str, record: _Read | None, task: asyncio.Task[Any]
