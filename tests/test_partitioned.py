@@ -847,6 +847,42 @@ async def test_a_forwarded_body_that_is_no_update_is_logged_and_skipped_by_its_o
             await handler.feeder.stop()
 
 
+@dataclass
+class SeenWorker:
+    """A worker owning partition 0 of 1 whose handlers record each message's text in
+    the session (``seen``), with a feeder not yet started."""
+
+    partitions: Partitions
+    sessions: SessionManager[Any]
+    dp: Dispatcher
+    feeder: UpdateFeeder
+    key: str = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
+
+    async def forward(self, *texts: str) -> None:
+        updates = [orjson.dumps(message_update(5, text)) for text in texts]
+        assert await self.partitions.store.forward({0: updates}) == {}
+
+    async def seen_once_paused(self, expected: list[str]) -> None:
+        """Once a pause of the server (0.7 s) is over, ``seen`` becomes ``expected``."""
+        await asyncio.sleep(0.8)  # (a load before would fail too)
+        for _ in range(300):
+            if (await self.sessions.get(self.key)).get("seen") == expected:
+                break
+            await asyncio.sleep(0.01)
+        assert (await self.sessions.get(self.key)).get("seen") == expected
+
+
+async def seen_worker(storage: RedisStorage, events: Events, **config: Any) -> SeenWorker:
+    partitions = await owning_partition_0(storage, 1)
+    partitions.log = events.logger
+    settings = dataclasses.replace(PARTITIONED, **config)
+    sessions = SessionManager(storage, initial=counter, config=settings, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+    feeder = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions).feeder
+    return SeenWorker(partitions, sessions, dp, feeder)
+
+
 @pytest.mark.parametrize("errors_handler", [False, True], ids=["raised", "caught"])
 async def test_a_forwarded_update_whose_session_could_not_be_loaded_runs_again_in_its_place(
     storage: RedisStorage, events: Events, errors_handler: bool
@@ -856,38 +892,26 @@ async def test_a_forwarded_update_whose_session_could_not_be_loaded_runs_again_i
     cannot be loaded. It was acknowledged, and nothing of it ran, so it is neither
     dropped nor overtaken: it runs again once storage answers, then the second. So too
     when the bot's errors handler catches the error (aiogram then reports no error)."""
-    partitions = await owning_partition_0(storage, 1)
-    partitions.log = events.logger
-    config = dataclasses.replace(PARTITIONED, load_timeout=0.2)
-    sessions = SessionManager(storage, initial=counter, config=config, partitions=partitions)
-    dp = Dispatcher()
-    SessionMiddleware(sessions).setup(dp)
-    if errors_handler:
+    worker = await seen_worker(storage, events, load_timeout=0.2)
 
-        @dp.errors()
-        async def on_error(event: ErrorEvent) -> bool:
-            return True
-
-    @dp.message()
+    @worker.dp.message()
     async def on_message(message: Message, session: dict[str, Any]) -> None:
         session["seen"] = [*session.get("seen", []), message.text]
 
-    feeder = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions).feeder
-    key = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
-    updates = [orjson.dumps(message_update(5, text)) for text in ("first", "second")]
-    async with sessions:
-        assert await partitions.store.forward({0: updates}) == {}
+    if errors_handler:
+
+        @worker.dp.errors()
+        async def on_error(event: ErrorEvent) -> bool:
+            return True
+
+    async with worker.sessions:
+        await worker.forward("first", "second")
         await pause_writes(storage, "actorsess:partitions:updates:{0}", 700)
-        feeder.start()
+        worker.feeder.start()
         try:
-            await asyncio.sleep(0.8)  # the pause is over (a load here would fail too)
-            for _ in range(300):
-                if (await sessions.get(key)).get("seen") == ["first", "second"]:
-                    break
-                await asyncio.sleep(0.01)
-            assert (await sessions.get(key)).get("seen") == ["first", "second"]
+            await worker.seen_once_paused(["first", "second"])
         finally:
-            await feeder.stop()
+            await worker.feeder.stop()
     [retry, *_] = events.named("forward.update_retry")
     assert retry["partition"] == 0 and "load timed out" in retry["error"]
     assert not events.named("forward.update_failed")
@@ -900,35 +924,21 @@ async def test_a_forwarded_update_whose_change_was_kept_but_not_written_is_not_r
     the change times out (the server holds scripts past ``write_timeout``). The change
     is kept and written once storage answers; the update is not run again (its change
     would be made twice), and the chat's next update runs after it."""
-    partitions = await owning_partition_0(storage, 1)
-    partitions.log = events.logger
-    config = dataclasses.replace(PARTITIONED, flush_interval=0, write_timeout=0.2)
-    sessions = SessionManager(storage, initial=counter, config=config, partitions=partitions)
-    dp = Dispatcher()
-    SessionMiddleware(sessions).setup(dp)
-    stream = "actorsess:partitions:updates:{0}"
+    worker = await seen_worker(storage, events, flush_interval=0, write_timeout=0.2)
 
-    @dp.message()
+    @worker.dp.message()
     async def on_message(message: Message, session: dict[str, Any]) -> None:
         session["seen"] = [*session.get("seen", []), message.text]
-        if message.text == "first":
-            await pause_writes(storage, stream, 700)  # its change is written after this
+        if message.text == "first":  # its change is written after this
+            await pause_writes(storage, "actorsess:partitions:updates:{0}", 700)
 
-    feeder = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions).feeder
-    key = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
-    updates = [orjson.dumps(message_update(5, text)) for text in ("first", "second")]
-    async with sessions:
-        assert await partitions.store.forward({0: updates}) == {}
-        feeder.start()
+    async with worker.sessions:
+        await worker.forward("first", "second")
+        worker.feeder.start()
         try:
-            await asyncio.sleep(0.8)  # the pause is over
-            for _ in range(300):
-                if (await sessions.get(key)).get("seen") == ["first", "second"]:
-                    break
-                await asyncio.sleep(0.01)
-            assert (await sessions.get(key)).get("seen") == ["first", "second"]
+            await worker.seen_once_paused(["first", "second"])
         finally:
-            await feeder.stop()
+            await worker.feeder.stop()
     failed = events.named("forward.update_failed")  # the second's write may time out too
     assert failed and all("write timed out" in event["error"] for event in failed)
     assert not events.named("forward.update_retry")
