@@ -416,7 +416,10 @@ class UpdateFeeder:
             if error is None:
                 if isinstance(result, TelegramMethod):
                     # Its webhook was answered already, so the answer is a call.
-                    await self._dispatcher.silent_call_request(self._bot, result)
+                    try:
+                        await self._dispatcher.silent_call_request(self._bot, result)
+                    except Exception as exc:  # (Telegram's own refusals aiogram logs)
+                        self._update_failed(update, exc)
                 return None
             if delivery.changed:
                 # A change of it is kept (and written when storage answers): running it
