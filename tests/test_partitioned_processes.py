@@ -10,6 +10,7 @@ sent), and the acknowledged ones are stored in the order they were sent.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -77,10 +78,10 @@ class NumberedFeed:
 
 
 def partitioned_workers(
-    redis_url: str, tmp: Path, count: int, *, cluster: bool = False
+    redis_url: str, tmp: Path, count: int, *, cluster: bool = False, **settings: object
 ) -> AbstractContextManager[list[WebhookWorker]]:
     env = {**ENV, "HARNESS_REDIS_CLUSTER": "1"} if cluster else ENV
-    return workers(redis_url, tmp, count, env, **SETTINGS)
+    return workers(redis_url, tmp, count, env, **{**SETTINGS, **settings})
 
 
 def flush(redis_url: str, *, cluster: bool = False) -> None:
@@ -116,13 +117,15 @@ async def three_workers_with(
     per_chat: int,
     timeout: float,
     cluster: bool = False,
+    **settings: object,
 ) -> tuple[NumberedFeed, list[WebhookWorker]]:
     """Three workers behind a balancer (``timeout``: how long it waits for one), the
     load, and ``fault`` beside it; every worker still running is stopped (SIGTERM) and
     the stored sessions are checked against what was sent and acknowledged.
-    ``cluster``: the URL names a node of a Redis Cluster."""
+    ``cluster``: the URL names a node of a Redis Cluster; ``settings``: more of the
+    workers' settings."""
     flush(redis_url, cluster=cluster)
-    with partitioned_workers(redis_url, tmp, 3, cluster=cluster) as started:
+    with partitioned_workers(redis_url, tmp, 3, cluster=cluster, **settings) as started:
         async with Balancer(timeout=timeout) as balancer:
             balancer.backends = [w.url for w in started]
             feed = await run_load(balancer, per_chat, lambda: fault(started, balancer))
@@ -254,6 +257,34 @@ async def test_a_redis_restart_mid_load_loses_no_acknowledged_update(tmp_path: P
             server.url, tmp_path, restarting(server), per_chat=100, timeout=5
         )
     assert sum(map(len, feed.acked.values())) > len(CHATS) * 60
+
+
+async def test_redis_refusing_scripts_mid_load_loses_no_acknowledged_update(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Redis refuses scripts for 0.4 s mid-load (``ACL SETUSER default -evalsha
+    -eval``: session loads and writes and a lease renewal fail, while forwards and
+    reads go on), less than the leases last. Each worker caches 4 sessions of its 10
+    chats, so the forwarded updates it reads meanwhile find their session's load
+    failing: they run again in their place once scripts are back. Every acknowledged
+    update is in, in order (before: those updates were counted as handled, and lost)."""
+
+    async def refuse_scripts(started: list[WebhookWorker], balancer: Balancer) -> None:
+        await asyncio.sleep(1.0)
+        client = redis.Redis.from_url(redis_url)
+        acl = functools.partial(client.execute_command, "ACL", "SETUSER", "default")
+        try:
+            await asyncio.to_thread(acl, "-evalsha", "-eval")
+            await asyncio.sleep(0.4)
+        finally:
+            await asyncio.to_thread(acl, "+evalsha", "+eval")
+            client.close()
+
+    feed, started = await three_workers_with(
+        redis_url, tmp_path, refuse_scripts, per_chat=100, timeout=5, max_cached=4
+    )
+    assert sum(map(len, feed.acked.values())) > len(CHATS) * 60
+    assert any("forward.update_retry" in worker.output() for worker in started)
 
 
 @dataclass
