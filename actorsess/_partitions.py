@@ -331,19 +331,28 @@ class Partitions:
         self._task = asyncio.get_running_loop().create_task(self._beat_forever())
 
     async def stop(self) -> None:
-        """Leave: stop the heartbeat, give every partition up gracefully (see the module
-        docstring) and drop out of the members, so the others take over at once."""
+        """Leave: stop the heartbeat, drop out of the members, so the others take over
+        at once, and give every partition up gracefully (see the module docstring),
+        renewing the leases until each is given up."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self._giving_up is not None:
-            await asyncio.gather(self._giving_up, return_exceptions=True)
+        # From here on nothing is taken, but the leases held are renewed until they are
+        # given up, however long their updates take to end and their sessions to be
+        # written: one lapsing meanwhile would cut an update short and refuse writes.
+        keeping = asyncio.get_running_loop().create_task(self._renew_forever())
         try:
-            await self.store.leave(self.token)
-        except Exception as exc:
-            self.log.warning("partition.leave_failed", error=f"{type(exc).__name__}: {exc}")
-        await self._give_up(sorted(self.until))
+            if self._giving_up is not None:
+                await asyncio.gather(self._giving_up, return_exceptions=True)
+            try:
+                await self.store.leave(self.token)
+            except Exception as exc:
+                self.log.warning("partition.leave_failed", error=f"{type(exc).__name__}: {exc}")
+            await self._give_up(sorted(self.until))
+        finally:
+            keeping.cancel()
+            await asyncio.gather(keeping, return_exceptions=True)
 
     # -- heartbeats ---------------------------------------------------------------
 
@@ -359,6 +368,31 @@ class Partitions:
                 self.log.warning("partition.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
                 self._drop_lapsed()
 
+    async def _renew_forever(self) -> None:
+        """Renew the leases held, at once and then every ``lease_time / 3``."""
+        lease_ms = max(1, round(self.lease_time * 1000))
+        while True:
+            held, sent = sorted(self.until), self.clock.now()
+            try:
+                renewed = await self.store.renew(self.token, held, lease_ms)
+            except Exception as exc:
+                self.log.warning("partition.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+                self._drop_lapsed()
+            else:
+                self._renewed(held, renewed, sent)
+            await asyncio.sleep(self.lease_time / 3)
+
+    def _renewed(self, held: Sequence[int], renewed: Sequence[bool], sent: float) -> None:
+        """Trust the leases of ``held`` renewed by a call sent at ``sent``; the others
+        are lost (another worker holds them), and so are those that lapsed."""
+        trusted = sent + self.lease_time * _LEASE_TRUST
+        for partition, ok in zip(held, renewed, strict=True):
+            if ok and partition in self.until:
+                self.until[partition] = trusted
+            elif partition in self.until:
+                self._lose(partition, "another worker holds its lease")
+        self._drop_lapsed()
+
     async def _beat(self) -> None:
         if not self._count_agreed:
             # Before joining: a worker with another count would serve chats twice.
@@ -370,13 +404,7 @@ class Partitions:
         sent = self.clock.now()
         held = sorted(self.until)
         beat = await self.store.heartbeat(self.token, held, lease_ms, lease_ms)
-        trusted = sent + self.lease_time * _LEASE_TRUST
-        for partition, renewed in zip(held, beat.renewed, strict=True):
-            if renewed and partition in self.until:
-                self.until[partition] = trusted
-            elif partition in self.until:
-                self._lose(partition, "another worker holds its lease")
-        self._drop_lapsed()
+        self._renewed(held, beat.renewed, sent)
         if beat.members != self.members or self._mine is None:
             # Only when the members change: count x members hashes, sorted (512 x 50:
             # 35-55 ms).

@@ -944,6 +944,40 @@ async def test_a_forwarded_update_whose_change_was_kept_but_not_written_is_not_r
     assert not events.named("forward.update_retry")
 
 
+async def test_a_worker_stopping_keeps_its_leases_while_its_last_updates_end(
+    storage: RedisStorage, events: Events
+) -> None:
+    """``stop()`` gives the partitions up once their running updates have ended and
+    their sessions are written. One update here takes longer than the lease (0.6 s):
+    the leases are renewed meanwhile, so its change is written (not refused by the
+    lease fence), and its stream entry trimmed only then."""
+    partitions = Partitions(storage, count=1, lease_time=0.6)
+    partitions.log = events.logger
+    sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+    began = asyncio.Event()
+
+    @dp.message()
+    async def on_message(message: Message, session: dict[str, Any]) -> None:
+        began.set()
+        await asyncio.sleep(1.0)
+        session["n"] += 1
+
+    handler = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions)
+    stream = "actorsess:partitions:updates:{0}"
+    async with sessions:
+        await handler.start()
+        assert await partitions.store.forward({0: [orjson.dumps(message_update(5, "hi"))]}) == {}
+        await asyncio.wait_for(began.wait(), 5)
+        await handler.stop()
+    assert not events.named("partition.lost")
+    assert [e["partition"] for e in events.named("partition.released")] == [0]
+    record = await storage.client.get(stored_key(storage, "session:123456789:5:5", count=1))
+    assert record is not None and b'"n":1' in record
+    assert await storage.client.xlen(stream) == 0
+
+
 async def test_a_trim_planned_before_a_partition_was_lost_is_not_carried_out(
     storage: RedisStorage,
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -269,22 +270,59 @@ async def test_redis_refusing_scripts_mid_load_loses_no_acknowledged_update(
     failing: they run again in their place once scripts are back. Every acknowledged
     update is in, in order (before: those updates were counted as handled, and lost)."""
 
-    async def refuse_scripts(started: list[WebhookWorker], balancer: Balancer) -> None:
+    feed, started = await three_workers_with(
+        redis_url, tmp_path, refusing_scripts(redis_url, 0.4), per_chat=100, timeout=5, max_cached=4
+    )
+    assert sum(map(len, feed.acked.values())) > len(CHATS) * 60
+    assert any("forward.update_retry" in worker.output() for worker in started)
+
+
+async def test_a_worker_told_to_stop_while_redis_refuses_scripts_exits_and_loses_nothing(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A worker gets SIGTERM 0.3 s into 3 s of Redis refusing scripts: its forwarded
+    updates that keep failing to load do not hold its exit up past its leases (they
+    are dropped with their partitions, still in the streams), and the others handle
+    them once scripts are back; every acknowledged update is in, in order."""
+    refuse = refusing_scripts(redis_url, 3.0)
+    exited: list[tuple[int, float]] = []
+
+    async def stop_one_meanwhile(started: list[WebhookWorker], balancer: Balancer) -> None:
+        async def stop_one() -> None:
+            await asyncio.sleep(1.3)
+            balancer.backends.remove(started[1].url)
+            began = time.monotonic()
+            code = await asyncio.to_thread(started[1].stop)
+            exited.append((code, time.monotonic() - began))
+
+        await asyncio.gather(refuse(started, balancer), stop_one())
+
+    feed, started = await three_workers_with(
+        redis_url, tmp_path, stop_one_meanwhile, per_chat=100, timeout=5, max_cached=4
+    )
+    [(code, took)] = exited
+    assert code == 0, started[1].output()
+    assert took < 5.0, took  # lease_time is 1 s
+    assert sum(map(len, feed.acked.values())) > len(CHATS) * 50
+
+
+def refusing_scripts(redis_url: str, seconds: float) -> Fault:
+    """A fault: a second into the load, Redis refuses ``EVALSHA`` and ``EVAL`` for
+    ``seconds`` (``ACL SETUSER``): session loads and writes and lease renewals fail,
+    forwards and reads go on."""
+
+    async def refuse(started: list[WebhookWorker], balancer: Balancer) -> None:
         await asyncio.sleep(1.0)
         client = redis.Redis.from_url(redis_url)
         acl = functools.partial(client.execute_command, "ACL", "SETUSER", "default")
         try:
             await asyncio.to_thread(acl, "-evalsha", "-eval")
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(seconds)
         finally:
             await asyncio.to_thread(acl, "+evalsha", "+eval")
             client.close()
 
-    feed, started = await three_workers_with(
-        redis_url, tmp_path, refuse_scripts, per_chat=100, timeout=5, max_cached=4
-    )
-    assert sum(map(len, feed.acked.values())) > len(CHATS) * 60
-    assert any("forward.update_retry" in worker.output() for worker in started)
+    return refuse
 
 
 @dataclass

@@ -358,11 +358,15 @@ class RedisPartitionStore:
         self, token: str, held: Sequence[int], heartbeat_ms: int, lease_ms: int
     ) -> Heartbeat:
         [members] = await self._members.run([([self.members_key], [token, heartbeat_ms])])
-        renewed = await self._renew.per_key([self.lease_key(p) for p in held], [token, lease_ms])
         return Heartbeat(
             sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members),
-            [flag == 1 for flag in renewed],
+            await self.renew(token, held, lease_ms),
         )
+
+    async def renew(self, token: str, held: Sequence[int], lease_ms: int) -> list[bool]:
+        """Renew the leases of ``held`` that ``token`` still holds (True for those)."""
+        renewed = await self._renew.per_key([self.lease_key(p) for p in held], [token, lease_ms])
+        return [flag == 1 for flag in renewed]
 
     async def record_count(self, count: int) -> int:
         """Record ``count`` as the namespace's partition count, unless one is: the one
