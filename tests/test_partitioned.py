@@ -651,6 +651,16 @@ async def test_a_worker_started_while_redis_is_down_joins_once_it_is_back() -> N
         await storage.close()
 
 
+#: The session key of chat 5, as SessionMiddleware makes it for the offline bot.
+CHAT_5 = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
+
+
+async def forward_to_0(partitions: Partitions, *texts: str) -> None:
+    """Append messages of chat 5 to partition 0's stream, as a receiver would."""
+    updates = [orjson.dumps(message_update(5, text)) for text in texts]
+    assert await partitions.store.forward({0: updates}) == {}
+
+
 @dataclass
 class CutShort:
     """A worker owning partition 0 whose first update's handler is held (``seen``: the
@@ -660,11 +670,10 @@ class CutShort:
     sessions: SessionManager[Any]
     feeder: UpdateFeeder
     seen: list[str]
-    key: str = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
+    key: str = CHAT_5
 
     async def forward(self, text: str) -> None:
-        raw = orjson.dumps(message_update(5, text))
-        assert await self.partitions.store.forward({0: [raw]}) == {}
+        await forward_to_0(self.partitions, text)
 
     async def lose_and_take_again(self) -> None:
         """Once the held first update runs and the reader waits in a blocking read past
@@ -856,11 +865,10 @@ class SeenWorker:
     sessions: SessionManager[Any]
     dp: Dispatcher
     feeder: UpdateFeeder
-    key: str = f"session:{OFFLINE_TOKEN.split(':')[0]}:5:5"
+    key: str = CHAT_5
 
     async def forward(self, *texts: str) -> None:
-        updates = [orjson.dumps(message_update(5, text)) for text in texts]
-        assert await self.partitions.store.forward({0: updates}) == {}
+        await forward_to_0(self.partitions, *texts)
 
     async def seen_once_paused(self, expected: list[str]) -> None:
         """Once a pause of the server (0.7 s) is over, ``seen`` becomes ``expected``."""
@@ -968,12 +976,12 @@ async def test_a_worker_stopping_keeps_its_leases_while_its_last_updates_end(
     stream = "actorsess:partitions:updates:{0}"
     async with sessions:
         await handler.start()
-        assert await partitions.store.forward({0: [orjson.dumps(message_update(5, "hi"))]}) == {}
+        await forward_to_0(partitions, "hi")
         await asyncio.wait_for(began.wait(), 5)
         await handler.stop()
     assert not events.named("partition.lost")
     assert [e["partition"] for e in events.named("partition.released")] == [0]
-    record = await storage.client.get(stored_key(storage, "session:123456789:5:5", count=1))
+    record = await storage.client.get(stored_key(storage, CHAT_5, count=1))
     assert record is not None and b'"n":1' in record
     assert await storage.client.xlen(stream) == 0
 

@@ -150,6 +150,25 @@ def restarting(server: RedisServer) -> Fault:
     return restart
 
 
+def refusing_scripts(redis_url: str, seconds: float) -> Fault:
+    """A fault: a second into the load, Redis refuses ``EVALSHA`` and ``EVAL`` for
+    ``seconds`` (``ACL SETUSER``): session loads and writes and lease renewals fail,
+    forwards and reads go on."""
+
+    async def refuse(started: list[WebhookWorker], balancer: Balancer) -> None:
+        await asyncio.sleep(1.0)
+        client = redis.Redis.from_url(redis_url)
+        acl = functools.partial(client.execute_command, "ACL", "SETUSER", "default")
+        try:
+            await asyncio.to_thread(acl, "-evalsha", "-eval")
+            await asyncio.sleep(seconds)
+        finally:
+            await asyncio.to_thread(acl, "+evalsha", "+eval")
+            client.close()
+
+    return refuse
+
+
 def streams_left(redis_url: str) -> int:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -304,25 +323,6 @@ async def test_a_worker_told_to_stop_while_redis_refuses_scripts_exits_and_loses
     assert code == 0, started[1].output()
     assert took < 5.0, took  # lease_time is 1 s
     assert sum(map(len, feed.acked.values())) > len(CHATS) * 50
-
-
-def refusing_scripts(redis_url: str, seconds: float) -> Fault:
-    """A fault: a second into the load, Redis refuses ``EVALSHA`` and ``EVAL`` for
-    ``seconds`` (``ACL SETUSER``): session loads and writes and lease renewals fail,
-    forwards and reads go on."""
-
-    async def refuse(started: list[WebhookWorker], balancer: Balancer) -> None:
-        await asyncio.sleep(1.0)
-        client = redis.Redis.from_url(redis_url)
-        acl = functools.partial(client.execute_command, "ACL", "SETUSER", "default")
-        try:
-            await asyncio.to_thread(acl, "-evalsha", "-eval")
-            await asyncio.sleep(seconds)
-        finally:
-            await asyncio.to_thread(acl, "+evalsha", "+eval")
-            client.close()
-
-    return refuse
 
 
 @dataclass
