@@ -672,8 +672,8 @@ class CutShort:
     seen: list[str]
     key: str = CHAT_5
 
-    async def forward(self, text: str) -> None:
-        await forward_to_0(self.partitions, text)
+    async def forward(self, *texts: str) -> None:
+        await forward_to_0(self.partitions, *texts)
 
     async def lose_and_take_again(self) -> None:
         """Once the held first update runs and the reader waits in a blocking read past
@@ -767,6 +767,85 @@ async def test_an_update_received_here_waits_for_a_read_of_its_partition_taken_a
         await here
         await worker.counted(2)
         assert worker.seen == ["first", "first", "here"]
+
+
+async def test_a_chats_waiting_updates_do_not_start_once_its_partition_is_lost(
+    storage: RedisStorage,
+) -> None:
+    """Three updates of one chat are read at once; the first is held, the other two
+    wait behind it. The partition is lost: the first is cut short and the two behind it
+    never start (the lease is not this worker's to rely on). Taken again, the stream is
+    read anew and the three run once each, in order."""
+    async with first_update_cut_short(storage) as worker:
+        await worker.forward("first", "second", "third")
+        await worker.lose_and_take_again()
+        await worker.counted(3)
+        assert worker.seen == ["first", "first", "second", "third"]
+
+
+@pytest.mark.parametrize("storage", ["redis"], indirect=True)
+async def test_an_update_received_here_waiting_behind_one_cut_short_is_forwarded(
+    storage: RedisStorage,
+) -> None:
+    """An update received here waits behind its chat's forwarded update, which the loss
+    of the partition cuts short. It never started, and its sender had not answered: it
+    is refused with ``PartitionNotOwnedError``, so that the sender forwards it (to the
+    stream, behind the update cut short) instead of dropping the request."""
+    async with first_update_cut_short(storage) as worker:
+        await worker.forward("first")
+        for _ in range(200):
+            if worker.seen:
+                break
+            await asyncio.sleep(0.01)
+        here = asyncio.ensure_future(
+            worker.feeder.run_here(0, "5", Update.model_validate(message_update(5, "here")))
+        )
+        # Past the next read (a blocking one ends within 0.25 s): it waits behind "first".
+        await asyncio.sleep(0.5)
+        assert not here.done() and not worker.feeder._fed[0].arrived
+        worker.partitions.drop(0, "its lease lapsed (the test says so)")
+        with pytest.raises(PartitionNotOwnedError):
+            await here
+        assert worker.seen == ["first"]
+
+
+async def test_a_chats_forwarded_updates_run_in_order_and_other_chats_meanwhile(
+    storage: RedisStorage,
+) -> None:
+    """Forwarded updates of one chat, each handler awaiting less than the one before,
+    still run one after another in stream order; an update of another chat in the same
+    partition runs meanwhile, without waiting for them."""
+    partitions = await owning_partition_0(storage, 1)
+    sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+    runs: list[tuple[str, str]] = []
+
+    @dp.message()
+    async def on_message(message: Message, session: dict[str, Any]) -> None:
+        runs.append(("began", str(message.text)))
+        await asyncio.sleep(0.1 / len(runs))
+        session["n"] += 1
+        runs.append(("ended", str(message.text)))
+
+    feeder = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions).feeder
+    texts = [f"m{i}" for i in range(5)]
+    updates = [orjson.dumps(message_update(5, text)) for text in texts]
+    updates.insert(1, orjson.dumps(message_update(6, "other")))
+    async with sessions:
+        feeder.start()
+        try:
+            assert await partitions.store.forward({0: updates}) == {}
+            for _ in range(300):
+                if len(runs) == 12:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await feeder.stop()
+        assert await sessions.get(CHAT_5) == {"n": 5}
+    mine = [run for run in runs if run[1] != "other"]
+    assert mine == [(step, text) for text in texts for step in ("began", "ended")]
+    assert runs.index(("ended", "other")) < runs.index(("ended", "m0"))
 
 
 async def test_a_partition_taken_again_while_its_reader_waits_is_read_at_once(

@@ -1,9 +1,10 @@
 """UpdateFeeder: feeds the updates of this worker's partitions to its dispatcher.
 
 A reader task reads the streams of the owned partitions (``XREAD``, many
-entries per call) and starts one task per update (on Redis Cluster, one reader
-per slot: one ``XREAD`` cannot span slots); a chat's updates run one
-after another in stream order, different chats at once. An update the worker
+entries per call; on Redis Cluster, one reader per slot: one ``XREAD`` cannot
+span slots). A chat's updates run one after another in stream order, each as a
+task of its own, different chats at once: an update whose chat has one running
+waits in the chat's line with no task, and starts when that one ends. An update the worker
 received itself for a partition it owns (``run_here``) skips the stream: it
 waits for the next read that starts after it arrived, so every update a
 receiver had acknowledged before is started first, and then runs like the
@@ -26,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiogram import Bot, Dispatcher
@@ -41,6 +43,8 @@ from actorsess.storage._redis_partitions import Entry
 
 #: Chat part of an update (see ``_forwarding.chat_of``), or None for "no chat".
 ChatOf = Callable[[Update], str | None]
+#: What runs for an update (or a loan request) in its chat's line.
+Work = Callable[[], Coroutine[Any, Any, Any]]
 
 # How long a read waits for entries when the last one found none. A partition gained
 # while its reader waits cuts the wait short (its connection is dropped: rare).
@@ -91,6 +95,48 @@ class _Progress:
         self.tasks: set[asyncio.Task[Any]] = set()
 
 
+class _Waiting:
+    """An update (or a loan request) waiting for its chat's update before it to end: it
+    has no task until then, and starts in the context it was read in."""
+
+    __slots__ = ("answer", "context", "partition", "progress", "record", "work")
+
+    def __init__(
+        self,
+        partition: int,
+        progress: _Progress,
+        work: Work,
+        record: _Read | None,
+        context: contextvars.Context,
+        answer: asyncio.Future[Any] | None,
+    ) -> None:
+        self.partition = partition
+        self.progress = progress
+        self.work = work
+        self.record = record
+        self.context = context
+        #: Its outcome, for its sender (an update received here).
+        self.answer = answer
+
+
+def _settle(answer: asyncio.Future[Any], task: asyncio.Task[Any]) -> None:
+    """Give ``answer`` the outcome of ``task``."""
+    if answer.done():
+        return
+    if task.cancelled():
+        answer.cancel()
+    elif (error := task.exception()) is not None:
+        answer.set_exception(error)
+    else:
+        answer.set_result(task.result())
+
+
+def _cancel_if_cancelled(task: asyncio.Task[Any], answer: asyncio.Future[Any]) -> None:
+    """Its sender gave up waiting (its request was cancelled): so does the update."""
+    if answer.cancelled():
+        task.cancel()
+
+
 class _Reader:
     """Reads the streams of the owned partitions of one read group
     (``RedisPartitionStore.read_group``), and what waits for its next read."""
@@ -136,8 +182,9 @@ class UpdateFeeder:
         self._readers: dict[int, _Reader] = {}
         self._fed: dict[int, _Reader] = {}
         self._progress: dict[int, _Progress] = {}
-        #: Chat -> its latest update's task: the next one of the chat waits for it.
-        self._chains: dict[str, asyncio.Task[Any]] = {}
+        #: Chats with an update running -> their updates waiting for it, in order (None
+        #: until one waits).
+        self._lines: dict[str, collections.deque[_Waiting] | None] = {}
         self._trimming: asyncio.Task[None] | None = None
         self._idle_reads, self._block_ms = (
             (_IDLE_READS_PER_SLOT, _BLOCK_MS_PER_SLOT)
@@ -193,7 +240,8 @@ class UpdateFeeder:
     async def stop_feeding(self, partition: int) -> None:
         self._stop_reading(partition)
         progress = self._progress.get(partition)
-        if progress is not None and progress.tasks:
+        while progress is not None and progress.tasks:
+            # (An update waiting behind one of these starts as that one ends.)
             await asyncio.wait(list(progress.tasks))
 
     async def let_go(self, partition: int) -> bool:
@@ -235,7 +283,9 @@ class UpdateFeeder:
             await waiter
         if partition not in self._fed or not self._partitions.holds(partition):
             raise PartitionNotOwnedError(chat, partition)
-        return await self._start(partition, chat, update)
+        outcome = self._start(partition, chat, update)
+        assert outcome is not None  # (one received here is answered)
+        return await outcome
 
     # -- reading the streams -------------------------------------------------------------
 
@@ -345,15 +395,15 @@ class UpdateFeeder:
         update: Update,
         stamp: Stamp | None = None,
         record: _Read | None = None,
-    ) -> asyncio.Task[Any]:
-        """Start one update as a task after the chat's previous one; ``stamp`` and
-        ``record`` (its stream entry) for a forwarded update, None for one received
-        here."""
+    ) -> asyncio.Future[Any] | None:
+        """Start one update after the chat's previous one; ``stamp`` and ``record`` (its
+        stream entry) for a forwarded update, None for one received here (then the
+        returned future gives its outcome)."""
         delivery = None if stamp is None else Delivery(stamp)
         delivering, feeding = DELIVERY.set(delivery), FEEDING.set(partition)
         try:
             work = functools.partial(self._feed, update, partition, delivery)
-            return self._chain(partition, chat, work, record)
+            return self._chain(partition, chat, work, record, answered=stamp is None)
         finally:
             FEEDING.reset(feeding)
             DELIVERY.reset(delivering)
@@ -362,34 +412,38 @@ class UpdateFeeder:
         self,
         partition: int,
         chat: str,
-        work: Callable[[], Awaitable[Any]],
+        work: Work,
         record: _Read | None,
-    ) -> asyncio.Task[Any]:
-        """Run ``work`` as a task after the chat's previous one (in the current context)."""
+        *,
+        answered: bool = False,
+    ) -> asyncio.Future[Any] | None:
+        """Run ``work`` as a task, in the current context, once the chat's previous one
+        has ended. Returns the task if it starts now; if it waits, a future of its
+        outcome when ``answered``, else None."""
         progress = self._progress[partition]
-        task = asyncio.get_running_loop().create_task(
-            self._after_previous(self._chains.get(chat), work)
-        )
-        self._chains[chat] = task
+        if chat not in self._lines:
+            self._lines[chat] = None
+            return self._run(progress, chat, work, record, None)
+        line = self._lines[chat]
+        if line is None:
+            line = self._lines[chat] = collections.deque()
+        # It waits without a task: started by the previous one's end (see ``_next``).
+        answer = asyncio.get_running_loop().create_future() if answered else None
+        line.append(_Waiting(partition, progress, work, record, contextvars.copy_context(), answer))
+        return answer
+
+    def _run(
+        self,
+        progress: _Progress,
+        chat: str,
+        work: Work,
+        record: _Read | None,
+        context: contextvars.Context | None,
+    ) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(work(), context=context)
         progress.tasks.add(task)
         task.add_done_callback(functools.partial(self._ended, progress, chat, record))
         return task
-
-    @staticmethod
-    async def _after_previous(
-        previous: asyncio.Task[Any] | None, work: Callable[[], Awaitable[Any]]
-    ) -> Any:
-        if previous is not None and not previous.done():
-            # The chat's update before this one ends first (its outcome is its own;
-            # shielded: cancelling this one must not cancel it).
-            try:
-                await asyncio.shield(previous)
-            except asyncio.CancelledError:
-                if not previous.cancelled():
-                    raise  # this one was cancelled
-            except Exception:  # reported by the previous update itself
-                pass
-        return await work()
 
     async def _feed(self, update: Update, partition: int, delivery: Delivery | None) -> Any:
         """Run one update; ``delivery`` for a forwarded one (None: received here, and its
@@ -452,11 +506,32 @@ class UpdateFeeder:
         self, progress: _Progress, chat: str, record: _Read | None, task: asyncio.Task[Any]
     ) -> None:
         progress.tasks.discard(task)
-        if self._chains.get(chat) is task:
-            del self._chains[chat]
         if record is not None:
             record.running -= 1
             self._advance(progress)
+        self._next(chat)
+
+    def _next(self, chat: str) -> None:
+        """Start the chat's next waiting update, now that the one before it has ended."""
+        line = self._lines[chat]
+        while line:
+            waiting = line.popleft()
+            answer = waiting.answer
+            if answer is not None and answer.cancelled():
+                continue  # its sender gave up before it started
+            if self._progress.get(waiting.partition) is not waiting.progress:
+                # Lost (its running updates were cancelled) or given up since it was read:
+                # it must not start. If forwarded, the partition's next reading runs it;
+                # if received here, its sender forwards it.
+                if answer is not None:
+                    answer.set_exception(PartitionNotOwnedError(chat, waiting.partition))
+                continue
+            task = self._run(waiting.progress, chat, waiting.work, waiting.record, waiting.context)
+            if answer is not None:
+                task.add_done_callback(functools.partial(_settle, answer))
+                answer.add_done_callback(functools.partial(_cancel_if_cancelled, task))
+            return
+        del self._lines[chat]
 
     @staticmethod
     def _advance(progress: _Progress) -> None:
