@@ -32,7 +32,7 @@ from actorsess._loans import (
     encode_change,
 )
 from actorsess._migrations import Migrations
-from actorsess._partitions import DELIVERY, Partitions
+from actorsess._partitions import DELIVERY, Partitions, note_not_opened
 from actorsess._record import encode_record
 from actorsess._stored import read_stored
 from actorsess._turn import SessionTurn, Turns
@@ -240,7 +240,11 @@ class BorrowedTurn(SessionTurn[T]):
         turns = self._turns
         if not turns.running:
             await turns.start()
-        loan = await self._borrower.borrow(self._key)
+        try:
+            loan = await self._borrower.borrow(self._key)
+        except (StorageError, LeaseTimeoutError) as exc:  # its owner did not lend it
+            note_not_opened(exc)
+            raise
         loan.actor.hold(self)
         self._loan, self._actor = loan, loan.actor
         return loan.actor.value  # type: ignore[return-value]

@@ -20,7 +20,14 @@ from typing import Any, cast
 from actorsess._actor import SessionActor, Status
 from actorsess._context import Context
 from actorsess._ownership import FlusherPort, LeaveTurn, LoaderPort, TakeTurn
-from actorsess._partitions import DELIVERY, Partitions, Stamp, format_stamp, parse_stamp
+from actorsess._partitions import (
+    DELIVERY,
+    Partitions,
+    Stamp,
+    format_stamp,
+    note_not_opened,
+    parse_stamp,
+)
 from actorsess._record import TOMBSTONE_TTL_MS, record_stamp
 from actorsess.exceptions import (
     ConfigError,
@@ -121,9 +128,7 @@ class PartitionOwnership:
         try:
             actor = await take_turn(key)
         except StorageError as exc:
-            delivery = DELIVERY.get()
-            if delivery is not None and delivery.failed is None:
-                delivery.failed = exc  # seen by the feeder even if the handler catches it
+            note_not_opened(exc)
             raise
         partition = _partitioned(actor).partition
         if not self._partitions.holds(partition):

@@ -53,8 +53,9 @@ class Delivery:
         #: A change of it to a session was committed (or sent to the session's lender):
         #: running it again could make that change twice.
         self.changed = False
-        #: Why one of its sessions could not be opened (its load failed), even if its
-        #: handler caught the error: then the update did not run as it should have.
+        #: Why one of its sessions could not be opened (its load or its borrow failed),
+        #: even if its handler caught the error: then the update did not run as it
+        #: should have.
         self.failed: Exception | None = None
 
 
@@ -62,6 +63,16 @@ class Delivery:
 DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar(
     "actorsess_delivery", default=None
 )
+
+
+def note_not_opened(error: Exception) -> None:
+    """Record, for the forwarded update the current task is handling (if any), that one
+    of its sessions could not be opened: the feeder sees it even if the handler
+    catches the error."""
+    delivery = DELIVERY.get()
+    if delivery is not None and delivery.failed is None:
+        delivery.failed = error
+
 
 #: The partition of the update the current task is handling (forwarded or received
 #: here); None outside one. A session of another partition opened there is borrowed

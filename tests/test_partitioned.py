@@ -1278,6 +1278,62 @@ async def test_an_owner_with_no_manager_of_the_key_prefix_says_so(storage: Redis
             await other.get("session:42:7:7")
 
 
+@pytest.mark.parametrize("errors_handler", [False, True], ids=["raised", "caught"])
+async def test_a_forwarded_update_whose_borrow_timed_out_runs_again_in_its_place(
+    storage: RedisStorage, events: Events, errors_handler: bool
+) -> None:
+    """A forwarded update's handler borrows another chat's session, but nobody owns
+    that chat's partition yet: the borrow times out (``LeaseTimeoutError``). The
+    update changed nothing and was acknowledged, so it runs again in its place once
+    the partition has an owner, and changes both sessions once; so too when the
+    bot's errors handler catches the error."""
+    partitions = Partitions(storage, count=2, lease_time=60)
+    partitions.log = events.logger
+    assert await partitions.store.acquire(partitions.token, [1], 60_000) == [True]
+    partitions.until[1] = math.inf
+    config = dataclasses.replace(PARTITIONED, lease_wait_timeout=0.3)
+    sessions = SessionManager(storage, initial=counter, config=config, partitions=partitions)
+    dp = Dispatcher()
+    SessionMiddleware(sessions).setup(dp)
+    [here], [there] = chats_in(partitions, 1), chats_in(partitions, 0)
+    bot_id = OFFLINE_TOKEN.split(":")[0]
+    own_key, other_key = f"session:{bot_id}:{here}:{here}", f"session:{bot_id}:{there}:{there}"
+
+    @dp.message()
+    async def on_message(message: Message, session: dict[str, Any]) -> None:
+        session["n"] += 1
+        await sessions.update(other_key, add_one)  # borrowed from partition 0's owner
+
+    if errors_handler:
+
+        @dp.errors()
+        async def on_error(event: ErrorEvent) -> bool:
+            return True
+
+    feeder = ForwardingRequestHandler(dp, Bot(OFFLINE_TOKEN), partitions).feeder
+    async with sessions:
+        feeder.start()
+        try:
+            update = orjson.dumps(message_update(here, "hi"))
+            assert await partitions.store.forward({1: [update]}) == {}
+            for _ in range(200):  # the first borrow times out
+                if events.named("forward.update_retry"):
+                    break
+                await asyncio.sleep(0.01)
+            async with lending_owner(storage, count=2) as (_, owner):
+                for _ in range(500):
+                    if (await sessions.get(own_key))["n"] == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                assert await owner.get(other_key) == {"n": 1}
+            assert await sessions.get(own_key) == {"n": 1}
+        finally:
+            await feeder.stop()
+    [retry, *_] = events.named("forward.update_retry")
+    assert "LeaseTimeoutError" in retry["error"] and other_key in retry["error"]
+    assert not events.named("forward.update_failed")
+
+
 async def test_a_handler_borrows_another_chats_session_but_not_one_of_its_own_partition(
     storage: RedisStorage,
 ) -> None:

@@ -13,9 +13,10 @@ the stream instead (its ``XADD`` wakes the reader), so it never waits for the
 read's timeout.
 
 A forwarded update was acknowledged when it was appended, so a failure of
-storage does not end it: if none of its sessions could be opened (their load
-failed) and it changed none, it runs again in its place, its chat's next update
-still behind it, until storage answers or the partition is lost. Any other
+storage does not end it: if none of its sessions could be opened (a load failed,
+or a session of another partition was not lent in time) and it changed none, it
+runs again in its place, its chat's next update still behind it, until storage
+answers or the partition is lost. Any other
 failure of its handler is logged and counts as handled, as in aiogram's polling.
 
 Every ``trim_interval`` the feeder asks the managers to write what is dirty
@@ -38,7 +39,12 @@ from aiogram.types import Update
 
 from actorsess._loans import LoanRequest, serve_loan
 from actorsess._partitions import DELIVERY, FEEDING, Delivery, Partitions, Stamp
-from actorsess.exceptions import BackpressureTimeoutError, PartitionNotOwnedError, StorageError
+from actorsess.exceptions import (
+    BackpressureTimeoutError,
+    LeaseTimeoutError,
+    PartitionNotOwnedError,
+    StorageError,
+)
 from actorsess.storage._redis_partitions import Entry
 
 #: Chat part of an update (see ``_forwarding.chat_of``), or None for "no chat".
@@ -462,7 +468,7 @@ class UpdateFeeder:
                 # that it is read again from its stream, by whoever owns it next.
                 self._partitions.drop(partition, "an update of it ran while its lease had lapsed")
                 return None
-            except (StorageError, BackpressureTimeoutError) as exc:
+            except (StorageError, BackpressureTimeoutError, LeaseTimeoutError) as exc:
                 error = exc
             except Exception as exc:
                 self._update_failed(update, exc)  # as aiogram's polling does
