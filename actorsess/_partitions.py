@@ -177,6 +177,7 @@ class Partitions:
             )
         self.count = count
         self.lease_time = lease_time
+        self._lease_ms = max(1, round(lease_time * 1000))
         self.store = RedisPartitionStore(storage.client, namespace)
         self.clock: Clock = clock or MonotonicClock()
         self.log = logger if logger is not None else DefaultLogger()
@@ -338,7 +339,7 @@ class Partitions:
         except Exception as exc:
             # Redis unreachable: serve anyway (updates of unowned partitions are
             # answered 503 until it is back); the heartbeat keeps trying.
-            self.log.warning("partition.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+            self._renewal_failed(exc)
         self._task = asyncio.get_running_loop().create_task(self._beat_forever())
 
     async def stop(self) -> None:
@@ -376,22 +377,25 @@ class Partitions:
                 # Started while Redis was unreachable: it does not join, and says why.
                 self.log.error("partition.count_mismatch", error=str(exc))
             except Exception as exc:
-                self.log.warning("partition.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
-                self._drop_lapsed()
+                self._renewal_failed(exc)
 
     async def _renew_forever(self) -> None:
         """Renew the leases held, at once and then every ``lease_time / 3``."""
-        lease_ms = max(1, round(self.lease_time * 1000))
         while True:
             held, sent = sorted(self.until), self.clock.now()
             try:
-                renewed = await self.store.renew(self.token, held, lease_ms)
+                renewed = await self.store.renew(self.token, held, self._lease_ms)
             except Exception as exc:
-                self.log.warning("partition.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
-                self._drop_lapsed()
+                self._renewal_failed(exc)
             else:
                 self._renewed(held, renewed, sent)
             await asyncio.sleep(self.lease_time / 3)
+
+    def _renewal_failed(self, error: Exception) -> None:
+        """A heartbeat or renewal got no answer: the leases it could not renew stay
+        trusted until they lapse here."""
+        self.log.warning("partition.heartbeat_failed", error=f"{type(error).__name__}: {error}")
+        self._drop_lapsed()
 
     def _renewed(self, held: Sequence[int], renewed: Sequence[bool], sent: float) -> None:
         """Trust the leases of ``held`` renewed by a call sent at ``sent``; the others
@@ -411,10 +415,9 @@ class Partitions:
             if recorded != self.count:
                 raise PartitionCountError(self.count, recorded, self.store.count_key)
             self._count_agreed = True
-        lease_ms = max(1, round(self.lease_time * 1000))
         sent = self.clock.now()
         held = sorted(self.until)
-        beat = await self.store.heartbeat(self.token, held, lease_ms, lease_ms)
+        beat = await self.store.heartbeat(self.token, held, self._lease_ms, self._lease_ms)
         self._renewed(held, beat.renewed, sent)
         if beat.members != self.members or self._mine is None:
             # Only when the members change: count x members hashes, sorted (512 x 50:
@@ -431,7 +434,7 @@ class Partitions:
             self._giving_up.add_done_callback(self._given_up)
         wanted = sorted(mine - self.until.keys())
         sent = self.clock.now()
-        taken = await self.store.acquire(self.token, wanted, lease_ms)
+        taken = await self.store.acquire(self.token, wanted, self._lease_ms)
         trusted = sent + self.lease_time * _LEASE_TRUST
         for partition, ok in zip(wanted, taken, strict=True):
             if ok:

@@ -476,21 +476,21 @@ async def test_on_a_cluster_a_key_prefix_or_key_with_a_hash_tag_is_refused_by_na
         await one_server.close()
 
 
-async def owning_partition_0(storage: RedisStorage, count: int) -> Partitions:
-    """A worker's Partitions holding partition 0's lease, with no heartbeat (the test
+async def owning_partition(storage: RedisStorage, count: int, partition: int = 0) -> Partitions:
+    """A worker's Partitions holding ``partition``'s lease, with no heartbeat (the test
     decides when the lease is trusted)."""
     partitions = Partitions(storage, count=count, lease_time=60)
-    assert await partitions.store.acquire(partitions.token, [0], 60_000) == [True]
-    partitions.until[0] = math.inf
+    assert await partitions.store.acquire(partitions.token, [partition], 60_000) == [True]
+    partitions.until[partition] = math.inf
     return partitions
 
 
 async def counting_bot(
     storage: RedisStorage, count: int
 ) -> tuple[Partitions, SessionManager[Any], Dispatcher]:
-    """``owning_partition_0``, a partitioned manager and a dispatcher whose message
+    """``owning_partition`` (0), a partitioned manager and a dispatcher whose message
     handler counts in the session."""
-    partitions = await owning_partition_0(storage, count)
+    partitions = await owning_partition(storage, count)
     sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
     dp = Dispatcher()
     SessionMiddleware(sessions).setup(dp)
@@ -697,7 +697,7 @@ class CutShort:
 
 @contextlib.asynccontextmanager
 async def first_update_cut_short(storage: RedisStorage) -> AsyncIterator[CutShort]:
-    partitions = await owning_partition_0(storage, 1)
+    partitions = await owning_partition(storage, 1)
     sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
     dp = Dispatcher()
     SessionMiddleware(sessions).setup(dp)
@@ -815,7 +815,7 @@ async def test_a_chats_forwarded_updates_run_in_order_and_other_chats_meanwhile(
     """Forwarded updates of one chat, each handler awaiting less than the one before,
     still run one after another in stream order; an update of another chat in the same
     partition runs meanwhile, without waiting for them."""
-    partitions = await owning_partition_0(storage, 1)
+    partitions = await owning_partition(storage, 1)
     sessions = SessionManager(storage, initial=counter, config=PARTITIONED, partitions=partitions)
     dp = Dispatcher()
     SessionMiddleware(sessions).setup(dp)
@@ -960,7 +960,7 @@ class SeenWorker:
 
 
 async def seen_worker(storage: RedisStorage, events: Events, **config: Any) -> SeenWorker:
-    partitions = await owning_partition_0(storage, 1)
+    partitions = await owning_partition(storage, 1)
     partitions.log = events.logger
     settings = dataclasses.replace(PARTITIONED, **config)
     sessions = SessionManager(storage, initial=counter, config=settings, partitions=partitions)
@@ -1071,7 +1071,7 @@ async def test_a_trim_planned_before_a_partition_was_lost_is_not_carried_out(
     """The trim loop takes its marks, then waits for the sessions to be written; if the
     partition was lost and taken again meanwhile (same worker, same lease token), the
     old marks may cover updates cut short by the loss: nothing is trimmed."""
-    partitions = await owning_partition_0(storage, count=1)
+    partitions = await owning_partition(storage, count=1)
     feeder = UpdateFeeder(Dispatcher(), Bot(OFFLINE_TOKEN), partitions, lambda _: None)
     assert await partitions.store.forward({0: [b"{}"]}) == {}
     [(_, [entry])] = await partitions.store.read({0: "0-0"}, 10, None)
@@ -1287,10 +1287,8 @@ async def test_a_forwarded_update_whose_borrow_timed_out_runs_again_in_its_place
     update changed nothing and was acknowledged, so it runs again in its place once
     the partition has an owner, and changes both sessions once; so too when the
     bot's errors handler catches the error."""
-    partitions = Partitions(storage, count=2, lease_time=60)
+    partitions = await owning_partition(storage, 2, partition=1)
     partitions.log = events.logger
-    assert await partitions.store.acquire(partitions.token, [1], 60_000) == [True]
-    partitions.until[1] = math.inf
     config = dataclasses.replace(PARTITIONED, lease_wait_timeout=0.3)
     sessions = SessionManager(storage, initial=counter, config=config, partitions=partitions)
     dp = Dispatcher()

@@ -4,10 +4,10 @@ A reader task reads the streams of the owned partitions (``XREAD``, many
 entries per call; on Redis Cluster, one reader per slot: one ``XREAD`` cannot
 span slots). A chat's updates run one after another in stream order, each as a
 task of its own, different chats at once: an update whose chat has one running
-waits in the chat's line with no task, and starts when that one ends. An update the worker
-received itself for a partition it owns (``run_here``) skips the stream: it
-waits for the next read that starts after it arrived, so every update a
-receiver had acknowledged before is started first, and then runs like the
+waits in the chat's line with no task, and starts when that one ends. An update
+the worker received itself for a partition it owns (``run_here``) skips the
+stream: it waits for the next read that starts after it arrived, so every update
+a receiver had acknowledged before is started first, and then runs like the
 others. While the reader waits in a blocking read such an update goes through
 the stream instead (its ``XADD`` wakes the reader), so it never waits for the
 read's timeout.
@@ -16,8 +16,8 @@ A forwarded update was acknowledged when it was appended, so a failure of
 storage does not end it: if none of its sessions could be opened (a load failed,
 or a session of another partition was not lent in time) and it changed none, it
 runs again in its place, its chat's next update still behind it, until storage
-answers or the partition is lost. Any other
-failure of its handler is logged and counts as handled, as in aiogram's polling.
+answers or the partition is lost. Any other failure of its handler is logged and
+counts as handled, as in aiogram's polling.
 
 Every ``trim_interval`` the feeder asks the managers to write what is dirty
 and then drops the entries whose updates have all ended (``XTRIM MINID``, fenced
@@ -426,13 +426,13 @@ class UpdateFeeder:
         """Run ``work`` as a task, in the current context, once the chat's previous one
         has ended. Returns the task if it starts now; if it waits, a future of its
         outcome when ``answered``, else None."""
-        progress = self._progress[partition]
-        if chat not in self._lines:
-            self._lines[chat] = None
+        progress, lines = self._progress[partition], self._lines
+        if chat not in lines:
+            lines[chat] = None  # running, nothing waiting
             return self._run(progress, chat, work, record, None)
-        line = self._lines[chat]
+        line = lines[chat]
         if line is None:
-            line = self._lines[chat] = collections.deque()
+            line = lines[chat] = collections.deque()
         # It waits without a task: started by the previous one's end (see ``_next``).
         answer = asyncio.get_running_loop().create_future() if answered else None
         line.append(_Waiting(partition, progress, work, record, contextvars.copy_context(), answer))
